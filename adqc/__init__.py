@@ -1,0 +1,1 @@
+"""adqc: streaming visual quality control with ADPretrain anomaly representations."""
