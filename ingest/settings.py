@@ -1,0 +1,329 @@
+"""Settings of ``adqc serve``: a YAML file plus ``ADQC_*`` environment overrides.
+
+Precedence (highest first): keyword arguments, environment (``ADQC_KAFKA__BOOTSTRAP``,
+``ADQC_ENGINE__KIND``, ... nested with ``__``), the YAML file, defaults. Everything is
+validated at start-up; :func:`load_settings` raises :class:`SettingsError` whose message
+names the file and the field at fault.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings import SettingsError as _SourceError
+from pydantic_settings import YamlConfigSettingsSource as _YamlSource
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "adqc_serve_config", default=None
+)
+
+
+class SettingsError(ValueError):
+    """Invalid or unreadable serve settings; the message names the file and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka connection, security and group timing."""
+
+    bootstrap: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"],
+        description="bootstrap servers host:port (list, or comma-separated text)",
+    )
+    client_id: str = "adqc-serve"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().startswith("["):
+            value = json.loads(value)
+        elif isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one bootstrap server is needed")
+        for server in value:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            assert self.sasl_password is not None
+            config["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            config["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    config[name] = str(getattr(self, name))
+        return config
+
+
+class TopicsSettings(_Section):
+    """Topic names."""
+
+    frames: str = "frames"
+    results: str = "results"
+    alarms: str = "alarms"
+    dlq: str = "frames.dlq"
+
+
+class BatchSettings(_Section):
+    """Batching and back-pressure."""
+
+    size: int = Field(default=8, ge=1, le=256, description="frames per engine call")
+    max_wait_ms: int = Field(
+        default=50, ge=0, le=60_000, description="longest wait for a batch to fill"
+    )
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="frames held (decoding, queued, scoring, publishing) before partitions pause",
+    )
+    decode_workers: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _room_for_a_batch(self) -> BatchSettings:
+        if self.max_in_flight < self.size:
+            raise ValueError(f"max_in_flight ({self.max_in_flight}) < size ({self.size})")
+        return self
+
+
+class LocalEngineSettings(_Section):
+    """In-process torch engine."""
+
+    kind: Literal["local"] = "local"
+    backbone: str = "mobilenet_v2"
+    checkpoint: Path | None = Field(
+        default=None, description="projector checkpoint; None = the shipped one for backbone"
+    )
+    device: str = "cpu"
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"checkpoint {value} does not exist")
+        return value
+
+
+class TritonEngineSettings(_Section):
+    """Triton Inference Server client engine (gRPC)."""
+
+    kind: Literal["triton"] = "triton"
+    url: str = Field(default="127.0.0.1:8001", description="gRPC host:port")
+    model: str = "adqc"
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+EngineSettings = Annotated[LocalEngineSettings | TritonEngineSettings, Field(discriminator="kind")]
+
+
+class StoreSettings(_Section):
+    """Reference store (product records)."""
+
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="redis://... | file:///dir | memory://"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "file://", "memory://")):
+            raise ValueError(f"{value!r}: expected redis://, rediss://, file:// or memory://")
+        return value
+
+
+class TelemetrySettings(_Section):
+    """Traces (OpenTelemetry, OTLP/HTTP) and metrics (Prometheus)."""
+
+    service_name: str = "adqc-serve"
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"
+    )
+    prometheus_port: int | None = Field(
+        default=9464, ge=0, le=65535, description="/metrics port; None disables, 0 = any free"
+    )
+    prometheus_addr: str = "0.0.0.0"
+
+
+class FrameLimits(_Section):
+    """What a valid frame looks like (violations go to the DLQ)."""
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    min_side: int = Field(default=16, ge=1)
+    max_side: int = Field(default=8192, ge=1)
+    claim_check_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories file:// claim checks may point into; empty = anywhere",
+    )
+
+
+class AlarmSettings(_Section):
+    """How alarms carry the heatmap."""
+
+    heatmap: Literal["inline", "uri", "none"] = "inline"
+    heatmap_dir: Path | None = Field(default=None, description="where 'uri' heatmaps are written")
+
+    @model_validator(mode="after")
+    def _dir_for_uri(self) -> AlarmSettings:
+        if self.heatmap == "uri" and self.heatmap_dir is None:
+            raise ValueError("heatmap 'uri' needs heatmap_dir")
+        return self
+
+
+class RetrySettings(_Section):
+    """Back-off on transient engine/store/broker outages and the shutdown drain."""
+
+    initial_backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    publish_timeout_s: float = Field(default=30.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ServeSettings(BaseSettings):
+    """All settings of ``adqc serve``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADQC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicsSettings = Field(default_factory=TopicsSettings)
+    group: str = Field(default="adqc-serve", min_length=1, description="consumer group id")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    engine: EngineSettings = Field(default_factory=LocalEngineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    limits: FrameLimits = Field(default_factory=FrameLimits)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(_YamlSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> ServeSettings:
+    """Load and validate settings from ``config`` (YAML), the environment and ``overrides``.
+
+    Raises:
+        SettingsError: the file is missing or not a YAML mapping, or a field is invalid.
+    """
+    where = f"{config}" if config is not None else "settings"
+    if config is not None:
+        if not config.is_file():
+            raise SettingsError(f"{config}: config file not found")
+        try:
+            parsed = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{config}: not valid YAML: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise SettingsError(f"{config}: expected a YAML mapping at the top level")
+    token = _CONFIG_FILE.set(config)
+    try:
+        return ServeSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = [str(p) for p in error["loc"]]
+            if len(loc) > 1 and loc[0] == "engine" and loc[1] in ("local", "triton"):
+                del loc[1]  # the tagged-union branch name is noise to the reader
+            field = ".".join(loc) or "(top level)"
+            env = "ADQC_" + "__".join(loc).upper()
+            lines.append(f"  {field}: {error['msg']} (YAML key {field!r} or env {env})")
+        raise SettingsError(f"{where}: invalid serve settings:\n" + "\n".join(lines)) from exc
+    except _SourceError as exc:
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise SettingsError(f"{where}: {exc}{cause}") from exc
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def example_yaml() -> str:
+    """A commented example config with every default (``adqc serve --print-example``)."""
+    data = ServeSettings().model_dump(mode="json")
+    data["kafka"].pop("sasl_password", None)
+    return yaml.safe_dump(data, sort_keys=False)
