@@ -1,0 +1,173 @@
+"""Detectors and post-processing on plain tensors (no model, no data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.covariance import ledoit_wolf as sk_ledoit_wolf
+
+from pretrain.evaluation import detectors as D
+from pretrain.evaluation import postprocess as P
+
+
+def _levels(n, seed=0, shapes=((8, 16, 16), (16, 8, 8), (32, 4, 4))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, c, h, w, generator=g) for c, h, w in shapes]
+
+
+def _with_defect(levels, value=6.0):
+    """Copy of the levels with a bright square in the top-left quarter of image 0."""
+    out = [f.clone() for f in levels]
+    for f in out:
+        h, w = f.shape[-2:]
+        f[0, :, : max(1, h // 4), : max(1, w // 4)] += value
+    return out
+
+
+# ------------------------------------------------------------------------- post-processing
+
+
+def test_gaussian_blur_matches_scipy_and_keeps_constants():
+    x = torch.rand(2, 40, 48, dtype=torch.float64)
+    ours = P.gaussian_blur(x, 4.0).numpy()
+    ref = np.stack([ndimage.gaussian_filter(a, 4.0, mode="mirror", truncate=4.0) for a in x])
+    assert np.allclose(ours, ref, atol=1e-10)
+    c = torch.full((1, 20, 20), 3.0)
+    assert torch.allclose(P.gaussian_blur(c, 4.0), c)  # tiny map: replicate padding path
+    assert torch.equal(P.gaussian_blur(x, 0.0), x)
+    with pytest.raises(ValueError):
+        P.gaussian_blur(torch.zeros(4, 4))
+
+
+def test_anomaly_map_upsamples_means_levels_and_scores_max():
+    a = torch.zeros(2, 4, 4)
+    b = torch.ones(2, 8, 8)
+    m = P.anomaly_map([a, b], 32, sigma=0.0)
+    assert m.shape == (2, 32, 32)
+    assert torch.allclose(m, torch.full_like(m, 0.5))
+    spike = torch.zeros(1, 32, 32)
+    spike[0, 10, 20] = 1.0
+    sm = P.anomaly_map([spike], (32, 32))
+    assert sm.shape == (1, 32, 32)
+    assert sm[0].argmax().item() == 10 * 32 + 20  # smoothing keeps the peak in place
+    assert P.image_scores(sm).item() == pytest.approx(sm.max().item())
+    assert torch.equal(P.anomaly_map([spike], 32), P.anomaly_map([spike], 32))  # deterministic
+    with pytest.raises(ValueError):
+        P.anomaly_map([], 32)
+
+
+# ------------------------------------------------------------------------------ FeatureNorm
+
+
+def test_featurenorm_formula_and_refusal_on_raw():
+    f = _levels(2)
+    det = D.FeatureNorm()
+    det.fit(f)
+    maps = det.score(f)
+    expected = torch.sqrt(f[1].norm(dim=1) + 1) - 1
+    assert torch.allclose(maps[1], expected)
+    assert det.anomaly_maps(f, 64).shape == (2, 64, 64)
+    with pytest.raises(D.UnsupportedCombinationError, match="raw"):
+        D.check_supported("featurenorm", "raw")
+    D.check_supported("featurenorm", "adpretrain")
+    D.check_supported("patchcore", "raw")
+    with pytest.raises(ValueError):
+        D.check_supported("knn", "raw")
+    assert isinstance(D.Detector.from_state(det.state()), D.FeatureNorm)
+
+
+# -------------------------------------------------------------------------------- PatchCore
+
+
+def test_nearest_distances_matches_cdist_in_chunks():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(333, 24, generator=g)
+    b = torch.randn(97, 24, generator=g)
+    ref = torch.cdist(q.double(), b.double()).min(dim=1).values.float()
+    out = D.nearest_distances(q, b, max_chunk_elems=97 * 10)  # 34 chunks, last one partial
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert D.nearest_distances(b[:5], b).abs().max() < 1e-2  # a bank row is its own neighbour
+
+
+def test_greedy_coreset_matches_naive_k_center():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 16, generator=g)
+    sel = D.greedy_coreset(x, 25, project_dim=0, seed=3)
+    # naive reference: same start, recompute all distances each step
+    start = int(torch.randint(400, (1,), generator=torch.Generator().manual_seed(3)).item())
+    chosen = [start]
+    for _ in range(24):
+        d = torch.cdist(x.double(), x[chosen].double()).min(dim=1).values
+        chosen.append(int(d.argmax()))
+    assert sel.tolist() == chosen
+    assert len(set(sel.tolist())) == 25
+    assert D.greedy_coreset(x, 1000).tolist() == list(range(400))
+
+
+def test_patchcore_finds_defect_and_round_trips_state():
+    train = _levels(4, seed=0)
+    test = _with_defect(_levels(2, seed=1))
+    det = D.PatchCore()
+    det.fit(train)
+    assert det.memory.shape == (4 * 16 * 16, 32)  # few-shot: every patch, no coreset
+    (m,) = det.score(test)
+    assert m.shape == (2, 16, 16)
+    assert m[0, :3, :3].mean() > 2 * m[1].mean()
+    maps = det.anomaly_maps(test, 64)
+    assert D.Detector.from_state(det.state()).anomaly_maps(test, 64).allclose(maps)
+    assert int(maps[0].flatten().argmax()) // 64 < 20  # peak in the defective top rows
+
+
+def test_patchcore_coreset_when_bank_is_large():
+    train = _levels(6, seed=0)
+    det = D.PatchCore(coreset_threshold=1000, coreset_ratio=0.1)
+    det.fit(train)
+    assert det.n_patches_seen == 6 * 256
+    assert det.memory.shape[0] == int(np.ceil(0.1 * 6 * 256))
+    # Every fitted patch is close to the coreset: its distance is bounded by the coverage
+    # radius, far below the distance of an injected defect.
+    (m_train,) = det.score(train)
+    (m_def,) = det.score(_with_defect(train, 20.0))
+    assert m_def[0, :3, :3].min() > m_train.max()
+
+
+# ------------------------------------------------------------------------------------ PaDiM
+
+
+def test_ledoit_wolf_matches_sklearn():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 12, 7)) @ rng.normal(size=(7, 7))
+    mean, cov, shrink = D.ledoit_wolf(torch.from_numpy(x))
+    for p in range(3):
+        sk_cov, sk_shrink = sk_ledoit_wolf(x[p])
+        assert np.allclose(cov[p].numpy(), sk_cov, atol=1e-10)
+        assert shrink[p].item() == pytest.approx(sk_shrink, abs=1e-10)
+        assert np.allclose(mean[p].numpy(), x[p].mean(axis=0))
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_padim_few_shot_finds_defect_and_round_trips_state(k):
+    train = _levels(k, seed=0)
+    test = _with_defect(_levels(2, seed=1))
+    det = D.PaDiM(n_channels=20)
+    det.fit(train)
+    assert det.channel_idx.numel() == 20
+    (m,) = det.score(test)
+    assert m.shape == (2, 16, 16)
+    assert torch.isfinite(m).all()
+    assert m[0, :3, :3].mean() > 1.5 * m[1].mean()
+    state = det.state()
+    assert state["precision"].shape == (256, 20, 20)
+    again = D.Detector.from_state(state)
+    assert again.anomaly_maps(test, 32).allclose(det.anomaly_maps(test, 32), atol=1e-5)
+
+
+def test_unfitted_detectors_raise():
+    with pytest.raises(RuntimeError):
+        D.PatchCore().score(_levels(1))
+    with pytest.raises(RuntimeError):
+        D.PaDiM().score(_levels(1))
+    with pytest.raises(ValueError):
+        D.make_detector("nope")
