@@ -1,0 +1,89 @@
+"""Reference store: versioned, immutable product records behind one interface.
+
+``open_store(url)`` picks the backend from the URL scheme:
+
+- ``redis://[:password@]host:port/db`` (also ``rediss://``): :class:`RedisStore`, the production
+  store shared by every scorer; key layout in :mod:`inference.store.redis_store`.
+- ``memory://`` (private) or ``memory://NAME`` (shared within the process): :class:`MemoryStore`.
+- ``file:///abs/dir`` or ``file://relative/dir``: :class:`FileStore`, layout in
+  :mod:`inference.store.embedded`.
+
+Options common to all backends, as URL query parameters or keyword arguments:
+``max_bytes`` (refuse larger records, default 64 MiB), ``keep`` (versions kept per product,
+default 5), ``cache`` (decoded records cached per process, keyed by (product, version), default 16).
+Redis only: ``prefix`` (key prefix, default ``adqc``), ``retries`` (default 4) and ``backoff``
+(first delay in seconds, doubled per retry, default 0.05) before StoreUnavailableError.
+
+``get(product)`` reads the latest-version pointer (one cheap read) and returns the cached record
+when that version was fetched before, so a scorer that calls it once per batch fetches each
+version once and notices a newly published version at its next batch.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from inference.records import ModelMismatchError
+from inference.store.base import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_KEEP_VERSIONS,
+    DEFAULT_MAX_RECORD_BYTES,
+    BaseStore,
+    ProductNotFoundError,
+    RecordTooLargeError,
+    ReferenceStore,
+    StoreUnavailableError,
+)
+from inference.store.embedded import FileStore, MemoryStore
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_KEEP_VERSIONS",
+    "DEFAULT_MAX_RECORD_BYTES",
+    "BaseStore",
+    "FileStore",
+    "MemoryStore",
+    "ModelMismatchError",
+    "ProductNotFoundError",
+    "RecordTooLargeError",
+    "ReferenceStore",
+    "StoreUnavailableError",
+    "open_store",
+]
+
+_COMMON = {"max_bytes": "max_record_bytes", "keep": "keep_versions", "cache": "cache_size"}
+_REDIS = {"prefix": "prefix", "retries": "retries", "backoff": "backoff_s"}
+
+
+def open_store(url: str, **options: object) -> BaseStore:
+    """Open the store named by ``url``; keyword options override URL query parameters."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    allowed = dict(_COMMON, **(_REDIS if scheme in ("redis", "rediss") else {}))
+    merged: dict[str, object] = {}
+    for key, value in parse_qsl(parts.query):
+        if key in allowed:
+            target = allowed[key]
+            merged[target] = value if target == "prefix" else _number(url, key, value)
+        elif scheme not in ("redis", "rediss"):
+            raise ValueError(f"unknown store option {key!r} in {url!r} (known: {sorted(allowed)})")
+    merged.update(options)
+    bare = url.split("?", 1)[0]
+    if scheme in ("redis", "rediss"):
+        from inference.store.redis_store import RedisStore  # redis client only when used
+
+        return RedisStore(url, **merged)  # type: ignore[arg-type]
+    if scheme == "memory":
+        return MemoryStore(bare, **merged)  # type: ignore[arg-type]
+    if scheme == "file":
+        return FileStore(bare, **merged)  # type: ignore[arg-type]
+    raise ValueError(
+        f"unsupported store URL {url!r}: use redis://host:port/db, memory:// or file:///dir"
+    )
+
+
+def _number(url: str, key: str, value: str) -> int | float:
+    try:
+        return float(value) if key == "backoff" else int(value)
+    except ValueError:
+        raise ValueError(f"store option {key}={value!r} in {url!r} is not a number") from None

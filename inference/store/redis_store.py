@@ -1,0 +1,183 @@
+"""Redis backend: ``redis://[:password@]host:port/db[?prefix=adqc&keep=5&max_bytes=N...]``.
+
+Key layout (``P`` = prefix, default ``adqc``; ``NAME`` = product name)::
+
+    P:products                   SET     names of products with a published version
+    P:product:NAME:seq           STRING  last version number handed out (INCR; kept on remove)
+    P:product:NAME:latest        STRING  the published version readers use
+    P:product:NAME:versions      ZSET    versions still kept (score = version)
+    P:product:NAME:v<N>:meta     STRING  record metadata, JSON, no arrays
+    P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.0", "pool.1", ..., "memory")
+    P:events                     pub/sub {"event": "published"|"removed", "product", "version"}
+
+Publishing is one Lua script (atomic in Redis): allocate the version, write the blobs under the
+versioned keys, flip ``latest``, prune versions beyond ``keep``, publish an event. Readers GET
+``latest`` (cheap; done once per scored batch) and fetch a version's two keys in one MULTI only
+on a cache miss. Single Redis (or a primary with replicas); keys are not laid out for Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from inference.store.base import BaseStore, StoreUnavailableError
+
+T = TypeVar("T")
+
+_PUBLISH = """
+local v = redis.call('INCR', KEYS[1])
+local base = ARGV[2] .. ':v' .. v
+redis.call('SET', base .. ':meta', ARGV[5])
+if #ARGV > 5 then
+  redis.call('HSET', base .. ':arrays', unpack(ARGV, 6, #ARGV))
+end
+redis.call('SET', KEYS[2], v)
+redis.call('ZADD', KEYS[3], v, v)
+redis.call('SADD', KEYS[4], ARGV[1])
+local old = redis.call('ZRANGE', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
+for _, o in ipairs(old) do
+  redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
+  redis.call('ZREM', KEYS[3], o)
+end
+redis.call('PUBLISH', ARGV[4], cjson.encode({event='published', product=ARGV[1], version=v}))
+return v
+"""
+
+_REMOVE = """
+local existed = redis.call('DEL', KEYS[1])
+for _, o in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+if existed == 1 then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({event='removed', product=ARGV[1]}))
+end
+return existed
+"""
+
+#: query parameters this module reads (the rest go to redis-py unchanged)
+_OWN_PARAMS = {"prefix", "keep", "max_bytes", "cache", "retries", "backoff"}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisStore(BaseStore):
+    """Product records in Redis; see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "adqc",
+        retries: int = 4,
+        backoff_s: float = 0.05,
+        connect_timeout_s: float = 1.0,
+        socket_timeout_s: float = 10.0,
+        **options: int,
+    ) -> None:
+        super().__init__(redact(url), **options)
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_PARAMS]
+        self.prefix = prefix
+        self.retries = max(0, int(retries))
+        self.backoff_s = float(backoff_s)
+        self._client = redis.Redis.from_url(
+            urlunsplit(parts._replace(query=urlencode(query))),
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # retries happen here, bounded, with backoff
+        )
+        self._publish = self._client.register_script(_PUBLISH)
+        self._remove = self._client.register_script(_REMOVE)
+
+    # ---------------------------------------------------------------- connection handling
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; on connection errors retry with exponential backoff, then give up."""
+        started = time.monotonic()
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise StoreUnavailableError(
+                        f"Redis at {self.url} is unreachable ({what}; {attempt + 1} attempts "
+                        f"in {time.monotonic() - started:.1f} s): {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless Redis answers."""
+        self._call("ping", self._client.ping)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---------------------------------------------------------------- keys
+    def _key(self, product: str, suffix: str) -> str:
+        return f"{self.prefix}:product:{product}:{suffix}"
+
+    # ---------------------------------------------------------------- primitives
+    def _latest(self, product: str) -> int | None:
+        value = self._call("read latest", lambda: self._client.get(self._key(product, "latest")))
+        return None if value is None else int(value)
+
+    def _read(self, product: str, version: int) -> tuple[bytes, dict[str, bytes]] | None:
+        def fetch() -> list:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._key(product, f"v{version}:meta"))
+            pipe.hgetall(self._key(product, f"v{version}:arrays"))
+            return pipe.execute()
+
+        meta, arrays = self._call(f"read {product} v{version}", fetch)
+        if meta is None:
+            return None
+        return meta, {k.decode(): v for k, v in arrays.items()}
+
+    def _write(self, product: str, meta: bytes, arrays: dict[str, bytes]) -> int:
+        keys = [self._key(product, s) for s in ("seq", "latest", "versions")]
+        keys.append(f"{self.prefix}:products")
+        args: list[bytes | str | int] = [
+            product,
+            f"{self.prefix}:product:{product}",
+            self.keep_versions,
+            f"{self.prefix}:events",
+            meta,
+        ]
+        for name, blob in arrays.items():
+            args += [name, blob]
+        return int(self._call(f"publish {product}", lambda: self._publish(keys=keys, args=args)))
+
+    def _delete(self, product: str) -> bool:
+        keys = [self._key(product, "latest"), self._key(product, "versions")]
+        keys.append(f"{self.prefix}:products")
+        args = [product, f"{self.prefix}:product:{product}", f"{self.prefix}:events"]
+        return bool(self._call(f"remove {product}", lambda: self._remove(keys=keys, args=args)))
+
+    def _products(self) -> list[str]:
+        members = self._call("list", lambda: self._client.smembers(f"{self.prefix}:products"))
+        return [m.decode() for m in members]
+
+    def _versions(self, product: str) -> list[int]:
+        found = self._call(
+            "versions", lambda: self._client.zrange(self._key(product, "versions"), 0, -1)
+        )
+        return [int(v) for v in found]

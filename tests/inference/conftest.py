@@ -1,0 +1,64 @@
+"""Fixtures for the inference tests: small records and every store backend."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from inference.calibration import calibrate
+from inference.records import ProductRecord
+from inference.store import open_store
+
+
+def make_record(
+    product: str = "widget",
+    *,
+    model_id: str = "mobilenet_v2:0123456789ab",
+    detector: str = "featurenorm",
+    levels: tuple[tuple[int, int], ...] = ((64, 8), (16, 12)),
+    seed: int = 0,
+    threshold_scores: tuple[float, ...] = (1.0, 1.2, 1.1, 0.9),
+) -> ProductRecord:
+    """A valid, unpublished record with random arrays (no model needed)."""
+    rng = np.random.default_rng(seed)
+    pool = [rng.standard_normal(shape).astype(np.float32) for shape in levels]
+    memory = rng.standard_normal((32, 12)).astype(np.float32) if detector == "patchcore" else None
+    return ProductRecord(
+        product=product,
+        model_id=model_id,
+        backbone=model_id.split(":")[0],
+        image_size=64,
+        shots=4,
+        detector=detector,
+        pool=pool,
+        memory=memory,
+        calibration=calibrate(list(threshold_scores), 0.01),
+    )
+
+
+@pytest.fixture
+def record_factory():
+    return make_record
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session Redis with a key prefix of its own, so tests do not see each other's keys."""
+    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["memory", "file", pytest.param("redis", marks=pytest.mark.integration)])
+def store_url(request, tmp_path) -> str:
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex}"
+    if request.param == "file":
+        return f"file://{tmp_path / 'store'}"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def store(store_url):
+    with open_store(store_url) as opened:
+        yield opened
