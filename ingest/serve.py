@@ -1,0 +1,826 @@
+"""The ``adqc serve`` loop: Kafka frames -> engine + scorer -> results / alarms / DLQ.
+
+One main thread owns the Kafka consumer (poll, pause/resume, commit); a small thread pool
+decodes frames; one inference thread runs the scorer on batches while the main thread keeps
+polling, decoding and publishing (so decoding and publishing overlap inference).
+
+Guarantees:
+
+- **at-least-once**: a frame's offset is committed only after its result (and alarm) or its
+  DLQ record is acknowledged by the broker (``acks=all``, idempotent producer); commits cover
+  only the finished prefix of each partition, so a crash re-delivers unfinished frames.
+- **per-partition order**: batches are contiguous runs of the poll order and results are
+  published in that order (a batch mixing products is scored per product, then re-ordered).
+- **malformed frames** (missing/invalid headers, undecodable image, wrong size, unknown
+  product, record of another model) go to the DLQ with a reason and are committed.
+- **back-pressure**: at most ``batch.max_in_flight`` frames are held; beyond that the
+  partitions are paused (and resumed below half), instead of growing a queue.
+- **transient outages** (store/engine unreachable, broker errors): the batch is retried with
+  exponential back-off and nothing is committed meanwhile; the loop never exits on them.
+- **SIGTERM/SIGINT**: stop polling, finish the batches in flight, publish, commit, close.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import TopicPartition
+from opentelemetry.trace import Span, Status, StatusCode
+
+from ingest.consumer import OffsetTracker, commit_map, create_consumer
+from ingest.decode import decode_frame
+from ingest.publisher import Publisher
+from ingest.schemas import (
+    AlarmMessage,
+    DlqInfo,
+    DlqReason,
+    FrameHeaders,
+    Heatmap,
+    MessageError,
+    Region,
+    ResultMessage,
+    Source,
+    Timings,
+    alarm_id_for,
+    severity_for,
+    utc_now,
+)
+from ingest.settings import ServeSettings
+from ingest.telemetry import Telemetry, trace_id_of, traceparent_of
+
+log = logging.getLogger("adqc.serve")
+
+COMMIT_INTERVAL_S = 0.2
+INFERENCE_QUEUE_DEPTH = 2  # batches handed to the inference thread ahead of time
+
+
+class ScorerLike(Protocol):
+    """What the loop needs from :class:`inference.scorer.Scorer`."""
+
+    def score(self, images: list[np.ndarray], product: str) -> list[Any]: ...
+
+
+class Aborted(RuntimeError):
+    """The loop is shutting down and gave up on a batch (it stays uncommitted)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage worth retrying (store/engine/network), not a bad frame."""
+    from inference.store import StoreUnavailableError
+
+    if isinstance(exc, StoreUnavailableError | ConnectionError | TimeoutError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"TritonUnavailableError", "EngineUnavailableError"})
+
+
+# --- per-frame state ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Work:
+    """One polled frame on its way through the loop."""
+
+    record: Any  # kafka ConsumerRecord
+    tp: TopicPartition
+    received_ns: int
+    span: Span
+    decoded: Future | None = None
+    frame: FrameHeaders | None = None
+    image: np.ndarray | None = None
+    error: MessageError | None = None
+    decode_start_ns: int = 0
+    decode_end_ns: int = 0
+
+    @property
+    def source(self) -> Source:
+        return Source(
+            topic=self.record.topic, partition=self.record.partition, offset=self.record.offset
+        )
+
+
+@dataclass
+class Scored:
+    """A frame's outputs, built on the inference thread."""
+
+    work: Work
+    result: ResultMessage | None = None
+    alarm: AlarmMessage | None = None
+    error: MessageError | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What the inference thread returns for a batch (in the batch's order)."""
+
+    items: list[Scored]
+    start_ns: int
+    features_end_ns: int
+    end_ns: int
+
+
+@dataclass
+class Outbox:
+    """Sends of a group of frames awaiting broker acknowledgement."""
+
+    works: list[Work]
+    sends: list[tuple[Callable[[], Any], Any]]  # (resend, future)
+    sent_ns: int
+    outcome: BatchOutcome | None = None
+    scored: list[Scored] = field(default_factory=list)
+    dlq_reasons: dict[int, str] = field(default_factory=dict)  # id(work) -> reason
+    acked_ns: int = 0
+    attempts: int = 1
+
+    def done(self) -> bool:
+        return all(f.is_done for _, f in self.sends)
+
+    def failed(self) -> list[int]:
+        return [i for i, (_, f) in enumerate(self.sends) if f.is_done and f.exception is not None]
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+class ServeLoop:
+    """Consume frames, score them in batches, publish results/alarms/DLQ, commit.
+
+    Args:
+        settings: validated serve settings.
+        scorer: the scorer (``Scorer(engine, store)``).
+        telemetry: tracer + metrics.
+        consumer_factory: builds the Kafka consumer given the rebalance listener
+            (default: :func:`ingest.consumer.create_consumer`).
+        publisher: the producer wrapper (default: a new :class:`Publisher`).
+    """
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        scorer: ScorerLike,
+        telemetry: Telemetry,
+        consumer_factory: Callable[[ConsumerRebalanceListener], Any] | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.telemetry = telemetry
+        self.metrics = telemetry.metrics
+        self._consumer_factory = consumer_factory or (
+            lambda listener: create_consumer(settings, listener)
+        )
+        self.publisher = publisher or Publisher(settings.kafka, settings.topics)
+        self.consumer: Any = None
+        self.tracker = OffsetTracker()
+        self._pending: deque[Work] = deque()  # polled, decoding (poll order)
+        self._ready: deque[Work] = deque()  # decoded and valid, not yet batched
+        self._batches: deque[tuple[list[Work], Future]] = deque()
+        self._outboxes: deque[Outbox] = deque()
+        self._decoder = ThreadPoolExecutor(settings.batch.decode_workers, "adqc-decode")
+        self._inference = ThreadPoolExecutor(1, "adqc-infer")
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._paused = False
+        self._last_commit = 0.0
+        self.running = threading.Event()
+        self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
+
+    # -- control --
+
+    def stop(self) -> None:
+        """Ask the loop to drain and exit (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; then drain, commit and close."""
+        listener = _Listener(self)
+        self.consumer = self._consumer_factory(listener)
+        log.info(
+            "serving %s -> %s / %s (group %s, batch %d, max wait %d ms)",
+            self.settings.topics.frames,
+            self.settings.topics.results,
+            self.settings.topics.alarms,
+            self.settings.group,
+            self.settings.batch.size,
+            self.settings.batch.max_wait_ms,
+        )
+        self.running.set()
+        try:
+            while not self._stop.is_set():
+                self._step()
+            self._drain()
+        finally:
+            self._close()
+
+    # -- one iteration --
+
+    def _step(self) -> None:
+        busy = bool(self._pending or self._ready or self._batches or self._outboxes)
+        self._poll(timeout_ms=2 if busy else 100)
+        self._take_decoded()
+        self._dispatch()
+        self._collect_inference()
+        self._collect_acks()
+        self._commit()
+        self._backpressure()
+
+    def _poll(self, timeout_ms: int) -> None:
+        capacity = self.settings.batch.max_in_flight - self.tracker.in_flight()
+        if capacity <= 0 and not self._paused:
+            self._paused = True
+        if self._paused:
+            self._pause_assigned()  # polling paused partitions keeps the membership alive
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, capacity))
+        now = time.time_ns()
+        for tp, records in polled.items():
+            for record in records:
+                self._accept(tp, record, now)
+
+    def _accept(self, tp: TopicPartition, record: Any, now: int) -> None:
+        headers = {}
+        for name, value in record.headers or ():
+            try:
+                headers[name] = (value or b"").decode("utf-8")
+            except UnicodeDecodeError:
+                headers[name] = ""
+        span = self.telemetry.start_process_span(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.settings.group,
+            key=record.key,
+            headers=headers,
+            start_ns=now,
+        )
+        work = Work(record=record, tp=tp, received_ns=now, span=span)
+        self.tracker.add(tp, record.offset)
+        work.decoded = self._decoder.submit(self._decode_job, work)
+        self._pending.append(work)
+        self.stats["frames"] += 1
+        self.metrics.frames_in.labels(topic=record.topic).inc()
+
+    def _decode_job(self, work: Work) -> None:
+        work.decode_start_ns = time.time_ns()
+        try:
+            frame = FrameHeaders.from_kafka(work.record.headers)
+            work.frame = frame
+            _check_product(frame.product)
+            work.image = decode_frame(work.record.value, frame, self.settings.limits)
+        except MessageError as exc:
+            work.error = exc
+        except Exception as exc:  # a decoder bug must not stop the loop: DLQ it
+            log.exception("decoding offset %s failed", work.record.offset)
+            work.error = MessageError(DlqReason.UNDECODABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+        work.decode_end_ns = time.time_ns()
+        self.metrics.stage_seconds.labels(stage="decode").observe(
+            (work.decode_end_ns - work.decode_start_ns) / 1e9
+        )
+
+    def _take_decoded(self) -> None:
+        while self._pending and self._pending[0].decoded.done():
+            work = self._pending.popleft()
+            work.decoded.result()
+            if work.error is not None:
+                self._send_dlq([(work, work.error)])
+            else:
+                self._ready.append(work)
+
+    def _dispatch(self, force: bool = False) -> None:
+        """Hand batches to the inference thread.
+
+        A batch leaves when it is full, when its oldest frame waited ``max_wait_ms``, or
+        when the engine is idle and nothing else is being decoded (waiting would only add
+        latency). While the engine is busy, partial batches keep growing.
+        """
+        size = self.settings.batch.size
+        max_wait_ns = self.settings.batch.max_wait_ms * 1_000_000
+        while self._ready and len(self._batches) < INFERENCE_QUEUE_DEPTH:
+            full = len(self._ready) >= size
+            waited = time.time_ns() - self._ready[0].received_ns >= max_wait_ns
+            idle = not self._batches and not self._pending
+            if not (full or waited or idle or force):
+                return
+            batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
+            self.metrics.batch_size.observe(len(batch))
+            self._batches.append((batch, self._inference.submit(self._infer_job, batch)))
+
+    # -- inference thread --
+
+    def _infer_job(self, batch: list[Work]) -> BatchOutcome:
+        start = time.time_ns()
+        groups: dict[str, list[int]] = {}
+        for i, work in enumerate(batch):
+            groups.setdefault(work.frame.product, []).append(i)
+        raw: list[Any] = [None] * len(batch)
+        for product, idx in groups.items():
+            images = [batch[i].image for i in idx]
+            for i, outcome in zip(idx, self._score_group(images, product), strict=True):
+                raw[i] = outcome
+        features_end = time.time_ns()
+        items = []
+        for work, outcome in zip(batch, raw, strict=True):
+            if isinstance(outcome, MessageError):
+                items.append(Scored(work, error=outcome))
+            else:
+                items.append(self._build(work, outcome, start, features_end, len(batch)))
+        return BatchOutcome(items, start, features_end, time.time_ns())
+
+    def _score_group(self, images: list[np.ndarray], product: str) -> list[Any]:
+        from inference.records import ModelMismatchError
+        from inference.store import ProductNotFoundError
+
+        try:
+            return self._score_retrying(images, product)
+        except ProductNotFoundError as exc:
+            return [MessageError(DlqReason.UNKNOWN_PRODUCT, str(exc))] * len(images)
+        except ModelMismatchError as exc:
+            return [MessageError(DlqReason.MODEL_MISMATCH, str(exc))] * len(images)
+        except Aborted:
+            raise
+        except Exception as exc:
+            if len(images) == 1:
+                log.exception("scoring a frame of %s failed", product)
+                return [MessageError(DlqReason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")]
+            log.warning("batch of %s failed (%s); scoring its frames one by one", product, exc)
+            out: list[Any] = []
+            for image in images:
+                out.extend(self._score_group([image], product))
+            return out
+
+    def _score_retrying(self, images: list[np.ndarray], product: str) -> list[Any]:
+        delay = self.settings.retry.initial_backoff_s
+        while True:
+            try:
+                return list(self.scorer.score(images, product))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.metrics.retries.labels(cause=type(exc).__name__).inc()
+                log.warning("scoring %s failed (%s); retrying in %.1fs", product, exc, delay)
+                if self._abort.wait(delay):
+                    raise Aborted(f"gave up on a batch of {product} during shutdown") from exc
+                delay = min(delay * 2, self.settings.retry.max_backoff_s)
+
+    def _build(self, work: Work, res: Any, start_ns: int, end_ns: int, batch_n: int) -> Scored:
+        frame = work.frame
+        height, width = work.image.shape[:2]
+        now = utc_now()
+        defective = bool(res.is_defective)
+        alarm_id = alarm_id_for(frame.frame_id, res.model_id) if defective else None
+        trace_id = trace_id_of(work.span)
+        timings_in = dict(getattr(res, "timings", {}) or {})
+        batch_ms = (end_ns - start_ns) / 1e6
+        score_ms = float(timings_in.get("score_ms", timings_in.get("score", 0.0)))
+        timings = Timings(
+            queue_ms=max(0.0, (work.received_ns / 1e9 - frame.capture_time.timestamp()) * 1e3),
+            decode_ms=(work.decode_end_ns - work.decode_start_ns) / 1e6,
+            infer_ms=max(0.0, batch_ms - score_ms),
+            score_ms=score_ms,
+            batch_size=batch_n,
+            total_ms=max(0.0, (now - frame.capture_time).total_seconds() * 1e3),
+        )
+        result = ResultMessage(
+            frame_id=frame.frame_id,
+            product=frame.product,
+            line=frame.line,
+            camera=frame.camera,
+            capture_time=frame.capture_time,
+            processed_at=now,
+            score=float(res.score),
+            threshold=float(res.threshold),
+            decision="defect" if defective else "ok",
+            alarm_id=alarm_id,
+            model_id=res.model_id,
+            reference_version=int(res.reference_version),
+            image_width=width,
+            image_height=height,
+            timings=timings,
+            source=work.source,
+            trace_id=trace_id,
+        )
+        alarm = None
+        if defective:
+            alarm = AlarmMessage(
+                alarm_id=alarm_id,
+                frame_id=frame.frame_id,
+                line=frame.line,
+                camera=frame.camera,
+                product=frame.product,
+                capture_time=frame.capture_time,
+                detected_at=now,
+                score=float(res.score),
+                threshold=float(res.threshold),
+                severity=severity_for(float(res.score), float(res.threshold)),
+                regions=_regions(res, width, height),
+                heatmap=self._heatmap(work.image, res, alarm_id),
+                model_id=res.model_id,
+                reference_version=int(res.reference_version),
+                trace_id=trace_id,
+                source=work.source,
+            )
+        return Scored(work, result=result, alarm=alarm)
+
+    def _heatmap(self, image: np.ndarray, res: Any, alarm_id: str) -> Heatmap | None:
+        mode = self.settings.alarms.heatmap
+        if mode == "none":
+            return None
+        from inference.scorer import heatmap_png
+
+        png = heatmap_png(image, res.anomaly_map, float(res.threshold))
+        h, w = _png_size(png)
+        if mode == "inline":
+            data = base64.b64encode(png).decode()
+            return Heatmap(encoding="base64", data=data, width=w, height=h)
+        directory = Path(self.settings.alarms.heatmap_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{alarm_id}.png"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(png)
+        tmp.replace(path)
+        return Heatmap(encoding="uri", uri=path.resolve().as_uri(), width=w, height=h)
+
+    # -- publishing (main thread) --
+
+    def _collect_inference(self) -> None:
+        while self._batches and self._batches[0][1].done():
+            batch, future = self._batches.popleft()
+            try:
+                outcome: BatchOutcome = future.result()
+            except Aborted as exc:
+                log.warning("%s; its %d frames stay uncommitted", exc, len(batch))
+                for work in batch:
+                    _end_span(work.span, error="not processed: shutdown")
+                continue
+            self.metrics.stage_seconds.labels(stage="infer").observe(
+                (outcome.end_ns - outcome.start_ns) / 1e9
+            )
+            dlq = [(s.work, s.error) for s in outcome.items if s.error is not None]
+            if dlq:
+                self._send_dlq(dlq)
+            ok = [s for s in outcome.items if s.error is None]
+            if ok:
+                self._send_results(ok, outcome)
+
+    def _send_results(self, scored: list[Scored], outcome: BatchOutcome) -> None:
+        sends = []
+        for item in scored:
+            trace_headers = traceparent_of(item.work.span)
+            key = item.work.record.key
+
+            def send_result(item=item, key=key, th=trace_headers) -> Any:
+                return self.publisher.send_result(item.result, key, th)
+
+            sends.append((send_result, send_result()))
+            if item.alarm is not None:
+
+                def send_alarm(item=item, key=key, th=trace_headers) -> Any:
+                    return self.publisher.send_alarm(item.alarm, key, th)
+
+                sends.append((send_alarm, send_alarm()))
+        box = Outbox([s.work for s in scored], sends, time.time_ns(), outcome=outcome)
+        box.scored = scored
+        self._outboxes.append(box)
+
+    def _send_dlq(self, failures: list[tuple[Work, MessageError]]) -> None:
+        sends = []
+        reasons = {}
+        for work, error in failures:
+            record = work.record
+            info = DlqInfo(
+                reason=error.reason,
+                detail=error.detail[:2000],
+                time=utc_now(),
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+                consumer_group=self.settings.group,
+            )
+            headers = list(record.headers or [])
+
+            def send(record=record, headers=headers, info=info) -> Any:
+                return self.publisher.send_dlq(record.key, record.value, headers, info)
+
+            sends.append((send, send()))
+            reasons[id(work)] = error.reason.value
+            log.info(
+                "frame %s/%d@%d -> DLQ (%s: %s)",
+                record.topic,
+                record.partition,
+                record.offset,
+                error.reason.value,
+                error.detail,
+            )
+        box = Outbox([w for w, _ in failures], sends, time.time_ns(), dlq_reasons=reasons)
+        self._outboxes.append(box)
+
+    def _collect_acks(self) -> None:
+        while self._outboxes and self._outboxes[0].done():
+            box = self._outboxes[0]
+            failed = box.failed()
+            if failed:
+                self._resend(box, failed)
+                return
+            self._outboxes.popleft()
+            self._finish(box, time.time_ns())
+
+    def _resend(self, box: Outbox, failed: list[int]) -> None:
+        errors = {type(box.sends[i][1].exception).__name__ for i in failed}
+        delay = min(
+            self.settings.retry.initial_backoff_s * 2 ** (box.attempts - 1),
+            self.settings.retry.max_backoff_s,
+        )
+        log.warning("%d publish(es) failed (%s); resending in %.1fs", len(failed), errors, delay)
+        self.metrics.retries.labels(cause="publish").inc()
+        if self._abort.wait(delay):
+            return
+        for i in failed:
+            resend, _ = box.sends[i]
+            box.sends[i] = (resend, resend())
+        box.attempts += 1
+
+    def _finish(self, box: Outbox, acked_ns: int) -> None:
+        publish_s = (acked_ns - box.sent_ns) / 1e9
+        self.metrics.stage_seconds.labels(stage="publish").observe(publish_s)
+        scored = {id(s.work): s for s in box.scored}
+        for work in box.works:
+            self.tracker.done(work.tp, work.record.offset)
+            tel = self.telemetry
+            tel.child_span(work.span, "consume", work.received_ns, work.decode_start_ns)
+            reason = box.dlq_reasons.get(id(work))
+            tel.child_span(
+                work.span, "decode", work.decode_start_ns, work.decode_end_ns, error=reason
+            )
+            item = scored.get(id(work))
+            if box.outcome is not None and item is not None:
+                oc = box.outcome
+                n = {"adqc.batch.size": len(oc.items)}
+                tel.child_span(work.span, "infer", oc.start_ns, oc.features_end_ns, n)
+                tel.child_span(work.span, "score", oc.features_end_ns, oc.end_ns, n)
+            tel.child_span(
+                work.span,
+                "publish",
+                box.sent_ns,
+                acked_ns,
+                {"messaging.destination.name": self._destination(item, reason)},
+            )
+            if reason is not None:
+                self.stats["dlq"] += 1
+                self.metrics.frames_failed.labels(reason=reason).inc()
+                work.span.set_attribute("adqc.dlq.reason", reason)
+                _end_span(work.span, error=f"dead-lettered: {reason}", end_ns=acked_ns)
+                continue
+            result = item.result
+            self.stats["results"] += 1
+            self.metrics.frames_out.labels(decision=result.decision).inc()
+            latency = acked_ns / 1e9 - result.capture_time.timestamp()
+            self.metrics.e2e_latency.observe(max(latency, 0.0))
+            work.span.set_attribute("adqc.decision", result.decision)
+            work.span.set_attribute("adqc.score", result.score)
+            if item.alarm is not None:
+                self.stats["alarms"] += 1
+                self.metrics.alarms.labels(severity=item.alarm.severity).inc()
+                work.span.set_attribute("adqc.alarm_id", item.alarm.alarm_id)
+            _end_span(work.span, end_ns=acked_ns)
+
+    def _destination(self, item: Scored | None, reason: str | None) -> str:
+        topics = self.settings.topics
+        if reason is not None:
+            return topics.dlq
+        if item is not None and item.alarm is not None:
+            return f"{topics.results},{topics.alarms}"
+        return topics.results
+
+    # -- offsets and back-pressure --
+
+    def _commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        self._last_commit = now
+        try:
+            self.consumer.commit(commit_map(offsets))
+        except CommitFailedError as exc:
+            log.warning("commit refused (group rebalanced): %s", exc)
+            return
+        except KafkaError as exc:
+            log.warning("commit failed, will retry: %s", exc)
+            self.metrics.retries.labels(cause="commit").inc()
+            return
+        self.tracker.mark_committed(offsets)
+        self.stats["commits"] += 1
+        self.metrics.commits.inc()
+
+    def _backpressure(self) -> None:
+        held = self.tracker.in_flight()
+        self.metrics.in_flight.set(held)
+        limit = self.settings.batch.max_in_flight
+        if not self._paused and held >= limit:
+            self._paused = True
+            self._pause_assigned()
+        elif self._paused and held <= limit // 2:
+            self._paused = False
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+            self.metrics.paused_partitions.set(0)
+
+    def _pause_assigned(self) -> None:
+        assigned = self.consumer.assignment()
+        missing = set(assigned) - set(self.consumer.paused())
+        if missing:
+            self.consumer.pause(*missing)
+        self.metrics.paused_partitions.set(len(assigned))
+
+    # -- rebalance, shutdown --
+
+    def _settle(self, timeout_s: float) -> bool:
+        """Finish every batch in flight and wait for its acks (no new batches)."""
+        deadline = time.monotonic() + timeout_s
+        while self._batches or self._outboxes:
+            if time.monotonic() > deadline:
+                return False
+            self._take_decoded()
+            self._collect_inference()
+            self._collect_acks()
+            if self._batches or self._outboxes:
+                time.sleep(0.002)
+        return True
+
+    def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Rebalance: finish what is in flight, commit, drop undispatched frames of ``revoked``."""
+        if not revoked:
+            return
+        log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        self._settle(self.settings.retry.drain_timeout_s)
+        self._commit(force=True)
+        for queue in (self._pending, self._ready):
+            keep = [w for w in queue if w.tp not in revoked]
+            for work in queue:
+                if work.tp in revoked:
+                    _end_span(work.span, error="partition revoked before processing")
+            queue.clear()
+            queue.extend(keep)
+        self.tracker.forget(revoked)
+
+    def _drain(self) -> None:
+        log.info("stopping: finishing %d batch(es) in flight", len(self._batches))
+        try:
+            assigned = self.consumer.assignment()
+            if assigned:
+                self.consumer.pause(*assigned)
+        except KafkaError:
+            pass
+        if not self._settle(self.settings.retry.drain_timeout_s):
+            log.warning("drain timed out; unfinished frames stay uncommitted")
+            self._abort.set()
+            self._settle(5.0)
+        for queue in (self._pending, self._ready):
+            for work in queue:
+                _end_span(work.span, error="not processed: shutdown")
+            queue.clear()
+        self._commit(force=True)
+        log.info(
+            "stopped: %(frames)d frames, %(results)d results, %(alarms)d alarms, %(dlq)d DLQ",
+            self.stats,
+        )
+
+    def _close(self) -> None:
+        self._abort.set()
+        self._decoder.shutdown(wait=True, cancel_futures=True)
+        self._inference.shutdown(wait=True, cancel_futures=True)
+        try:
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+        finally:
+            self.publisher.close()
+            self.running.clear()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, loop: ServeLoop) -> None:
+        self.loop = loop
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.loop.on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _check_product(product: str) -> None:
+    from inference.records import PRODUCT_NAME
+
+    if not PRODUCT_NAME.match(product):
+        raise MessageError(
+            DlqReason.INVALID_HEADER,
+            f"header 'product': {product!r} is not a valid product name",
+        )
+
+
+def _end_span(span: Span, error: str | None = None, end_ns: int | None = None) -> None:
+    if error:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)
+
+
+def _regions(res: Any, width: int, height: int) -> list[Region]:
+    amap = np.asarray(res.anomaly_map)
+    sy, sx = height / amap.shape[0], width / amap.shape[1]
+    out = []
+    for region in getattr(res, "regions", []) or []:
+        x0, y0, x1, y1 = (float(v) for v in region.bbox)
+        out.append(
+            Region(
+                bbox=(
+                    int(x0 * sx),
+                    int(y0 * sy),
+                    min(width, int(np.ceil(x1 * sx))),
+                    min(height, int(np.ceil(y1 * sy))),
+                ),
+                area=int(round(region.area * sx * sy)),
+                peak=float(region.peak),
+            )
+        )
+    return out
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk."""
+    width = int.from_bytes(png[16:20], "big")
+    height = int.from_bytes(png[20:24], "big")
+    return height, width
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_scorer(settings: ServeSettings) -> ScorerLike:
+    """The engine named by ``settings.engine`` + the store at ``settings.store.url``."""
+    from inference.scorer import Scorer
+
+    from inference.store import open_store
+
+    store = open_store(settings.store.url)
+    return Scorer(build_engine(settings), store)
+
+
+def build_engine(settings: ServeSettings) -> Any:
+    """Instantiate the configured engine (local torch or Triton gRPC client)."""
+    engine = settings.engine
+    if engine.kind == "local":
+        from inference.engines.local import LocalEngine
+
+        if engine.torch_threads:
+            import torch
+
+            torch.set_num_threads(engine.torch_threads)
+        return LocalEngine(
+            backbone=engine.backbone, checkpoint=engine.checkpoint, device=engine.device
+        )
+    from inference.engines.triton import TritonEngine
+
+    return TritonEngine(
+        url=engine.url, model=engine.model, timeout_s=engine.timeout_s, retries=engine.retries
+    )
+
+
+def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeLoop:
+    """Run ``adqc serve`` in this (main) thread until SIGTERM/SIGINT; returns the stopped loop."""
+    telemetry = telemetry or Telemetry(settings.telemetry)
+    scorer = build_scorer(settings)
+    port = telemetry.start_metrics_server()
+    loop = ServeLoop(settings, scorer, telemetry)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        loop.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if port is not None:
+        log.info("metrics: http://127.0.0.1:%d/metrics", port)
+    try:
+        loop.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        telemetry.shutdown()
+    return loop
