@@ -1,0 +1,119 @@
+"""Residual features (ResAD/ADPretrain): each patch feature minus its cosine nearest neighbour
+among all patch features (any position, any image) of the K normal reference images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class ReferencePool:
+    """Per level: the reference patch features [M, C] and their unit-normalised copy."""
+
+    def __init__(self, levels: Sequence[Tensor]) -> None:
+        self.levels: list[Tensor] = [torch.as_tensor(p).float().contiguous() for p in levels]
+        for p in self.levels:
+            if p.ndim != 2:
+                raise ValueError(f"pool level must be [M, C], got {tuple(p.shape)}")
+        self.normed: list[Tensor] = [F.normalize(p, dim=1) for p in self.levels]
+
+    @classmethod
+    def from_features(cls, level_features: Sequence[Tensor]) -> ReferencePool:
+        """Build from the K reference images' level maps, each [K, C, h, w]."""
+        return cls([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in level_features])
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(p.shape[1] for p in self.levels)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Number of reference patches M per level."""
+        return tuple(p.shape[0] for p in self.levels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.levels[0].device
+
+    def to(self, device: torch.device | str) -> ReferencePool:
+        """This pool on `device` (self when already there)."""
+        device = torch.device(device)
+        if all(p.device == device for p in self.levels):
+            return self
+        pool = ReferencePool.__new__(ReferencePool)
+        pool.levels = [p.to(device) for p in self.levels]
+        pool.normed = [p.to(device) for p in self.normed]
+        return pool
+
+    def numpy(self) -> list:
+        """Per-level float32 numpy arrays [M, C] (what a ProductRecord stores)."""
+        return [p.detach().cpu().numpy() for p in self.levels]
+
+
+def nearest_indices(
+    queries: Tensor, pool_normed: Tensor, chunk: int = 4096, queries_normed: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Cosine 1-NN of each query row [N, C] in a unit-normalised pool [M, C].
+
+    Returns (best cosine [N], index [N]). Works in query x pool blocks of at most chunk x chunk,
+    so memory stays bounded for large pools; ties go to the lowest pool index (as argmax).
+    """
+    q = queries if queries_normed else F.normalize(queries, dim=1)
+    n, m = q.shape[0], pool_normed.shape[0]
+    if m == 0:
+        raise ValueError("empty reference pool")
+    best = torch.empty(n, dtype=q.dtype, device=q.device)
+    index = torch.empty(n, dtype=torch.long, device=q.device)
+    for qs in range(0, n, chunk):
+        qc = q[qs : qs + chunk]
+        bv: Tensor | None = None
+        bi: Tensor | None = None
+        for ps in range(0, m, chunk):
+            sim = qc @ pool_normed[ps : ps + chunk].T
+            v, i = sim.max(dim=1)
+            i = i + ps
+            if bv is None or bi is None:
+                bv, bi = v, i
+            else:
+                better = v > bv  # strict: an equal later match keeps the earlier index
+                bv = torch.where(better, v, bv)
+                bi = torch.where(better, i, bi)
+        assert bv is not None and bi is not None
+        best[qs : qs + chunk] = bv
+        index[qs : qs + chunk] = bi
+    return best, index
+
+
+def nearest_residuals(
+    features: Tensor, pool: Tensor, chunk: int = 4096, pool_normed: Tensor | None = None
+) -> Tensor:
+    """features [B,C,h,w], pool [M,C] -> residual [B,C,h,w], r = f - p*, p* = argmax_p cos(f, p).
+
+    p* is the un-normalised pool feature. Pass `pool_normed` (ReferencePool.normed) to skip
+    re-normalising the pool on every call.
+    """
+    b, c, h, w = features.shape
+    if pool.shape[1] != c:
+        raise ValueError(f"pool has {pool.shape[1]} channels, features have {c}")
+    pool = pool.to(device=features.device, dtype=features.dtype)
+    if pool_normed is None:
+        pool_normed = F.normalize(pool, dim=1)
+    else:
+        pool_normed = pool_normed.to(device=features.device, dtype=features.dtype)
+    flat = features.permute(0, 2, 3, 1).reshape(-1, c)
+    _, idx = nearest_indices(flat, pool_normed, chunk)
+    residual = flat - pool.index_select(0, idx)
+    return residual.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def pool_residuals(level_features: Sequence[Tensor], pool: ReferencePool, chunk: int = 4096):
+    """Residuals of every level against the matching level of `pool`."""
+    if len(level_features) != len(pool.levels):
+        raise ValueError(f"{len(level_features)} feature levels for {len(pool.levels)} pool levels")
+    return [
+        nearest_residuals(f, p, chunk, pool_normed=pn)
+        for f, p, pn in zip(level_features, pool.levels, pool.normed, strict=True)
+    ]
