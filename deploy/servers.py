@@ -1,0 +1,747 @@
+"""Start and stop real local servers (Redis, Apache Kafka in KRaft mode, Triton) on loopback.
+
+Used by the test fixtures (tests/conftest.py) and by ``adqc bench pipeline``. Each server binds
+127.0.0.1 on free ports, waits until it really answers (with a timeout and an error that quotes
+the tail of the server's log), exposes its address, and stops cleanly. The binaries come from
+``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from Maven
+Central in ``.cache/kafka/libs``, and tritonserver from nvidia-pytriton in ``.cache/triton``.
+
+Every class works as a context manager (``with RedisServer() as redis: ...``); ``start()`` and
+``stop()`` may be called repeatedly on one object (restart tests keep the data and the ports),
+``close()`` stops the server and removes the temporary working directory it created.
+
+Example::
+
+    with KafkaBroker() as kafka, RedisServer() as redis:
+        kafka.create_topics(["frames", "results"], partitions=4)
+        print(kafka.bootstrap, redis.url)
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_CONFIG_DIR = Path(__file__).resolve().parent / "kafka"
+LOOPBACK = "127.0.0.1"
+INSTALL_HINT = "run `make servers` (bash deploy/scripts/install_all.sh) first"
+_PORT_IN_USE = ("Address already in use", "BindException", "address already in use")
+
+
+class ServerStartError(RuntimeError):
+    """A server did not start or did not become ready in time (message has its log tail)."""
+
+
+class ServersNotInstalledError(ServerStartError):
+    """The server's binaries are not installed: ``make servers`` was not run on this machine."""
+
+
+def cache_dir() -> Path:
+    """The ignored cache folder the install scripts fill (``ADQC_CACHE_DIR`` overrides it)."""
+    return Path(os.environ.get("ADQC_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+_LIVE: weakref.WeakSet[_ManagedServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.close()
+
+
+class _ManagedServer:
+    """A server run as a child process with its output in ``<workdir>/server.log``.
+
+    Subclasses implement ``_command()`` (argv), ``_ready()`` (a real readiness probe) and
+    optionally ``_prepare()`` (before each start), ``_pick_ports()`` and ``_shutdown()``.
+    """
+
+    name = "server"
+    startup_timeout = 60.0
+    stop_timeout = 30.0
+
+    def __init__(self, workdir: str | Path | None, startup_timeout: float | None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = (
+            Path(tempfile.mkdtemp(prefix=f"adqc-{self.name}-"))
+            if workdir is None
+            else Path(workdir).resolve()
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "server.log"
+        if startup_timeout is not None:
+            self.startup_timeout = startup_timeout
+        self._auto_ports = True
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    # -- to implement ---------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str] | None:
+        return None
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Work before each start (config files, storage format)."""
+
+    def _pick_ports(self) -> None:
+        """Choose new free ports (only called when the ports were not given)."""
+
+    def _shutdown(self) -> None:
+        """Ask the server to exit (default: SIGTERM)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def _after_stop(self) -> None:
+        """Cleanup after the process is gone (shared memory, pid files)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def start(self) -> _ManagedServer:
+        """Start the server and block until it is ready; returns self.
+
+        Raises:
+            ServersNotInstalledError: the binaries are missing (run ``make servers``).
+            ServerStartError: the process exited or did not become ready in time.
+        """
+        if self._closed:
+            raise ServerStartError(f"{self.name}: start() after close()")
+        if self.running:
+            return self
+        attempts = 3 if self._auto_ports else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once()
+                _LIVE.add(self)
+                return self
+            except ServerStartError:
+                port_clash = any(s in log_tail(self.log_path, 200) for s in _PORT_IN_USE)
+                if not (port_clash and attempt < attempts):
+                    raise
+                self._pick_ports()  # another process took a port between choice and bind
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        self._prepare()
+        command = self._command()
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==== adqc: starting {' '.join(command)}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.workdir,
+                    env=self._env(),
+                )
+            except OSError as err:
+                raise ServerStartError(f"{self.name}: cannot run {command[0]}: {err}") from err
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                self._after_stop()
+                raise ServerStartError(self._failure(f"exited with status {code} while starting"))
+            with contextlib.suppress(Exception):
+                if self._ready():
+                    return
+            if time.monotonic() > deadline:
+                self._kill()
+                raise ServerStartError(
+                    self._failure(f"not ready after {self.startup_timeout:.0f} s (killed)")
+                )
+            time.sleep(0.1)
+
+    def _failure(self, what: str) -> str:
+        return (
+            f"{self.name} {what}; command: {' '.join(self._command())}\n"
+            f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
+        )
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+        self._proc = None
+        self._after_stop()
+
+    def stop(self) -> None:
+        """Stop the server cleanly (then SIGKILL after ``stop_timeout`` s); data is kept."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self._shutdown()
+            try:
+                self._proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=30)
+        self._proc = None
+        self._after_stop()
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, for reliability tests); ``start()`` may follow."""
+        self._kill()
+
+    def restart(self) -> None:
+        """Stop then start again on the same ports and data."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove the working directory it created (if it created it)."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        _LIVE.discard(self)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Any:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+class RedisServer(_ManagedServer):
+    """Debian's ``redis-server`` on a free loopback port.
+
+    Args:
+        port: the port (default: a free one).
+        appendonly: persist every write to an append-only file in ``workdir`` (fsync always),
+            so ``stop()``/``kill()`` then ``start()`` keeps the data.
+        workdir: data + log directory (default: a temporary one removed by ``close()``).
+        startup_timeout: seconds to wait for PING.
+        maxmemory: optional Redis ``maxmemory`` value (e.g. ``"256mb"``).
+    """
+
+    name = "redis"
+    startup_timeout = 20.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        workdir: str | Path | None = None,
+        startup_timeout: float | None = None,
+        maxmemory: str | None = None,
+    ) -> None:
+        super().__init__(workdir, startup_timeout)
+        binary = shutil.which("redis-server")
+        if binary is None or shutil.which("redis-cli") is None:
+            raise ServersNotInstalledError(f"redis-server not found on PATH: {INSTALL_HINT}")
+        self._binary = binary
+        self._auto_ports = port is None
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.maxmemory = maxmemory
+
+    @property
+    def host(self) -> str:
+        """Always 127.0.0.1."""
+        return LOOPBACK
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``redis.Redis`` client for this server (extra keyword arguments are passed on)."""
+        import redis
+
+        return redis.Redis(host=LOOPBACK, port=self.port, **kwargs)
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    def _command(self) -> list[str]:
+        command = [
+            self._binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--logfile", "",
+        ]  # fmt: skip
+        if self.appendonly:
+            command += ["--appendfsync", "always"]
+        if self.maxmemory:
+            command += ["--maxmemory", self.maxmemory]
+        return command
+
+    def _ready(self) -> bool:
+        client = self.client(socket_timeout=1, socket_connect_timeout=1)
+        try:
+            # PING answers LOADING errors while an AOF is replayed: check persistence is loaded.
+            return bool(client.ping()) and client.info("persistence").get("loading") == 0
+        finally:
+            client.close()
+
+    def _shutdown(self) -> None:
+        client = self.client(socket_timeout=5, socket_connect_timeout=2)
+        try:
+            client.shutdown(nosave=True)
+        except Exception:  # the connection drops when the server exits: that is success
+            pass
+        finally:
+            client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+def _kafka_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like random-uuid)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class KafkaBroker(_ManagedServer):
+    """A single-node Apache Kafka broker (KRaft, broker + controller) from ``.cache/kafka/libs``.
+
+    Storage is formatted on the first start and kept in ``workdir/data``: ``stop()`` then
+    ``start()`` (or ``restart()``) reuses the same ports, log dir and cluster id, so committed
+    messages and consumer offsets survive. Topics are auto-created on first use with
+    ``partitions`` partitions, or explicitly with ``create_topics``.
+
+    Args:
+        port: client (PLAINTEXT) port, default a free one.
+        controller_port: KRaft controller port, default a free one.
+        workdir: config + data + log directory (default: temporary, removed by ``close()``).
+        partitions: default partition count of auto-created topics.
+        auto_create_topics: let producers/consumers create topics on first use.
+        heap: JVM heap size (``-Xmx``/``-Xms``), e.g. ``"512m"``.
+        startup_timeout: seconds to wait until the broker serves metadata.
+        overrides: extra ``server.properties`` entries (strings), replacing the template's.
+    """
+
+    name = "kafka"
+    startup_timeout = 90.0
+    stop_timeout = 40.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        controller_port: int | None = None,
+        *,
+        workdir: str | Path | None = None,
+        partitions: int = 1,
+        auto_create_topics: bool = True,
+        heap: str = "512m",
+        startup_timeout: float | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        libs = cache_dir() / "kafka" / "libs"
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise ServersNotInstalledError(f"Kafka jars not found in {libs}: {INSTALL_HINT}")
+        java = shutil.which("java")
+        if java is None:
+            raise ServersNotInstalledError(f"java not found on PATH: {INSTALL_HINT}")
+        super().__init__(workdir, startup_timeout)
+        self._java = java
+        self._libs = libs
+        self._auto_ports = port is None and controller_port is None
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.partitions = partitions
+        self.auto_create_topics = auto_create_topics
+        self.heap = heap
+        self.overrides = dict(overrides or {})
+        self.data_dir = self.workdir / "data"
+        self.config_path = self.workdir / "server.properties"
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers string: ``127.0.0.1:<port>``."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def _pick_ports(self) -> None:
+        self.port, self.controller_port = free_port(), free_port()
+
+    def _java_command(self, main_class: str, *args: str) -> list[str]:
+        return [
+            self._java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{KAFKA_CONFIG_DIR / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={self.workdir}",
+            "-cp",
+            f"{self._libs}/*",
+            main_class,
+            *args,
+        ]
+
+    def _render_config(self) -> str:
+        template = (KAFKA_CONFIG_DIR / "server.properties.in").read_text()
+        text = template.format(
+            port=self.port,
+            controller_port=self.controller_port,
+            host=LOOPBACK,
+            data_dir=self.data_dir,
+            partitions=self.partitions,
+            auto_create=str(self.auto_create_topics).lower(),
+        )
+        if self.overrides:
+            keys = set(self.overrides)
+            kept = [ln for ln in text.splitlines() if ln.split("=", 1)[0].strip() not in keys]
+            text = "\n".join(kept + [f"{k}={v}" for k, v in self.overrides.items()]) + "\n"
+        return text
+
+    def _prepare(self) -> None:
+        self.config_path.write_text(self._render_config())
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = self._java_command(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _kafka_cluster_id(),
+            "-c",
+            str(self.config_path),
+            "--ignore-formatted",
+        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise ServerStartError(
+                f"kafka storage format failed (status {done.returncode}): {' '.join(command)}\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
+
+    def _command(self) -> list[str]:
+        return self._java_command("kafka.Kafka", str(self.config_path))
+
+    def _ready(self) -> bool:
+        if not port_open(self.port):
+            return False
+        # The port opens before the broker has registered with the controller: ask for metadata.
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=3000, client_id="adqc-ready"
+        )
+        try:
+            return len(admin.describe_cluster().get("brokers", [])) > 0
+        finally:
+            admin.close()
+
+    def admin(self, **kwargs: Any) -> Any:
+        """A ``kafka.KafkaAdminClient`` for this broker (caller closes it)."""
+        from kafka import KafkaAdminClient
+
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap, **kwargs)
+
+    def create_topics(
+        self,
+        names: Iterable[str],
+        partitions: int = 1,
+        *,
+        config: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Create topics (replication 1) and wait until each partition has a leader.
+
+        Topics that already exist are left as they are.
+        """
+        from kafka.admin import NewTopic
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+        names = list(names)
+        admin = self.admin(request_timeout_ms=int(timeout * 1000))
+        try:
+            for name in names:
+                topic = NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([topic])
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    described = {t["name"]: t for t in admin.describe_topics(names)}
+                except KafkaError:
+                    described = {}
+                ready = [
+                    n
+                    for n in names
+                    if described.get(n, {}).get("error_code", -1) == 0
+                    and described[n]["partitions"]
+                    and all(p["leader_id"] >= 0 for p in described[n]["partitions"])
+                ]
+                if len(ready) == len(names):
+                    return
+                if time.monotonic() > deadline:
+                    missing = sorted(set(names) - set(ready))
+                    raise ServerStartError(f"kafka topics not ready after {timeout} s: {missing}")
+                time.sleep(0.2)
+        finally:
+            admin.close()
+
+    def list_topics(self) -> list[str]:
+        """Names of the broker's topics (internal ones included)."""
+        admin = self.admin()
+        try:
+            return sorted(admin.list_topics())
+        finally:
+            admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+def _python_libdir(python: str) -> str:
+    """The interpreter's LIBDIR (where its libpython lives)."""
+    if Path(python) == Path(sys.executable):
+        return str(sysconfig.get_config_var("LIBDIR"))
+    done = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.strip()
+
+
+class TritonServer(_ManagedServer):
+    """NVIDIA Triton (tritonserver 2.51 from nvidia-pytriton, python backend) on loopback ports.
+
+    The python backend's stub runs models with ``python`` (the first ``python3`` on PATH: the
+    given interpreter's bin directory is put first) and needs that interpreter's libpython on
+    LD_LIBRARY_PATH (both handled here). Readiness is strict: ``/v2/health/ready`` answers 200
+    only once every model that should load is ready, and each of ``load_models`` is checked.
+
+    Args:
+        model_repository: the model repository directory.
+        http_port, grpc_port, metrics_port: ports (default: free ones).
+        model_control_mode: ``"none"`` (load everything), ``"explicit"`` or ``"poll"``.
+        load_models: with ``explicit``, models to load at start (``["*"]`` for all).
+        python: interpreter whose environment runs the python-backend models.
+        backend_config: extra ``--backend-config`` entries for the python backend.
+        extra_args: more tritonserver arguments.
+        workdir: log directory (default: temporary, removed by ``close()``).
+        startup_timeout: seconds to wait until the server and models are ready.
+        log_verbose: tritonserver ``--log-verbose`` level.
+        exit_timeout: ``--exit-timeout-secs``: how long a SIGTERM waits for in-flight requests
+            (open client connections count too) before the server exits anyway.
+    """
+
+    name = "triton"
+    startup_timeout = 180.0
+
+    def __init__(
+        self,
+        model_repository: str | Path,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        model_control_mode: str = "none",
+        load_models: Sequence[str] = (),
+        python: str | Path | None = None,
+        backend_config: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        workdir: str | Path | None = None,
+        startup_timeout: float | None = None,
+        log_verbose: int = 0,
+        exit_timeout: int = 10,
+    ) -> None:
+        root = cache_dir() / "triton"
+        if not (root / "bin" / "tritonserver").exists():
+            raise ServersNotInstalledError(f"tritonserver not found in {root}: {INSTALL_HINT}")
+        repo = Path(model_repository).resolve()
+        if not repo.is_dir():
+            raise FileNotFoundError(f"Triton model repository not found: {repo}")
+        if model_control_mode not in ("none", "explicit", "poll"):
+            raise ValueError(
+                f"model_control_mode must be none, explicit or poll, not {model_control_mode!r}"
+            )
+        if load_models and model_control_mode != "explicit":
+            raise ValueError("load_models needs model_control_mode='explicit'")
+        super().__init__(workdir, startup_timeout)
+        self.root = root
+        self.model_repository = repo
+        self.model_control_mode = model_control_mode
+        self.load_models = list(load_models)
+        self.python = str(python or sys.executable)
+        self.backend_config = dict(backend_config or {})
+        self.extra_args = list(extra_args)
+        self.log_verbose = log_verbose
+        self.exit_timeout = exit_timeout
+        self.stop_timeout = exit_timeout + 15.0
+        self._auto_ports = http_port is None and grpc_port is None and metrics_port is None
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        # Unique prefix of the python backend's /dev/shm regions, so stop() removes only ours.
+        self.shm_prefix = f"adqc_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+
+    @property
+    def http_url(self) -> str:
+        """``127.0.0.1:<http port>`` (the form tritonclient.http expects)."""
+        return f"{LOOPBACK}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``127.0.0.1:<grpc port>`` (the form tritonclient.grpc expects)."""
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The Prometheus endpoint ``http://127.0.0.1:<metrics port>/metrics``."""
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
+    def _pick_ports(self) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        python_bin = str(Path(self.python).parent)
+        env["PATH"] = os.pathsep.join([python_bin, env.get("PATH", "")])
+        libdirs = [_python_libdir(self.python), str(self.root / "lib")]
+        if env.get("LD_LIBRARY_PATH"):
+            libdirs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs)
+        env.pop("PYTHONPATH", None)  # the stub ignores it; models must import from the venv
+        return env
+
+    def _command(self) -> list[str]:
+        backend = {"shm-region-prefix-name": self.shm_prefix, **self.backend_config}
+        command = [
+            str(self.root / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.root / 'backends'}",
+            f"--cache-directory={self.root / 'caches'}",
+            f"--model-control-mode={self.model_control_mode}",
+            f"--http-address={LOOPBACK}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={LOOPBACK}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={LOOPBACK}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        command += [f"--backend-config=python,{k}={v}" for k, v in backend.items()]
+        command += [f"--load-model={name}" for name in self.load_models]
+        return command + self.extra_args
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        url = f"http://{self.http_url}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def _post(self, path: str, timeout: float = 120.0) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def _ready(self) -> bool:
+        if self._get("/v2/health/ready")[0] != 200:
+            return False
+        names = [m for m in self.load_models if m != "*"]
+        return all(self.model_ready(name) for name in names)
+
+    def model_ready(self, name: str) -> bool:
+        """True when the model ``name`` is loaded and ready."""
+        return self._get(f"/v2/models/{name}/ready")[0] == 200
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) a model (explicit mode); raises ServerStartError with the reason."""
+        status, body = self._post(f"/v2/repository/models/{name}/load")
+        if status != 200:
+            raise ServerStartError(
+                f"triton could not load model {name!r}: {body.decode(errors='replace')}\n"
+                f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
+            )
+
+    def unload_model(self, name: str) -> None:
+        """Unload a model (explicit mode)."""
+        status, body = self._post(f"/v2/repository/models/{name}/unload")
+        if status != 200:
+            raise ServerStartError(f"triton could not unload {name!r}: {body.decode()}")
+
+    def metrics(self) -> str:
+        """The Prometheus metrics text."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def _after_stop(self) -> None:
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
