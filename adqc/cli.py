@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("ingest.cli",)
 
 GROUPS = {
     "bench": "Benchmarks whose results go to docs/.",
