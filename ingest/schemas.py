@@ -167,12 +167,12 @@ class Source(_Message):
 
 
 class Timings(_Message):
-    """Per-frame timings in milliseconds."""
+    """Per-frame timings in milliseconds (batch stages: this frame's share of its batch)."""
 
-    queue_ms: float = Field(description="capture time to the start of processing (transport)")
+    queue_ms: float = Field(description="capture time to the poll that received the frame")
     decode_ms: float
-    infer_ms: float = Field(description="engine features for the frame's batch")
-    score_ms: float = Field(description="maps, scores and regions for the frame's batch")
+    infer_ms: float = Field(description="resize + engine features (share of the batch)")
+    score_ms: float = Field(description="anomaly maps, scores, regions (share of the batch)")
     batch_size: int = Field(ge=1)
     total_ms: float = Field(description="capture time to the hand-off of this result")
 

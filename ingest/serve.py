@@ -329,13 +329,20 @@ class ServeLoop:
             images = [batch[i].image for i in idx]
             for i, outcome in zip(idx, self._score_group(images, product), strict=True):
                 raw[i] = outcome
-        features_end = time.time_ns()
+        scored_end = time.time_ns()
+        # The engine's part of the scorer call (resize + features), from the scorer's timings.
+        engine_ms = sum(
+            r.timings.get("resize_ms", 0.0) + r.timings.get("features_ms", 0.0)
+            for r in raw
+            if not isinstance(r, MessageError) and getattr(r, "timings", None)
+        )
+        features_end = min(scored_end, start + int(engine_ms * 1e6))
         items = []
         for work, outcome in zip(batch, raw, strict=True):
             if isinstance(outcome, MessageError):
                 items.append(Scored(work, error=outcome))
             else:
-                items.append(self._build(work, outcome, start, features_end, len(batch)))
+                items.append(self._build(work, outcome, len(batch)))
         return BatchOutcome(items, start, features_end, time.time_ns())
 
     def _score_group(self, images: list[np.ndarray], product: str) -> list[Any]:
@@ -374,21 +381,19 @@ class ServeLoop:
                     raise Aborted(f"gave up on a batch of {product} during shutdown") from exc
                 delay = min(delay * 2, self.settings.retry.max_backoff_s)
 
-    def _build(self, work: Work, res: Any, start_ns: int, end_ns: int, batch_n: int) -> Scored:
+    def _build(self, work: Work, res: Any, batch_n: int) -> Scored:
         frame = work.frame
         height, width = work.image.shape[:2]
         now = utc_now()
         defective = bool(res.is_defective)
         alarm_id = alarm_id_for(frame.frame_id, res.model_id) if defective else None
         trace_id = trace_id_of(work.span)
-        timings_in = dict(getattr(res, "timings", {}) or {})
-        batch_ms = (end_ns - start_ns) / 1e6
-        score_ms = float(timings_in.get("score_ms", timings_in.get("score", 0.0)))
+        share = dict(getattr(res, "timings", {}) or {})  # ms, this frame's share of the batch
         timings = Timings(
             queue_ms=max(0.0, (work.received_ns / 1e9 - frame.capture_time.timestamp()) * 1e3),
             decode_ms=(work.decode_end_ns - work.decode_start_ns) / 1e6,
-            infer_ms=max(0.0, batch_ms - score_ms),
-            score_ms=score_ms,
+            infer_ms=share.get("resize_ms", 0.0) + share.get("features_ms", 0.0),
+            score_ms=share.get("detector_ms", 0.0) + share.get("regions_ms", 0.0),
             batch_size=batch_n,
             total_ms=max(0.0, (now - frame.capture_time).total_seconds() * 1e3),
         )
@@ -743,24 +748,17 @@ def _end_span(span: Span, error: str | None = None, end_ns: int | None = None) -
 
 
 def _regions(res: Any, width: int, height: int) -> list[Region]:
+    """The scorer's regions (boxes already in frame pixels; areas scaled to frame pixels)."""
     amap = np.asarray(res.anomaly_map)
-    sy, sx = height / amap.shape[0], width / amap.shape[1]
-    out = []
-    for region in getattr(res, "regions", []) or []:
-        x0, y0, x1, y1 = (float(v) for v in region.bbox)
-        out.append(
-            Region(
-                bbox=(
-                    int(x0 * sx),
-                    int(y0 * sy),
-                    min(width, int(np.ceil(x1 * sx))),
-                    min(height, int(np.ceil(y1 * sy))),
-                ),
-                area=int(round(region.area * sx * sy)),
-                peak=float(region.peak),
-            )
+    scale = (height * width) / float(amap.shape[0] * amap.shape[1])
+    return [
+        Region(
+            bbox=tuple(int(v) for v in region.bbox),
+            area=int(round(region.area * scale)),
+            peak=float(region.peak),
         )
-    return out
+        for region in getattr(res, "regions", []) or []
+    ]
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -776,11 +774,10 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def build_scorer(settings: ServeSettings) -> ScorerLike:
     """The engine named by ``settings.engine`` + the store at ``settings.store.url``."""
     from inference.scorer import Scorer
-
     from inference.store import open_store
 
     store = open_store(settings.store.url)
-    return Scorer(build_engine(settings), store)
+    return Scorer(build_engine(settings), store, batch_size=settings.batch.size)
 
 
 def build_engine(settings: ServeSettings) -> Any:
