@@ -118,6 +118,9 @@ class ProductRecord(BaseModel):
     detector: Detector
     pool: list[np.ndarray]
     memory: np.ndarray | None = None
+    #: the detector's scalar settings (PatchCore: n_levels, neighbourhood, embed_dim, ...), so
+    #: that ``Detector.from_state({**detector_options, "memory": memory})`` rebuilds it exactly
+    detector_options: dict[str, int | float | str | None] = Field(default_factory=dict)
     calibration: Calibration
 
     @field_validator("product")
@@ -164,6 +167,12 @@ class ProductRecord(BaseModel):
         arrays = [*self.pool, *([] if self.memory is None else [self.memory])]
         return int(sum(a.nbytes for a in arrays))
 
+    @property
+    def cache_key(self) -> tuple[str, int, str]:
+        """(product, version, created_at): what caches of derived data (pools, detectors) key
+        on. created_at tells apart equal (product, version) pairs of two different stores."""
+        return (self.product, self.version, self.created_at.isoformat())
+
     def check_model(self, model_id: str) -> None:
         """Raise :class:`ModelMismatchError` unless this record was built with ``model_id``."""
         if self.model_id != model_id:
@@ -182,6 +191,7 @@ class ProductRecord(BaseModel):
             "detector": self.detector,
             "pool": [list(a.shape) for a in self.pool],
             "memory": None if self.memory is None else list(self.memory.shape),
+            "detector_options": dict(self.detector_options),
             "bytes": self.nbytes,
             "calibration": self.calibration.model_dump(),
         }

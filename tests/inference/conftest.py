@@ -62,3 +62,43 @@ def store_url(request, tmp_path) -> str:
 def store(store_url):
     with open_store(store_url) as opened:
         yield opened
+
+
+class BrightnessEngine:
+    """A deterministic stand-in engine: one level whose single channel is each 8x8 cell's mean
+    brightness (0..1), so FeatureNorm maps are bright where the image is bright."""
+
+    def __init__(self, model_id: str = "mobilenet_v2:0123456789ab", image_size: int = 64):
+        self.model_id = model_id
+        self.image_size = image_size
+        self.calls = 0
+
+    def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
+        from inference.engines.base import check_batch
+
+        record.check_model(self.model_id)
+        check_batch(images, self.image_size)
+        self.calls += 1
+        b, s = images.shape[0], self.image_size
+        cells = images.mean(axis=3).reshape(b, s // 8, 8, s // 8, 8).mean(axis=(2, 4)) / 255.0
+        return [cells[:, None].astype(np.float32)]
+
+
+@pytest.fixture
+def brightness_engine():
+    return BrightnessEngine()
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """An explicitly UNTRAINED mobilenet_v2 projector (plumbing tests only, never results)."""
+    from pretrain.checkpoint import save_untrained
+
+    return save_untrained(tmp_path_factory.mktemp("ckpt") / "untrained.pt", num_tokens=64)
+
+
+@pytest.fixture(scope="session")
+def local_engine(untrained_checkpoint):
+    from inference.engines.local import LocalEngine
+
+    return LocalEngine(untrained_checkpoint)

@@ -1,0 +1,84 @@
+"""LocalEngine: the feature model in this process (torch), no server.
+
+Same code path as training and evaluation: ``to_model_input`` -> backbone -> cosine 1-NN
+residual against the record's K-shot pool -> projector. Reference pools are rebuilt from a
+record once and cached by (product, version) (bounded LRU); unpublished records (version 0,
+during onboarding) are never cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.engines.base import check_batch
+from inference.records import ProductRecord
+from pretrain.checkpoint import load_feature_model
+from pretrain.model import FeatureModel
+from pretrain.residual import ReferencePool
+
+
+class LocalEngine:
+    """In-process engine over a :class:`pretrain.model.FeatureModel`."""
+
+    def __init__(
+        self,
+        checkpoint: Path | str | None = None,
+        backbone: str = "mobilenet_v2",
+        *,
+        device: str = "cpu",
+        weights: Path | str | None = None,
+        pool_cache: int = 8,
+        model: FeatureModel | None = None,
+    ) -> None:
+        """Load ``checkpoint`` (default: the shipped checkpoint of ``backbone``), or wrap an
+        already loaded ``model`` (which must carry ``model_id``, as load_feature_model sets)."""
+        if model is None:
+            model = load_feature_model(backbone, checkpoint, weights=weights, device=device)
+        if model.projector is None or not getattr(model, "model_id", None):
+            raise ValueError("LocalEngine needs a FeatureModel with a projector and a model_id")
+        self.model = model
+        self.model_id: str = model.model_id
+        self.image_size: int = int(model.spec.image_size)
+        self._pools: OrderedDict[tuple[str, int, str], ReferencePool] = OrderedDict()
+        self._pool_cache = pool_cache
+        self._lock = threading.Lock()
+
+    @property
+    def backbone(self) -> str:
+        return self.model.spec.name
+
+    def pool(self, record: ProductRecord) -> ReferencePool:
+        """The record's reference pool on the model's device (cached for published records)."""
+        key = record.cache_key
+        with self._lock:
+            if key in self._pools:
+                self._pools.move_to_end(key)
+                return self._pools[key]
+        pool = ReferencePool([torch.from_numpy(np.array(a)) for a in record.pool])
+        pool = pool.to(self.model.device)
+        if pool.channels != tuple(self.model.spec.channels):
+            raise ValueError(
+                f"record of {record.product!r} has pool widths {pool.channels}, the model "
+                f"expects {tuple(self.model.spec.channels)}"
+            )
+        if record.version > 0:
+            with self._lock:
+                self._pools[key] = pool
+                while len(self._pools) > self._pool_cache:
+                    self._pools.popitem(last=False)
+        return pool
+
+    def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
+        """uint8 [B,S,S,3] -> projected features per level [B,C,h,w] (float32 numpy)."""
+        record.check_model(self.model_id)
+        check_batch(images, self.image_size)
+        pool = self.pool(record)
+        with torch.inference_mode():
+            x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
+            levels = self.model.projected(x, pool)
+        return [level.float().cpu().numpy() for level in levels]

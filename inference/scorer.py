@@ -1,0 +1,268 @@
+"""Scoring frames of a product: anomaly maps, image scores, decisions, regions, heatmaps.
+
+``Scorer(engine, store).score(images, product)`` takes uint8 HxWx3 images of any size, reads the
+product's latest record (one cheap version check per call; the record and its detector are
+cached by (product, version)), resizes the images to the record's image size, asks the engine
+for projected features, and applies the record's detector (FeatureNorm, or PatchCore with the
+record's memory bank) through the shared post-processing of ``pretrain.evaluation``:
+bilinear upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
+raw, so the product's calibrated threshold applies to every frame and batch alike.
+
+Regions are the connected components (8-connectivity) of ``anomaly_map > threshold``; their
+boxes are in the input image's pixel coordinates (x0, y0 inclusive; x1, y1 exclusive).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from inference.engines.base import Engine, InvalidImageError
+from inference.records import ProductRecord
+from inference.store import ReferenceStore
+from pretrain.evaluation.detectors import Detector, FeatureNorm
+from pretrain.evaluation.postprocess import image_scores
+from pretrain.preprocess import resize_uint8
+
+#: images smaller than this (either side) are refused: too small to inspect
+MIN_IMAGE_SIDE = 16
+#: at most this many regions per frame are reported (highest peaks first)
+MAX_REGIONS = 32
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected area of the anomaly map above the threshold."""
+
+    bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1) in input-image pixels, x1/y1 exclusive
+    area: int  # pixels of the (resized) anomaly map above the threshold
+    peak: float  # highest anomaly score inside the region
+
+
+@dataclass
+class ScoreResult:
+    product: str
+    score: float
+    threshold: float
+    is_defective: bool
+    anomaly_map: np.ndarray  # [S,S] float32, S = the record's image size
+    regions: list[Region]
+    model_id: str
+    reference_version: int
+    timings: dict[str, float] = field(default_factory=dict)  # ms, this frame's share of its batch
+    image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input image
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view without the anomaly map."""
+        out = asdict(self)
+        del out["anomaly_map"]
+        out["regions"] = [asdict(r) for r in self.regions]
+        return out
+
+
+def detector_for(record: ProductRecord) -> Detector:
+    """The record's detector, ready to score (PatchCore rebuilt from its stored memory)."""
+    if record.detector == "featurenorm":
+        return FeatureNorm()
+    state = {key: np.array(value) for key, value in record.detector_options.items()}
+    # a writable copy: torch refuses to wrap the record's read-only array without a warning
+    state.update(method=np.array(record.detector), memory=np.array(record.memory))
+    return Detector.from_state(state)
+
+
+def detector_fields(detector: Detector) -> dict:
+    """Inverse of :func:`detector_for`: the record fields that describe a fitted detector."""
+    state = detector.state()
+    method = str(np.asarray(state.pop("method")).item())
+    memory = state.pop("memory", None)
+    if any(np.asarray(v).ndim for v in state.values()):
+        raise ValueError(f"detector {method!r} keeps arrays other than a memory bank")
+    options = {k: np.asarray(v).item() for k, v in state.items()}
+    return {"detector": method, "memory": memory, "detector_options": options}
+
+
+def maps_and_scores(
+    detector: Detector, features: Sequence[np.ndarray | torch.Tensor], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Projected features per level [B,C,h,w] -> anomaly maps [B,S,S] and image scores [B]."""
+    tensors = [torch.as_tensor(f) for f in features]
+    with torch.inference_mode():
+        maps = detector.anomaly_maps(tensors, image_size)
+        scores = image_scores(maps)
+    return maps.numpy().astype(np.float32, copy=False), scores.numpy().astype(np.float64)
+
+
+def find_regions(
+    anomaly_map: np.ndarray, threshold: float, image_shape: tuple[int, int] | None = None
+) -> list[Region]:
+    """Connected components of ``anomaly_map > threshold``, highest peak first (at most
+    MAX_REGIONS); boxes scaled to ``image_shape`` (H, W) when given."""
+    mask = anomaly_map > threshold
+    if not mask.any():
+        return []
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    index = np.arange(1, count + 1)
+    peaks = ndimage.maximum(anomaly_map, labels, index)
+    areas = ndimage.sum_labels(mask, labels, index)
+    height, width = anomaly_map.shape
+    out_h, out_w = image_shape or (height, width)
+    sy, sx = out_h / height, out_w / width
+    regions = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        ys, xs = box
+        bbox = (
+            int(math.floor(xs.start * sx)),
+            int(math.floor(ys.start * sy)),
+            min(out_w, int(math.ceil(xs.stop * sx))),
+            min(out_h, int(math.ceil(ys.stop * sy))),
+        )
+        regions.append(Region(bbox, int(areas[label - 1]), float(peaks[label - 1])))
+    regions.sort(key=lambda r: r.peak, reverse=True)
+    return regions[:MAX_REGIONS]
+
+
+def check_image(image: object, index: int = 0) -> np.ndarray:
+    """Return ``image`` if it is a uint8 HxWx3 array of a usable size, else raise
+    :class:`InvalidImageError` naming the image's position in the batch."""
+    if not isinstance(image, np.ndarray):
+        kind = type(image).__name__
+        raise InvalidImageError(f"image {index}: expected a numpy array, got {kind}")
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f"image {index}: expected uint8 pixels, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f"image {index}: expected HxWx3 (RGB), got shape {image.shape}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"image {index}: {image.shape[1]}x{image.shape[0]} is smaller than "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
+    return image
+
+
+class Scorer:
+    """Scores batches of frames of one product with an engine and a reference store."""
+
+    def __init__(
+        self, engine: Engine, store: ReferenceStore, *, batch_size: int = 16, cache_size: int = 16
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.engine = engine
+        self.store = store
+        self.batch_size = batch_size
+        self._cache_size = cache_size
+        self._detectors: OrderedDict[tuple[str, int, str], Detector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, product: str) -> ProductRecord:
+        """The product's latest record, checked against the engine's model and image size.
+
+        Raises ProductNotFoundError, ModelMismatchError or StoreUnavailableError.
+        """
+        record = self.store.get(product, model_id=self.engine.model_id)
+        if record.image_size != self.engine.image_size:
+            raise InvalidImageError(
+                f"product {product!r} v{record.version} was onboarded at {record.image_size}px "
+                f"but the engine runs at {self.engine.image_size}px"
+            )
+        return record
+
+    def _detector(self, record: ProductRecord) -> Detector:
+        key = record.cache_key
+        with self._lock:
+            if key in self._detectors:
+                self._detectors.move_to_end(key)
+                return self._detectors[key]
+        detector = detector_for(record)
+        if record.version > 0:  # unpublished records are never cached
+            with self._lock:
+                self._detectors[key] = detector
+                while len(self._detectors) > self._cache_size:
+                    self._detectors.popitem(last=False)
+        return detector
+
+    def score(self, images: Sequence[np.ndarray], product: str) -> list[ScoreResult]:
+        """Score uint8 HxWx3 images (any size) of ``product``; one result per image, in order."""
+        images = [check_image(image, i) for i, image in enumerate(images)]
+        if not images:
+            return []
+        record = self.record(product)
+        return self.score_with(images, record)
+
+    def score_with(self, images: Sequence[np.ndarray], record: ProductRecord) -> list[ScoreResult]:
+        """Score already-validated images against a given record (used by onboarding too)."""
+        detector = self._detector(record)
+        size = record.image_size
+        threshold = record.calibration.threshold
+        results: list[ScoreResult] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            batch = np.stack([resize_uint8(image, size) for image in chunk])
+            t1 = time.perf_counter()
+            features = self.engine.features(batch, record)
+            t2 = time.perf_counter()
+            maps, scores = maps_and_scores(detector, features, size)
+            t3 = time.perf_counter()
+            regions = [
+                find_regions(m, threshold, image.shape[:2]) if s > threshold else []
+                for m, s, image in zip(maps, scores, chunk, strict=True)
+            ]
+            t4 = time.perf_counter()
+            share = 1000.0 / len(chunk)
+            timings = {
+                "resize_ms": (t1 - t0) * share,
+                "features_ms": (t2 - t1) * share,
+                "detector_ms": (t3 - t2) * share,
+                "regions_ms": (t4 - t3) * share,
+                "total_ms": (t4 - t0) * share,
+            }
+            for image, anomaly, score, found in zip(chunk, maps, scores, regions, strict=True):
+                results.append(
+                    ScoreResult(
+                        product=record.product,
+                        score=float(score),
+                        threshold=threshold,
+                        is_defective=bool(score > threshold),
+                        anomaly_map=anomaly,
+                        regions=found,
+                        model_id=record.model_id,
+                        reference_version=record.version,
+                        timings=dict(timings),
+                        image_shape=(int(image.shape[0]), int(image.shape[1])),
+                    )
+                )
+        return results
+
+
+def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
+    """PNG of ``image`` overlaid with ``anomaly_map`` (jet), outlined where above threshold.
+
+    Colours are on a fixed scale, 0 .. 2 x threshold (the threshold is the middle of the
+    colour bar), never per-image min-max, so heatmaps of different frames compare directly.
+    """
+    from matplotlib import colormaps
+
+    image = check_image(image)
+    height, width = image.shape[:2]
+    float_map = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32))  # mode F
+    resized = np.asarray(float_map.resize((width, height), Image.BILINEAR))
+    scale = 2.0 * threshold if threshold > 0 else max(float(resized.max()), 1e-6)
+    colours = colormaps["jet"](np.clip(resized / scale, 0.0, 1.0))[..., :3] * 255.0
+    blended = 0.55 * image.astype(np.float32) + 0.45 * colours
+    mask = resized > threshold
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(height, width) // 150))
+    blended[edge] = (255.0, 255.0, 255.0)
+    buffer = io.BytesIO()
+    Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

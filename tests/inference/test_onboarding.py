@@ -1,0 +1,118 @@
+"""Onboarding and the LocalEngine with the real model code (UNTRAINED projector: plumbing only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.engines.base import InvalidImageError
+from inference.onboarding import OnboardingError, find_images, onboard
+from inference.records import ModelMismatchError
+from inference.scorer import Scorer
+from inference.store import open_store
+from pretrain.preprocess import ImageLoadError, load_image
+
+
+def _texture(seed: int, size: int = 160) -> np.ndarray:
+    """A good part: the same woven pattern with a little noise and a small shift."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] + rng.integers(0, 4, size=2)[:, None, None]
+    base = 128 + 60 * np.sin(x / 3.0) * np.cos(y / 5.0)
+    image = base[..., None] + rng.normal(0, 6, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("good")
+    for i in range(5):
+        Image.fromarray(_texture(i)).save(directory / f"good_{i}.png")
+    (directory / "notes.txt").write_text("not an image")
+    return directory
+
+
+def test_local_engine_features_and_checks(local_engine):
+    assert local_engine.image_size == 224
+    assert local_engine.model_id.startswith("mobilenet_v2:")
+    store = open_store("memory://")
+    shots = np.stack([_texture(i, 224) for i in range(2)])
+    from inference.onboarding import build_record
+
+    record = build_record(local_engine, "cloth", shots)
+    record = record.model_copy(update={"version": store.publish(record)})
+    features = local_engine.features(shots[:1], record)
+    assert [f.shape for f in features] == [(1, 32, 28, 28), (1, 96, 14, 14), (1, 320, 7, 7)]
+    assert all(f.dtype == np.float32 for f in features)
+    assert record.cache_key in local_engine._pools  # the pool is built once per version
+    with pytest.raises(InvalidImageError, match="224x224"):
+        local_engine.features(np.zeros((1, 100, 100, 3), np.uint8), record)
+    other = record.model_copy(update={"model_id": "mobilenet_v2:000000000000"})
+    with pytest.raises(ModelMismatchError, match="000000000000"):
+        local_engine.features(shots[:1], other)
+
+
+@pytest.mark.parametrize("detector", ["featurenorm", "patchcore"])
+def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
+    store = open_store("memory://")
+    result = onboard(local_engine, store, "cloth", good_dir, shots=3, detector=detector)
+    record = result.record
+    assert record.version == 1 and store.latest_version("cloth") == 1
+    assert [p.name for p in result.shots] == ["good_0.png", "good_1.png", "good_2.png"]
+    assert result.ignored == 2
+    assert [a.shape for a in record.pool] == [(3 * 784, 32), (3 * 196, 96), (3 * 49, 320)]
+    calibration = record.calibration
+    assert calibration.method == "leave-one-out" and calibration.n_normals == 3
+    assert calibration.threshold > max(calibration.normal_scores)
+    if detector == "patchcore":
+        assert record.memory is not None and record.memory.shape[0] == 3 * 784
+        assert record.detector_options["n_levels"] == 3
+    else:
+        assert record.memory is None
+    # the stored record (decoded from its bytes by a fresh store object) scores like the original
+    images = [load_image(good_dir / "good_3.png"), load_image(good_dir / "good_4.png")]
+    fresh = Scorer(local_engine, open_store("memory://"))
+    fresh.store.publish(store.get("cloth"))
+    direct = Scorer(local_engine, store).score(images, "cloth")
+    again = fresh.score(images, "cloth")
+    np.testing.assert_allclose([r.score for r in direct], [r.score for r in again], rtol=1e-5)
+    assert all(np.isfinite(r.score) for r in direct)
+
+
+def test_held_out_calibration_scores_match_the_scorer(local_engine, good_dir, tmp_path):
+    store = open_store("memory://")
+    shots = [good_dir / f"good_{i}.png" for i in range(3)]
+    held = [good_dir / "good_3.png", good_dir / "good_4.png"]
+    result = onboard(local_engine, store, "cloth", shots, shots=3, calibration_images=held)
+    calibration = result.record.calibration
+    assert calibration.method == "held-out" and calibration.n_normals == 2
+    scored = Scorer(local_engine, store).score([load_image(p) for p in held], "cloth")
+    np.testing.assert_allclose(calibration.normal_scores, [r.score for r in scored], rtol=1e-5)
+
+
+def test_onboarding_refusals(local_engine, good_dir, tmp_path):
+    store = open_store("memory://")
+    with pytest.raises(OnboardingError, match="found 5 image\\(s\\).*fewer than --shots 8"):
+        onboard(local_engine, store, "cloth", good_dir, shots=8)
+    with pytest.raises(OnboardingError, match="at least 2"):
+        onboard(local_engine, store, "cloth", good_dir, shots=1)
+    with pytest.raises(OnboardingError, match="no image files"):
+        onboard(local_engine, store, "cloth", tmp_path, shots=2)
+    with pytest.raises(OnboardingError, match="no such directory"):
+        onboard(local_engine, store, "cloth", tmp_path / "missing", shots=2)
+    with pytest.raises(OnboardingError, match="both"):
+        onboard(local_engine, store, "cloth", good_dir, shots=2, calibration_images=good_dir)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.fromarray(_texture(0)).save(broken / "a.png")
+    (broken / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ImageLoadError, match="b.png"):
+        onboard(local_engine, store, "cloth", broken, shots=2)
+    with pytest.raises(ValueError, match="invalid product name"):
+        onboard(local_engine, store, "no spaces", good_dir, shots=2)
+    assert store.list_products() == []
+
+
+def test_find_images_accepts_globs(good_dir):
+    assert len(find_images(good_dir / "good_*.png")) == 5
+    assert len(find_images(str(good_dir / "good_1.png"))) == 1
