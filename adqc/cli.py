@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: tuple[str, ...] = ("ingest.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("ingest.cli", "deploy.cli", "pretrain.evaluation.cli")
 
 GROUPS = {
     "bench": "Benchmarks whose results go to docs/.",

@@ -1,0 +1,170 @@
+"""`adqc export triton|onnx|torchscript` and `adqc bench triton` (mounted by adqc/cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deploy.triton_repo import DEFAULT_REDIS_URL
+
+BackboneOpt = Annotated[str, typer.Option(help="Backbone name (pretrain.backbones registry).")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(help="Projector checkpoint; default: the shipped pretrain/checkpoints/<bb>.pt."),
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option(help="Backbone weights file (backbones that need one).")
+]
+KindOpt = Annotated[
+    str, typer.Option(help="Instance kind: auto (GPU when torch sees CUDA here), gpu or cpu.")
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ("auto", "gpu", "cpu"):
+        _fail(f"--kind must be auto, gpu or cpu, not {kind!r}")
+    return kind
+
+
+def export_triton(
+    out: Annotated[Path, typer.Option("--out", help="Model repository directory to write.")],
+    checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = "mobilenet_v2",
+    weights: WeightsOpt = None,
+    redis_url: Annotated[
+        str,
+        typer.Option(help="Reference store URL baked into the config (env ADQC_REDIS_URL wins)."),
+    ] = DEFAULT_REDIS_URL,
+    max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
+    instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
+    kind: KindOpt = "auto",
+    queue_delay_us: Annotated[
+        int, typer.Option(min=0, help="Dynamic batching max queue delay (microseconds).")
+    ] = 2000,
+    split_preprocess: Annotated[
+        bool,
+        typer.Option(help="Separate adqc_preprocess model (one more torch process; see docs)."),
+    ] = False,
+) -> None:
+    """Write a self-contained Triton model repository (ensemble `adqc`)."""
+    from deploy.triton_repo import build_model_repository
+
+    try:
+        spec = build_model_repository(
+            out,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            weights=weights,
+            redis_url=redis_url,
+            max_batch=max_batch,
+            instances=instances,
+            kind=_check_kind(kind),  # type: ignore[arg-type]
+            queue_delay_us=queue_delay_us,
+            split_preprocess=split_preprocess,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"wrote {out}: ensemble 'adqc' for {spec.model_id} ({spec.image_size}px, "
+        f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
+        f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_REDIS_URL overrides)"
+    )
+
+
+def export_onnx_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write (Triton layout).")],
+    checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = "mobilenet_v2",
+    weights: WeightsOpt = None,
+    max_batch: Annotated[int, typer.Option(min=1)] = 16,
+    instances: Annotated[int, typer.Option(min=1)] = 1,
+    kind: KindOpt = "auto",
+) -> None:
+    """Export backbone and projector to ONNX (dynamic batch) with onnxruntime configs."""
+    from deploy.export import export_onnx
+
+    try:
+        spec = export_onnx(
+            out,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            weights=weights,
+            max_batch=max_batch,
+            instances=instances,
+            kind=_check_kind(kind),  # type: ignore[arg-type]
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out}: {', '.join(spec.files)} ({spec.model_id})")
+
+
+def export_torchscript_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write.")],
+    checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = "mobilenet_v2",
+    weights: WeightsOpt = None,
+) -> None:
+    """Export backbone and projector to TorchScript (traced, any batch size)."""
+    from deploy.export import export_torchscript
+
+    try:
+        spec = export_torchscript(out, backbone=backbone, checkpoint=checkpoint, weights=weights)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out}: {', '.join(spec.files)} ({spec.model_id})")
+
+
+def bench_triton(
+    batch: Annotated[int, typer.Option(min=1, help="Images per request.")] = 8,
+    requests: Annotated[int, typer.Option(min=1, help="Timed requests.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed requests first.")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
+    checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = "mobilenet_v2",
+    url: Annotated[
+        str | None,
+        typer.Option(help="gRPC url of a running Triton; default: start Redis + Triton here."),
+    ] = None,
+    product: Annotated[
+        str | None, typer.Option(help="With --url: an onboarded product to score.")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="With --url: the store of --product.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
+    from deploy.triton_bench import run_bench
+
+    try:
+        result = run_bench(
+            batch=batch,
+            requests=requests,
+            warmup=warmup,
+            concurrency=concurrency,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            url=url,
+            product=product,
+            store_url=store,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if json_out is not None:
+        json_out.write_text(text + "\n")
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Mount the export commands on `adqc export` and the Triton benchmark on `adqc bench`."""
+    groups["export"].command("triton")(export_triton)
+    groups["export"].command("onnx")(export_onnx_cmd)
+    groups["export"].command("torchscript")(export_torchscript_cmd)
+    groups["bench"].command("triton")(bench_triton)

@@ -1,0 +1,205 @@
+"""Model-only latency/throughput of the Triton `adqc` ensemble over gRPC (`adqc bench triton`).
+
+"Model-only": TritonEngine.features calls (uint8 images in, projected features out), without the
+scorer's post-processing. Without ``url`` the benchmark is self-contained: it starts Redis and
+tritonserver (deploy.servers), writes a model repository for the checkpoint, publishes a
+synthetic product (pool from ``shots`` seeded noise images: the 1-NN cost depends on the pool's
+size, not its content) and measures. Server-side time per request comes from Triton's
+statistics extension (queue, compute input/infer/output of ``adqc_features``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_PRODUCT = "bench-product"
+
+
+def synthetic_record(model, model_id: str, shots: int = 8, seed: int = 0):
+    """A published-ready featurenorm ProductRecord whose pool comes from ``shots`` noise images."""
+    import torch
+
+    from inference.records import Calibration, ProductRecord
+    from pretrain.preprocess import to_model_input
+
+    spec = model.backbone.spec
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (shots, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
+    return ProductRecord(
+        product=BENCH_PRODUCT,
+        model_id=model_id,
+        backbone=spec.name,
+        image_size=spec.image_size,
+        shots=shots,
+        detector="featurenorm",
+        pool=pool.numpy(),
+        calibration=Calibration(
+            threshold=1.0,
+            target_far=0.01,
+            method="leave-one-out",
+            n_normals=1,
+            normal_scores=[0.5],
+            score_mean=0.5,
+            score_std=0.0,
+        ),
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _server_stats(url: str, model: str) -> dict[str, float]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    inference = stats["inference_stats"]
+    count = max(1, int(inference["success"]["count"]))
+    executions = int(stats.get("execution_count", 0))
+
+    def per_request(name: str) -> float:
+        return int(inference[name]["ns"]) / count / 1e6
+
+    return {
+        "requests": int(inference["success"]["count"]),
+        "executions": executions,
+        "queue_ms_per_request": per_request("queue"),
+        "compute_input_ms_per_request": per_request("compute_input"),
+        "compute_infer_ms_per_request": per_request("compute_infer"),
+        "compute_output_ms_per_request": per_request("compute_output"),
+    }
+
+
+def measure(
+    engine_factory, record, images: np.ndarray, requests: int, warmup: int, concurrency: int
+) -> dict:
+    """Time ``requests`` engine.features calls spread over ``concurrency`` threads."""
+    engines = [engine_factory() for _ in range(concurrency)]
+    for _ in range(warmup):
+        engines[0].features(images, record)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker(engine) -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            started = time.perf_counter()
+            engine.features(images, record)
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                latencies.append(elapsed)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    for engine in engines:
+        engine.close()
+    return {
+        "batch": int(len(images)),
+        "requests": len(latencies),
+        "concurrency": concurrency,
+        "latency_ms_mean": statistics.fmean(latencies),
+        "latency_ms_p50": _percentile(latencies, 50),
+        "latency_ms_p95": _percentile(latencies, 95),
+        "latency_ms_min": min(latencies),
+        "throughput_images_per_s": len(latencies) * len(images) / wall,
+        "wall_s": wall,
+    }
+
+
+def run_bench(
+    *,
+    batch: int = 8,
+    requests: int = 50,
+    warmup: int = 5,
+    concurrency: int = 1,
+    backbone: str = "mobilenet_v2",
+    checkpoint: Path | None = None,
+    shots: int = 8,
+    url: str | None = None,
+    product: str | None = None,
+    store_url: str | None = None,
+) -> dict:
+    """Run the benchmark; see the module docstring. Returns a JSON-friendly dict."""
+    import os
+
+    import torch
+
+    from inference.engines.triton import TritonEngine
+
+    rng = np.random.default_rng(1)
+    if url is not None:
+        if not product or not store_url:
+            raise ValueError("with --url, give --product and --store (where it was onboarded)")
+        from inference.store import open_store
+
+        engine = TritonEngine(url)
+        record = open_store(store_url).get(product, model_id=engine.model_id)
+        size = engine.image_size
+        engine.close()
+        images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        result = measure(lambda: TritonEngine(url), record, images, requests, warmup, concurrency)
+        result["server"] = _server_stats(url.removeprefix("grpc://"), "adqc_features")
+        return result
+
+    from deploy.servers import RedisServer, TritonServer
+    from deploy.triton_repo import build_model_repository
+    from inference.store import open_store
+    from pretrain.checkpoint import load_feature_model
+    from pretrain.checkpoint import model_id as checkpoint_model_id
+
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-triton-") as tmp, RedisServer() as redis:
+        repo = Path(tmp) / "model_repository"
+        spec = build_model_repository(
+            repo,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            redis_url=redis.url,
+            max_batch=max(16, batch),
+            kind="cpu",
+        )
+        served = repo / "adqc_features" / "1" / "checkpoint.pt"
+        model = load_feature_model(backbone=backbone, checkpoint=served)
+        record = synthetic_record(model, checkpoint_model_id(served), shots=shots)
+        version = open_store(redis.url).publish(record)
+        record = record.model_copy(update={"version": version})
+        images = rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+        with TritonServer(repo) as triton:
+            result = measure(
+                lambda: TritonEngine(triton.grpc_url),
+                record,
+                images,
+                requests,
+                warmup,
+                concurrency,
+            )
+            result["server"] = _server_stats(triton.grpc_url, "adqc_features")
+    result.update(
+        {
+            "model_id": spec.model_id,
+            "pool_patches": [int(a.shape[0]) for a in record.pool],
+            "shots": shots,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        }
+    )
+    return result

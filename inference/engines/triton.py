@@ -1,0 +1,230 @@
+"""TritonEngine: the Engine protocol over gRPC to the `adqc` ensemble of a Triton server.
+
+    engine = TritonEngine("127.0.0.1:8001")            # reads model_id/image size from the config
+    levels = engine.features(images_uint8, record)      # [B,S,S,3] -> per level [B,C,h,w]
+
+- Payloads are the uint8 images (4x smaller than float input); preprocessing runs in the server.
+- Every call has a deadline (``timeout_s``, gRPC ``client_timeout``).
+- UNAVAILABLE (server starting, restarting, or its store unreachable) is retried with
+  exponential backoff (``retries`` times, ``backoff_s`` doubling); other errors are not retried.
+- ``model_id`` comes from the served model's config (parameter ``model_id``, written by
+  `adqc export triton`); a record built with another model raises ModelMismatchError before any
+  request is sent.
+- Server-side per-request errors come back as the exception the in-process engine would raise
+  (ProductNotFoundError, ModelMismatchError, StoreUnavailableError), else TritonEngineError.
+- Batches larger than the model's max_batch_size are split into several requests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from inference.records import ModelMismatchError, ProductRecord
+
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_MODEL = "adqc"
+
+
+class TritonEngineError(RuntimeError):
+    """The Triton server could not serve a request (message says which server and why)."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TritonUnavailableError(TritonEngineError):
+    """The server stayed unreachable/unavailable after all retries."""
+
+
+_ERROR_PREFIX = re.compile(r"(?:in ensemble '[^']*', )?(?P<kind>[A-Za-z_]\w*(?:Error|Exception)): ")
+
+
+def _strip_url(url: str) -> str:
+    for prefix in ("grpc://", "grpcs://"):
+        if url.startswith(prefix):
+            return url[len(prefix) :]
+    if "://" in url:
+        raise ValueError(
+            f"TritonEngine speaks gRPC: use host:port or grpc://host:port, not {url!r}"
+        )
+    return url
+
+
+class TritonEngine:
+    """Engine protocol implementation backed by Triton (see module docstring)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str = DEFAULT_MODEL,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.url = _strip_url(url)
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self.retries = max(0, int(retries))
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self._sleep = sleep
+        self._client = grpcclient.InferenceServerClient(self.url)
+        config = self._call(
+            "read the model config",
+            lambda: self._client.get_model_config(
+                model, as_json=True, client_timeout=self.timeout_s
+            ),
+        )["config"]
+        self.config = config
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        if not params.get("model_id"):
+            raise TritonEngineError(
+                f"model {model!r} at {self.url} has no 'model_id' parameter: it was not written "
+                "by `adqc export triton`"
+            )
+        self.model_id: str = params["model_id"]
+        self.backbone: str = params.get("backbone") or self.model_id.partition(":")[0]
+        inputs = {item["name"]: item for item in config["input"]}
+        try:
+            dims = [int(d) for d in inputs["IMAGES"]["dims"]]
+        except KeyError:
+            raise TritonEngineError(
+                f"model {model!r} at {self.url} has no IMAGES input (inputs: {sorted(inputs)})"
+            ) from None
+        self.image_size: int = dims[0]
+        self.max_batch: int = int(config.get("max_batch_size", 0)) or 1
+        self.output_names: list[str] = sorted(
+            (item["name"] for item in config["output"] if item["name"].startswith("FEATURES_")),
+            key=lambda name: int(name.rsplit("_", 1)[1]),
+        )
+
+    # ------------------------------------------------------------------ Engine protocol
+    def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
+        """uint8 [B,S,S,3] (already resized) -> projected features per level [B,C,h,w]."""
+        images = np.asarray(images)
+        s = self.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
+            raise ValueError(
+                f"TritonEngine takes uint8 images [B,{s},{s},3], got {images.dtype} "
+                f"{list(images.shape)}"
+            )
+        if record.model_id != self.model_id:
+            raise ModelMismatchError(record.product, record.model_id, self.model_id)
+        if record.version < 1:
+            raise ValueError(
+                f"record of {record.product!r} is not published (version 0): the server reads "
+                "references from the store by (product, version)"
+            )
+        if len(images) == 0:
+            raise ValueError("no images")
+        chunks = [
+            self._infer(images[i : i + self.max_batch], record)
+            for i in range(0, len(images), self.max_batch)
+        ]
+        if len(chunks) == 1:
+            return chunks[0]
+        return [np.concatenate(level) for level in zip(*chunks, strict=True)]
+
+    # ------------------------------------------------------------------ helpers
+    def _infer(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
+        g = self._grpc
+        b = len(images)
+        tensors = [
+            (g.InferInput("IMAGES", list(images.shape), "UINT8"), np.ascontiguousarray(images)),
+            (
+                g.InferInput("PRODUCT", [b, 1], "BYTES"),
+                np.full((b, 1), record.product.encode("utf-8"), dtype=object),
+            ),
+            (
+                g.InferInput("REFERENCE_VERSION", [b, 1], "INT64"),
+                np.full((b, 1), record.version, dtype=np.int64),
+            ),
+        ]
+        inputs = []
+        for tensor, value in tensors:
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        outputs = [g.InferRequestedOutput(name) for name in self.output_names]
+        result = self._call(
+            f"score {b} image(s) of {record.product!r} v{record.version}",
+            lambda: self._client.infer(
+                self.model, inputs, outputs=outputs, client_timeout=self.timeout_s
+            ),
+        )
+        return [result.as_numpy(name) for name in self.output_names]
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except InferenceServerException as exc:
+                status = str(exc.status() or "")
+                message = exc.message() or str(exc)
+                if "UNAVAILABLE" in status and attempt < self.retries:
+                    self._sleep(min(delay, self.max_backoff_s))
+                    delay *= 2
+                    continue
+                raise self._translate(exc, what, status, message, attempt) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(
+        self, exc: Exception, what: str, status: str, message: str, attempt: int
+    ) -> Exception:
+        from inference.store import ProductNotFoundError, StoreUnavailableError
+
+        where = f"Triton {self.url} model {self.model!r}"
+        match = _ERROR_PREFIX.match(message)
+        if match:
+            kind, detail = match.group("kind"), message[match.end() :]
+            if kind == "ProductNotFoundError":
+                return ProductNotFoundError(detail)
+            if kind == "ModelMismatchError":
+                error = ModelMismatchError.__new__(ModelMismatchError)
+                ValueError.__init__(error, f"{where}: {detail}")
+                error.product, error.record_model_id, error.expected_model_id = "", "", ""
+                return error
+            if kind == "StoreUnavailableError":
+                return StoreUnavailableError(f"{where}: {detail}")
+        if "DEADLINE_EXCEEDED" in status:
+            return TritonEngineError(
+                f"{where}: could not {what} within the {self.timeout_s:g} s deadline", status
+            )
+        if "UNAVAILABLE" in status:
+            return TritonUnavailableError(
+                f"{where}: unavailable after {attempt + 1} attempt(s) to {what}: {message}", status
+            )
+        return TritonEngineError(f"{where}: could not {what}: {message}", status)
+
+    # ------------------------------------------------------------------ lifecycle
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self.model, client_timeout=self.timeout_s))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TritonEngine({self.url!r}, model={self.model!r}, model_id={self.model_id!r})"

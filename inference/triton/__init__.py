@@ -1,0 +1,9 @@
+"""Python-backend model code for the Triton model repository (`adqc export triton`).
+
+- :mod:`inference.triton.features`: ``adqc_features`` (preprocess -> backbone -> residual against
+  the product's reference pool from the store -> projector), per-request errors.
+- :mod:`inference.triton.preprocess`: ``adqc_preprocess``, only in the split layout.
+
+The repository's ``model.py`` files are two-line shims importing these classes, so the server's
+Python environment needs adqc installed (docs/SERVING.md).
+"""

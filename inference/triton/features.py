@@ -1,0 +1,407 @@
+"""``adqc_features``: the python-backend model of the Triton repository.
+
+Per request: uint8 images [B,S,S,3] (or, in the split layout, already normalised float
+[B,3,S,S]), the product name and reference version per image -> backbone -> residual against the
+product's reference pool -> projector -> projected features per level [B,C_l,h_l,w_l].
+
+The pools come from the reference store (Redis) by (product, version) and are cached in the
+model instance in a bounded LRU (entries and bytes). Versions are immutable and never reused
+(inference.store), so a cached version never goes stale.
+
+Errors are per request: an unknown product/version, a record built with another model or an
+invalid input fails that request only (one response per request, in order); the other requests
+of the same batch are served. Error messages start with the exception's class name
+(``ProductNotFoundError: ...``) so :class:`inference.engines.triton.TritonEngine` can raise the
+same exception type the in-process engine would.
+
+The code that does the work, :class:`FeaturesService`, has no Triton dependency (unit-tested in
+process); :class:`TritonPythonModel` adapts it to the python backend's API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:  # only importable inside the Triton python-backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - exercised only inside tritonserver
+    pb_utils = None
+
+LOG = logging.getLogger("adqc.triton.features")
+REDIS_URL_ENV = "ADQC_REDIS_URL"
+
+
+class InvalidRequestError(ValueError):
+    """A request whose inputs cannot be served (shapes, product names, versions)."""
+
+
+@dataclass
+class _CachedPool:
+    pool: object  # pretrain.residual.ReferencePool
+    nbytes: int
+
+
+class PoolCache:
+    """LRU of reference pools keyed by (product, version), bounded by entries and bytes."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 1 << 30) -> None:
+        self.max_entries = max(1, int(max_entries))
+        self.max_bytes = max(1, int(max_bytes))
+        self._items: OrderedDict[tuple[str, int], _CachedPool] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, int]):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item.pool
+
+    def put(self, key: tuple[str, int], pool, nbytes: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = _CachedPool(pool, int(nbytes))
+            self._bytes += int(nbytes)
+            # keep at least the newest entry even when it alone exceeds the byte bound
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_entries or self._bytes > self.max_bytes
+            ):
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def keys(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._items)
+
+
+def error_message(exc: BaseException) -> str:
+    """``ClassName: message``, the form TritonEngine maps back to an exception type."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def pool_from_record(record, device: str = "cpu"):
+    """The record's per-level [M, C] reference features as a ReferencePool on ``device``."""
+    import torch
+
+    from pretrain.residual import ReferencePool
+
+    return ReferencePool([torch.from_numpy(np.array(a)) for a in record.pool]).to(device)
+
+
+class FeaturesService:
+    """Model + pool cache + store: the work behind ``adqc_features`` (no Triton imports)."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        checkpoint: Path,
+        model_id: str,
+        store_url: str,
+        weights: Path | None = None,
+        device: str = "cpu",
+        input_is_preprocessed: bool = False,
+        pool_cache_entries: int = 64,
+        pool_cache_bytes: int = 1 << 30,
+        store=None,
+    ) -> None:
+        import torch
+
+        from pretrain.checkpoint import load_feature_model
+        from pretrain.checkpoint import model_id as checkpoint_model_id
+
+        self.device = torch.device(device)
+        self.model = load_feature_model(
+            backbone=backbone, checkpoint=checkpoint, weights=weights, device=str(self.device)
+        )
+        self.model.eval()
+        actual = checkpoint_model_id(checkpoint)
+        if actual != model_id:
+            raise ValueError(
+                f"config.pbtxt says model_id {model_id!r} but {checkpoint} is {actual!r}: "
+                "the repository was edited by hand; re-run `adqc export triton`"
+            )
+        self.model_id = model_id
+        self.spec = self.model.backbone.spec
+        self.image_size = int(self.spec.image_size)
+        self.input_is_preprocessed = input_is_preprocessed
+        self.store_url = store_url
+        self._store = store
+        self.pools = PoolCache(pool_cache_entries, pool_cache_bytes)
+        self._store_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ store and pools
+    @property
+    def store(self):
+        if self._store is None:
+            from inference.store import open_store
+
+            # the instance keeps its own pool LRU: the store's record cache would only
+            # duplicate the arrays (and the detector memory this model never needs)
+            self._store = open_store(self.store_url, cache_size=0)
+        return self._store
+
+    def pool(self, product: str, version: int):
+        """The reference pool of (product, version); raises store errors as they come."""
+        key = (product, int(version))
+        cached = self.pools.get(key)
+        if cached is not None:
+            return cached
+        with self._store_lock:  # one fetch per key even when requests race
+            cached = self.pools.get(key)
+            if cached is not None:
+                return cached
+            if version < 1:
+                raise InvalidRequestError(
+                    f"REFERENCE_VERSION must be a published version (>= 1), got {version} "
+                    f"for product {product!r}"
+                )
+            record = self.store.get(product, int(version), model_id=self.model_id)
+            if record.image_size != self.image_size:
+                raise InvalidRequestError(
+                    f"product {product!r} v{version} was onboarded at {record.image_size}px, "
+                    f"this model takes {self.image_size}px"
+                )
+            pool = pool_from_record(record, device=str(self.device))
+            self.pools.put(key, pool, sum(int(a.nbytes) for a in record.pool) * 2)
+            return pool
+
+    # ------------------------------------------------------------------ compute
+    def _model_input(self, images: np.ndarray):
+        import torch
+
+        from pretrain.preprocess import to_model_input
+
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        if self.input_is_preprocessed:
+            return tensor.float()
+        return to_model_input(tensor, self.spec)
+
+    def check_images(self, images: np.ndarray) -> None:
+        s = self.image_size
+        if self.input_is_preprocessed:
+            expected, dtype = (3, s, s), np.float32
+        else:
+            expected, dtype = (s, s, 3), np.uint8
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected or images.dtype != dtype:
+            raise InvalidRequestError(
+                f"images must be {np.dtype(dtype).name} [B,{','.join(map(str, expected))}], "
+                f"got {images.dtype} {list(images.shape)}"
+            )
+
+    def features(self, images: np.ndarray, keys: Sequence[tuple[str, int]]) -> list[np.ndarray]:
+        """Projected features per level for images whose pools are ``keys`` (one per image)."""
+        import torch
+
+        self.check_images(images)
+        if len(keys) != len(images):
+            raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
+        pools = {key: self.pool(*key) for key in dict.fromkeys(keys)}
+        outputs: list[np.ndarray] | None = None
+        with torch.inference_mode():
+            for key, pool in pools.items():
+                index = [i for i, k in enumerate(keys) if k == key]
+                x = self._model_input(images[index])
+                levels = self.model.projected(x, pool)
+                if outputs is None:
+                    outputs = [
+                        np.empty((len(images), *t.shape[1:]), dtype=np.float32) for t in levels
+                    ]
+                for out, t in zip(outputs, levels, strict=True):
+                    out[index] = t.detach().to("cpu", torch.float32).numpy()
+        assert outputs is not None
+        return outputs
+
+    def serve(
+        self, requests: Sequence[tuple[np.ndarray, Sequence[tuple[str, int]]]]
+    ) -> list[list[np.ndarray] | BaseException]:
+        """One result per request: its features or the exception that failed it alone.
+
+        Requests are resolved (pools) individually, then every valid request is computed in one
+        pass per (product, version), so a dynamic batch of single-image requests runs the
+        backbone once.
+        """
+        results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
+        valid: list[int] = []
+        for i, (images, keys) in enumerate(requests):
+            try:
+                self.check_images(images)
+                if len(keys) != len(images):
+                    raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
+                for key in dict.fromkeys(keys):
+                    self.pool(*key)
+                valid.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported to that request only
+                results[i] = exc
+        if valid:
+            images = np.concatenate([requests[i][0] for i in valid])
+            keys = [key for i in valid for key in requests[i][1]]
+            try:
+                levels = self.features(images, keys)
+            except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
+                LOG.exception("adqc_features: batch of %d images failed", len(images))
+                for i in valid:
+                    results[i] = exc
+            else:
+                start = 0
+                for i in valid:
+                    n = len(requests[i][0])
+                    results[i] = [level[start : start + n] for level in levels]
+                    start += n
+        return results  # type: ignore[return-value]
+
+    def warm_up(self) -> None:
+        """One forward pass without a pool, so the first request does not pay for it."""
+        import torch
+
+        s = self.image_size
+        shape = (1, 3, s, s) if self.input_is_preprocessed else (1, s, s, 3)
+        dtype = np.float32 if self.input_is_preprocessed else np.uint8
+        with torch.inference_mode():
+            self.model.raw(self._model_input(np.zeros(shape, dtype=dtype)))
+
+
+def decode_keys(products: np.ndarray, versions: np.ndarray, batch: int) -> list[tuple[str, int]]:
+    """(product, version) per image from PRODUCT BYTES [B,1] and REFERENCE_VERSION INT64 [B,1]."""
+    products = np.asarray(products).reshape(-1)
+    versions = np.asarray(versions).reshape(-1)
+    if len(products) != batch or len(versions) != batch:
+        raise InvalidRequestError(
+            f"PRODUCT and REFERENCE_VERSION need one entry per image ({batch}), "
+            f"got {len(products)} and {len(versions)}"
+        )
+    keys = []
+    for product, version in zip(products, versions, strict=True):
+        if isinstance(product, bytes):
+            try:
+                product = product.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidRequestError(f"PRODUCT is not UTF-8: {product!r}") from exc
+        keys.append((str(product), int(version)))
+    return keys
+
+
+def _param(config: dict, name: str, default: str | None = None) -> str | None:
+    value = config.get("parameters", {}).get(name, {}).get("string_value")
+    return default if value in (None, "") else value
+
+
+class TritonPythonModel:
+    """Triton python-backend entry point (see module docstring)."""
+
+    def initialize(self, args: dict) -> None:
+        import torch
+
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        kind = args.get("model_instance_kind", "CPU")
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+        threads = int(_param(config, "torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        weights = _param(config, "weights")
+        store_url = os.environ.get(REDIS_URL_ENV) or _param(config, "redis_url")
+        if not store_url:
+            raise ValueError(f"no reference store: set {REDIS_URL_ENV} or parameter redis_url")
+        started = time.perf_counter()
+        self.service = FeaturesService(
+            backbone=_param(config, "backbone"),
+            checkpoint=version_dir / _param(config, "checkpoint", "checkpoint.pt"),
+            model_id=_param(config, "model_id"),
+            weights=version_dir / weights if weights else None,
+            store_url=store_url,
+            device=device,
+            input_is_preprocessed=_param(config, "input_is_preprocessed", "false") == "true",
+            pool_cache_entries=int(_param(config, "pool_cache_entries", "64")),
+            pool_cache_bytes=int(float(_param(config, "pool_cache_mb", "1024")) * 2**20),
+        )
+        self.service.warm_up()
+        self.images_input = "INPUT" if self.service.input_is_preprocessed else "IMAGES"
+        self.output_names = [o["name"] for o in config["output"]]
+        pb_utils.Logger.log_info(
+            f"adqc_features {args['model_instance_name']}: {self.service.model_id} on {device}, "
+            f"store {_redact(store_url)}, ready in {time.perf_counter() - started:.1f} s"
+        )
+
+    def execute(self, requests: list) -> list:
+        parsed: list = []
+        failures: dict[int, BaseException] = {}
+        for i, request in enumerate(requests):
+            try:
+                images = pb_utils.get_input_tensor_by_name(request, self.images_input).as_numpy()
+                keys = decode_keys(
+                    pb_utils.get_input_tensor_by_name(request, "PRODUCT").as_numpy(),
+                    pb_utils.get_input_tensor_by_name(request, "REFERENCE_VERSION").as_numpy(),
+                    len(images),
+                )
+                parsed.append((images, keys))
+            except Exception as exc:  # noqa: BLE001 - per-request error
+                failures[i] = exc
+                parsed.append(None)
+        served = self.service.serve([p for p in parsed if p is not None])
+        results = iter(served)
+        responses = []
+        for i, item in enumerate(parsed):
+            result = failures[i] if item is None else next(results)
+            if isinstance(result, BaseException):
+                responses.append(pb_utils.InferenceResponse(error=_triton_error(result)))
+            else:
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(level))
+                    for name, level in zip(self.output_names, result, strict=True)
+                ]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self) -> None:
+        store = getattr(getattr(self, "service", None), "_store", None)
+        if store is not None and hasattr(store, "close"):
+            store.close()
+
+
+def _triton_error(exc: BaseException):
+    from inference.store import StoreUnavailableError
+
+    code = None
+    if isinstance(exc, StoreUnavailableError):
+        code = getattr(pb_utils.TritonError, "UNAVAILABLE", None)
+    elif isinstance(exc, (InvalidRequestError, KeyError, ValueError)):
+        code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    message = error_message(exc)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

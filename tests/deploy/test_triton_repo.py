@@ -1,0 +1,338 @@
+"""Triton model repository builder and the python-backend model code, without a server.
+
+The served path is checked end to end against a real tritonserver in
+tests/inference/engines/test_triton_engine.py; here: the files written, the configs (parsed
+back with Triton's own protobuf schema), and FeaturesService (the code behind adqc_features)
+in process against an in-memory store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+from typer.testing import CliRunner
+
+from deploy import triton_repo as tr
+from inference.records import Calibration, ModelMismatchError, ProductRecord
+from inference.store import ProductNotFoundError, open_store
+from inference.triton.features import (
+    FeaturesService,
+    InvalidRequestError,
+    PoolCache,
+    decode_keys,
+    error_message,
+)
+from pretrain.checkpoint import load_feature_model, model_id, save_untrained
+from pretrain.preprocess import to_model_input
+
+BACKBONE = "mobilenet_v2"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
+    save_untrained(path, BACKBONE, num_tokens=64)  # a small projector: fast tests
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, checkpoint) -> tuple[Path, tr.RepoSpec]:
+    out = tmp_path_factory.mktemp("repo") / "model_repository"
+    spec = tr.build_model_repository(
+        out, checkpoint=checkpoint, redis_url="redis://example:6379/2", max_batch=8, kind="cpu"
+    )
+    return out, spec
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_feature_model(backbone=BACKBONE, checkpoint=checkpoint)
+
+
+def _record(model, mid: str, product: str, seed: int, shots: int = 2) -> ProductRecord:
+    spec = model.backbone.spec
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (shots, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
+    return ProductRecord(
+        product=product,
+        model_id=mid,
+        backbone=BACKBONE,
+        image_size=spec.image_size,
+        shots=shots,
+        detector="featurenorm",
+        pool=pool.numpy(),
+        calibration=Calibration(
+            threshold=1.0,
+            target_far=0.01,
+            method="leave-one-out",
+            n_normals=1,
+            normal_scores=[0.5],
+            score_mean=0.5,
+            score_std=0.0,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------ repository layout
+
+
+def test_layout_and_self_contained_checkpoint(repo, checkpoint):
+    out, spec = repo
+    assert (out / "adqc" / "config.pbtxt").is_file()
+    assert (out / "adqc" / "1").is_dir()
+    assert (out / "adqc_features" / "1" / "model.py").is_file()
+    copied = out / "adqc_features" / "1" / "checkpoint.pt"
+    assert copied.read_bytes() == checkpoint.read_bytes()
+    assert not (out / "adqc_preprocess").exists()  # folded into adqc_features by default
+    assert spec.model_id == model_id(checkpoint) == model_id(copied)
+    manifest = json.loads((out / "adqc_repo.json").read_text())
+    assert manifest["model_id"] == spec.model_id
+    assert manifest["models"] == ["adqc", "adqc_features"]
+
+
+def test_model_py_shim_exposes_the_python_model(repo):
+    out, _ = repo
+    shim = importlib.util.spec_from_file_location("shim", out / "adqc_features/1/model.py")
+    module = importlib.util.module_from_spec(shim)
+    shim.loader.exec_module(module)
+    from inference.triton.features import TritonPythonModel
+
+    assert module.TritonPythonModel is TritonPythonModel
+
+
+def test_features_config(repo):
+    out, spec = repo
+    config = tr.read_config(out / "adqc_features" / "config.pbtxt")
+    assert config.name == "adqc_features" and config.backend == "python"
+    assert config.max_batch_size == 8
+    inputs = {t.name: t for t in config.input}
+    assert list(inputs["IMAGES"].dims) == [spec.image_size, spec.image_size, 3]
+    assert inputs["IMAGES"].data_type == mc.TYPE_UINT8
+    assert inputs["PRODUCT"].data_type == mc.TYPE_STRING and list(inputs["PRODUCT"].dims) == [1]
+    assert inputs["REFERENCE_VERSION"].data_type == mc.TYPE_INT64
+    outputs = [(t.name, list(t.dims)) for t in config.output]
+    assert outputs == [(f"FEATURES_{i}", list(shape)) for i, shape in enumerate(spec.level_shapes)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_CPU, 1)
+    ]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["model_id"] == spec.model_id
+    assert params["redis_url"] == "redis://example:6379/2"
+    assert params["checkpoint"] == "checkpoint.pt"
+
+
+def test_ensemble_config(repo):
+    out, spec = repo
+    config = tr.read_config(out / "adqc" / "config.pbtxt")
+    assert config.platform == "ensemble" and config.max_batch_size == 8
+    assert config.parameters["model_id"].string_value == spec.model_id
+    assert [t.name for t in config.input] == ["IMAGES", "PRODUCT", "REFERENCE_VERSION"]
+    (step,) = config.ensemble_scheduling.step
+    assert step.model_name == "adqc_features"
+    assert dict(step.input_map) == {n: n for n in ("IMAGES", "PRODUCT", "REFERENCE_VERSION")}
+    names = [f"FEATURES_{i}" for i in range(len(spec.level_shapes))]
+    assert dict(step.output_map) == {n: n for n in names}
+    assert [t.name for t in config.output] == names
+
+
+def test_level_shapes_match_the_model(repo, model):
+    _, spec = repo
+    size = model.backbone.spec.image_size
+    with torch.inference_mode():
+        levels = model.raw(torch.zeros(1, 3, size, size))
+    assert spec.level_shapes == tuple(tuple(t.shape[1:]) for t in levels)
+
+
+def test_split_preprocess_gpu_layout(tmp_path, checkpoint):
+    spec = tr.build_model_repository(
+        tmp_path, checkpoint=checkpoint, kind="gpu", instances=2, max_batch=16,
+        split_preprocess=True,
+    )  # fmt: skip
+    pre = tr.read_config(tmp_path / "adqc_preprocess" / "config.pbtxt")
+    feats = tr.read_config(tmp_path / "adqc_features" / "config.pbtxt")
+    ens = tr.read_config(tmp_path / "adqc" / "config.pbtxt")
+    assert [t.name for t in pre.output] == ["INPUT"]
+    assert list(pre.output[0].dims) == [3, spec.image_size, spec.image_size]
+    assert [t.name for t in feats.input][0] == "INPUT"
+    assert feats.parameters["input_is_preprocessed"].string_value == "true"
+    assert [(g.kind, g.count) for g in feats.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, 2)
+    ]
+    assert list(feats.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [
+        "adqc_preprocess",
+        "adqc_features",
+    ]
+    first, second = ens.ensemble_scheduling.step
+    assert first.output_map["INPUT"] == second.input_map["INPUT"]
+
+
+def test_rebuild_replaces_previous_layout(tmp_path, checkpoint):
+    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu", split_preprocess=True)
+    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu")
+    assert not (tmp_path / "adqc_preprocess").exists()
+
+
+def test_bad_arguments(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        tr.build_model_repository(tmp_path, checkpoint=tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="kind"):
+        tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_batch"):
+        tr.build_model_repository(tmp_path, checkpoint=checkpoint, max_batch=0)
+
+
+def test_cli_export_triton(tmp_path, checkpoint):
+    from adqc.cli import build_app
+
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(
+        build_app(),
+        ["export", "triton", "--out", str(out), "--checkpoint", str(checkpoint),
+         "--max-batch", "4", "--instances", "2", "--kind", "cpu",
+         "--redis-url", "redis://h:1/0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ensemble 'adqc'" in result.output
+    config = tr.read_config(out / "adqc_features" / "config.pbtxt")
+    assert config.max_batch_size == 4 and config.instance_group[0].count == 2
+    assert config.parameters["redis_url"].string_value == "redis://h:1/0"
+
+    bad = CliRunner().invoke(
+        build_app(), ["export", "triton", "--out", str(out), "--checkpoint", str(tmp_path / "x")]
+    )
+    assert bad.exit_code == 1
+    assert "checkpoint not found" in bad.output
+
+
+# ------------------------------------------------------------------------ FeaturesService
+
+
+@pytest.fixture(scope="module")
+def service(checkpoint, model):
+    store = open_store("memory://", cache_size=0)
+    svc = FeaturesService(
+        backbone=BACKBONE,
+        checkpoint=checkpoint,
+        model_id=model_id(checkpoint),
+        store_url="memory://",
+        store=store,
+        pool_cache_entries=2,
+    )
+    return svc
+
+
+def _images(n: int, size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_service_matches_feature_model(service, model):
+    record = _record(model, service.model_id, "alpha", seed=1)
+    version = service.store.publish(record)
+    images = _images(3, service.image_size, seed=2)
+    out = service.features(images, [("alpha", version)] * 3)
+    pool = service.pool("alpha", version)
+    with torch.inference_mode():
+        want = model.projected(to_model_input(torch.from_numpy(images), model.backbone.spec), pool)
+    assert len(out) == len(want)
+    for got, ref in zip(out, want, strict=True):
+        assert got.dtype == np.float32 and got.shape == tuple(ref.shape)
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-5, rtol=0)
+
+
+def test_service_mixed_products_in_one_batch(service, model):
+    a = service.store.publish(_record(model, service.model_id, "mix-a", seed=3))
+    b = service.store.publish(_record(model, service.model_id, "mix-b", seed=4))
+    images = _images(4, service.image_size, seed=5)
+    keys = [("mix-a", a), ("mix-b", b), ("mix-a", a), ("mix-b", b)]
+    mixed = service.features(images, keys)
+    only_a = service.features(images[[0, 2]], [("mix-a", a)] * 2)
+    only_b = service.features(images[[1, 3]], [("mix-b", b)] * 2)
+    for level, la, lb in zip(mixed, only_a, only_b, strict=True):
+        np.testing.assert_allclose(level[[0, 2]], la, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(level[[1, 3]], lb, atol=1e-5, rtol=0)
+
+
+def test_service_per_request_errors(service, model):
+    good = service.store.publish(_record(model, service.model_id, "good", seed=6))
+    other = _record(model, "mobilenet_v2:000000000000", "other-model", seed=7)
+    other_version = service.store.publish(other)
+    size = service.image_size
+    requests = [
+        (_images(2, size, 8), [("good", good)] * 2),
+        (_images(1, size, 9), [("missing", 1)]),
+        (_images(1, size, 10), [("other-model", other_version)]),
+        (_images(1, size, 11), [("good", 0)]),
+        (np.zeros((1, 8, 8, 3), np.uint8), [("good", good)]),
+        (_images(1, size, 12), [("good", good)]),
+    ]
+    results = service.serve(requests)
+    assert len(results) == len(requests)
+    assert [r.shape[0] for r in results[0]] == [2] * len(results[0])
+    assert isinstance(results[1], ProductNotFoundError)
+    assert error_message(results[1]).startswith("ProductNotFoundError: ")
+    assert isinstance(results[2], ModelMismatchError)
+    assert "mobilenet_v2:000000000000" in str(results[2])
+    assert isinstance(results[3], InvalidRequestError) and ">= 1" in str(results[3])
+    assert isinstance(results[4], InvalidRequestError) and "uint8" in str(results[4])
+    assert isinstance(results[5], list)
+    # the batched result equals serving the request alone
+    alone = service.features(requests[5][0], requests[5][1])
+    for got, ref in zip(results[5], alone, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_service_caches_pools_by_version(service, model):
+    store = service.store
+    v1 = store.publish(_record(model, service.model_id, "cached", seed=13))
+    fetches = store.fetches
+    images = _images(1, service.image_size, 14)
+    service.features(images, [("cached", v1)])
+    service.features(images, [("cached", v1)])
+    assert store.fetches == fetches + 1
+    v2 = store.publish(_record(model, service.model_id, "cached", seed=15))
+    service.features(images, [("cached", v2)])
+    assert store.fetches == fetches + 2
+    assert len(service.pools) <= 2  # pool_cache_entries=2
+
+
+def test_pool_cache_bounds():
+    cache = PoolCache(max_entries=3, max_bytes=100)
+    for i in range(4):
+        cache.put(("p", i), f"pool{i}", 10)
+    assert cache.keys() == [("p", 1), ("p", 2), ("p", 3)]
+    assert cache.get(("p", 1)) == "pool1"  # now most recent
+    cache.put(("q", 1), "big", 85)
+    assert cache.keys() == [("p", 1), ("q", 1)] and cache.nbytes == 95
+    cache.put(("huge", 1), "huge", 500)  # alone above the bound: kept, the rest dropped
+    assert cache.keys() == [("huge", 1)]
+    assert cache.get(("p", 0)) is None and cache.misses == 1
+
+
+def test_decode_keys():
+    keys = decode_keys(np.array([[b"a"], [b"b"]], dtype=object), np.array([[1], [2]]), 2)
+    assert keys == [("a", 1), ("b", 2)]
+    with pytest.raises(InvalidRequestError, match="one entry per image"):
+        decode_keys(np.array([[b"a"]], dtype=object), np.array([[1]]), 2)
+    with pytest.raises(InvalidRequestError, match="UTF-8"):
+        decode_keys(np.array([[b"\xff"]], dtype=object), np.array([[1]]), 1)
+
+
+def test_service_refuses_a_hand_edited_model_id(checkpoint):
+    with pytest.raises(ValueError, match="re-run `adqc export triton`"):
+        FeaturesService(
+            backbone=BACKBONE,
+            checkpoint=checkpoint,
+            model_id="mobilenet_v2:ffffffffffff",
+            store_url="memory://",
+        )
