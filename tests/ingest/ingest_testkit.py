@@ -91,6 +91,7 @@ def read_all(
     topic: str,
     expect: int | Callable[[list[Any]], bool],
     timeout_s: float = 60.0,
+    quiet_s: float = 1.0,
 ) -> list[Any]:
     """Records of ``topic`` from the beginning, in per-partition order, until ``expect`` is met
     (a count, or a predicate over the records so far) or the timeout; then a short quiet
@@ -117,7 +118,7 @@ def read_all(
         while time.monotonic() < deadline and not done(out):
             for records in consumer.poll(timeout_ms=200).values():
                 out.extend(records)
-        quiet = time.monotonic() + 1.0
+        quiet = time.monotonic() + quiet_s
         while time.monotonic() < quiet:
             for records in consumer.poll(timeout_ms=200).values():
                 out.extend(records)
