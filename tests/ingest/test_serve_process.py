@@ -40,7 +40,10 @@ def test_hard_kill_and_restart_loses_no_frame(
     path = write_config(tmp_path / "serve.yaml", config)
     images = frame_images.good + frame_images.defect
     prod = producer(kafka_broker.bootstrap)
-    cams = [CameraSimulator(prod, topics.frames, product.name, camera=c) for c in ("cam-a", "cam-b")]
+    # cam-a and cam-b hash to different partitions of a 2-partition topic.
+    cams = [
+        CameraSimulator(prod, topics.frames, product.name, camera=c) for c in ("cam-a", "cam-b")
+    ]
     sent: list[str] = []
 
     def publish(start: int, count: int, fps: float) -> None:
