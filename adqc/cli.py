@@ -10,7 +10,12 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: tuple[str, ...] = ("ingest.cli", "deploy.cli", "pretrain.evaluation.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "ingest.cli",
+    "deploy.cli",
+    "pretrain.evaluation.cli",
+    "inference.cli",
+)
 
 GROUPS = {
     "bench": "Benchmarks whose results go to docs/.",

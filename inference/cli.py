@@ -1,0 +1,228 @@
+"""``adqc product add|list|show|remove`` and ``adqc demo``.
+
+Every expected failure (unknown product, unreadable image, unreachable store, model mismatch,
+missing checkpoint, bad option) ends with a one-line ``error: ...`` on stderr and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inference.calibration import DEFAULT_TARGET_FAR
+
+#: where `adqc product ...` keeps records when neither --store nor $ADQC_STORE says otherwise
+DEFAULT_STORE = "file://~/.local/share/adqc/store"
+
+out = Console()
+err = Console(stderr=True)
+
+StoreOption = typer.Option(
+    None,
+    "--store",
+    help=f"Store URL: redis://host:port/db, file:///dir or memory:// "
+    f"[default: $ADQC_STORE or {DEFAULT_STORE}]",
+)
+
+
+def _store_url(store: str | None) -> str:
+    return store or os.environ.get("ADQC_STORE") or DEFAULT_STORE
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Turn the expected failures into `error: ...` + exit code 2."""
+    from inference.store import ProductNotFoundError, StoreUnavailableError
+
+    try:
+        yield
+    except (ProductNotFoundError, StoreUnavailableError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def product_add(
+    name: str = typer.Argument(..., help="Product name (letters, digits, '.', '_', '-')."),
+    images: str = typer.Option(
+        ..., "--images", help="Folder or glob of good images; the first K (sorted) are the shots."
+    ),
+    shots: int = typer.Option(8, "--shots", "-k", help="K: good images in the reference pool."),
+    calibration_images: str | None = typer.Option(
+        None,
+        "--calibration-images",
+        help="Folder or glob of further good images to set the threshold on (held-out); "
+        "default: leave-one-out over the K shots.",
+    ),
+    target_far: float = typer.Option(
+        DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
+    ),
+    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    store: str | None = StoreOption,
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
+    ),
+    backbone: str = typer.Option("mobilenet_v2", "--backbone", help="Backbone of the checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record summary as JSON."),
+) -> None:
+    """Onboard a product from K good images: reference pool + calibrated threshold."""
+    with _clean_errors():
+        from inference.engines.local import LocalEngine
+        from inference.onboarding import onboard
+        from inference.store import open_store
+
+        if detector not in ("featurenorm", "patchcore"):
+            raise ValueError(f"--detector must be featurenorm or patchcore, got {detector!r}")
+        with open_store(_store_url(store)) as opened:
+            engine = LocalEngine(checkpoint, backbone)
+            result = onboard(
+                engine,
+                opened,
+                name,
+                images,
+                shots=shots,
+                calibration_images=calibration_images,
+                target_far=target_far,
+                detector=detector,  # type: ignore[arg-type]
+            )
+            record = result.record
+            if as_json:
+                out.print_json(json.dumps(record.summary()))
+                return
+            calibration = record.calibration
+            out.print(
+                f"[green]onboarded[/] [bold]{name}[/] v{record.version} in {opened.url} "
+                f"({result.seconds:.1f} s)\n"
+                f"  shots      {record.shots}: {', '.join(p.name for p in result.shots)}"
+                + (f" ({result.ignored} more image(s) not used)" if result.ignored else "")
+                + f"\n  model      {record.model_id}, {record.detector}, {record.image_size}px"
+                f"\n  threshold  {calibration.threshold:.4f} for a target false-alarm rate of "
+                f"{calibration.target_far:g} ({calibration.rule})"
+                f"\n  normals    {calibration.n_normals} {calibration.method} scores, mean "
+                f"{calibration.score_mean:.4f}, std {calibration.score_std:.4f}, max "
+                f"{max(calibration.normal_scores):.4f}",
+                highlight=False,
+            )
+
+
+def product_list(
+    store: str | None = StoreOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List onboarded products with their latest version."""
+    with _clean_errors():
+        from inference.store import open_store
+
+        with open_store(_store_url(store)) as opened:
+            rows = [opened.get(name).summary() for name in opened.list_products()]
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return
+        if not rows:
+            out.print(f"no products in {opened.url}")
+            return
+        table = Table("product", "version", "model", "detector", "shots", "threshold", "created")
+        for row in rows:
+            table.add_row(
+                row["product"],
+                str(row["version"]),
+                row["model_id"],
+                row["detector"],
+                str(row["shots"]),
+                f"{row['calibration']['threshold']:.4f}",
+                row["created_at"][:19],
+            )
+        out.print(table)
+
+
+def product_show(
+    name: str = typer.Argument(..., help="Product name."),
+    version: int | None = typer.Option(None, "--version", help="A kept version [default: latest]."),
+    store: str | None = StoreOption,
+) -> None:
+    """Show one product's record (without its arrays) as JSON."""
+    with _clean_errors():
+        from inference.store import open_store
+
+        with open_store(_store_url(store)) as opened:
+            summary = opened.get(name, version).summary()
+            summary["kept_versions"] = opened.versions(name)
+        out.print_json(json.dumps(summary))
+
+
+def product_remove(
+    name: str = typer.Argument(..., help="Product name."),
+    store: str | None = StoreOption,
+) -> None:
+    """Remove every version of a product."""
+    with _clean_errors():
+        from inference.store import open_store
+
+        with open_store(_store_url(store)) as opened:
+            opened.remove(name)
+        out.print(f"removed {name} from {opened.url}")
+
+
+def demo(
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (replaced)."),
+    source: str | None = typer.Option(
+        None, "--source", help="Stream this image folder instead of the elpv cells (no AUROC)."
+    ),
+    references: str | None = typer.Option(
+        None, "--references", help="Onboard from this folder/glob instead of 8 functional cells."
+    ),
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        help="Frames to stream, evenly spaced; 0 = all [default: 600 for the elpv cells, "
+        "all for --source].",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),
+    store: str = typer.Option("memory://", "--store", help="Reference store URL."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Frames per scored batch."),
+    shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
+    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+) -> None:
+    """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
+    from inference.demo import DEFAULT_LIMIT, DemoError, run_demo
+
+    with _clean_errors():
+        try:
+            summary = run_demo(
+                out=out_dir,
+                source=source,
+                references=references,
+                limit=limit if limit is not None else (DEFAULT_LIMIT if source is None else 0),
+                checkpoint=checkpoint,
+                store_url=store,
+                batch_size=batch_size,
+                shots=shots,
+                detector=detector,
+                console=out,
+            )
+        except DemoError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Mount ``product add|list|show|remove`` and the top-level ``demo``."""
+    product = groups["product"]
+    product.command("add")(product_add)
+    product.command("list")(product_list)
+    product.command("show")(product_show)
+    product.command("remove")(product_remove)
+    app.command("demo")(demo)
