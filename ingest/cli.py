@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 DEFAULT_BOOTSTRAP = os.environ.get("ADQC_KAFKA__BOOTSTRAP", "127.0.0.1:9092")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _configure_logging(level: str) -> None:

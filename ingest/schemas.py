@@ -9,10 +9,12 @@ Dead-letter records keep the original key, value and headers and add ``dlq.*`` h
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -302,3 +304,33 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "dlq-headers": DlqInfo,
 }
 """Models whose JSON Schemas are generated into docs/schemas/<name>.v1.json."""
+
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+
+def json_schemas() -> dict[str, str]:
+    """``{file name: JSON Schema text}`` of every message (what docs/schemas/ holds)."""
+    out = {}
+    for name, model in MESSAGE_MODELS.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://adqc.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        out[f"{name}.v{SCHEMA_VERSION}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def write_json_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Regenerate docs/schemas/*.json (``python -m ingest.schemas``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schemas().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_json_schemas():
+        print(written_path)

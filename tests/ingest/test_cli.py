@@ -1,0 +1,57 @@
+"""The ingest commands' argument handling and errors (no servers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from adqc.cli import build_app
+from ingest.camera import CameraSimulator, list_images
+
+runner = CliRunner()
+
+
+def test_serve_check_reports_bad_settings_by_field(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("batch:\n  size: -1\n")
+    result = runner.invoke(build_app(), ["serve", "--config", str(path), "--check"])
+    assert result.exit_code == 2
+    assert "batch.size" in result.output and str(path) in result.output
+
+
+def test_serve_example_config_checks_ok(tmp_path: Path) -> None:
+    example = runner.invoke(build_app(), ["serve", "--print-example"])
+    assert example.exit_code == 0
+    path = tmp_path / "serve.yaml"
+    path.write_text(example.output)
+    result = runner.invoke(build_app(), ["serve", "--config", str(path), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "settings OK" in result.output
+
+
+def test_camera_simulate_rejects_an_empty_source(tmp_path: Path) -> None:
+    result = runner.invoke(
+        build_app(), ["camera", "simulate", "--source", str(tmp_path), "--product", "p"]
+    )
+    assert result.exit_code == 2
+    assert "no .png/.jpg/.jpeg images" in result.output
+
+
+def test_camera_messages_carry_headers_and_bytes(tmp_path: Path) -> None:
+    for i, suffix in enumerate((".png", ".jpg")):
+        Image.fromarray(np.full((20, 30, 3), i * 50, np.uint8)).save(tmp_path / f"{i}{suffix}")
+    (tmp_path / "notes.txt").write_text("not an image")
+    paths = list_images(tmp_path)
+    assert [p.name for p in paths] == ["0.png", "1.jpg"]
+    sim = CameraSimulator(None, "frames", "bottle", line="l2", camera="cam-9")  # type: ignore[arg-type]
+    key, value, headers = sim.message(paths[1], 5)
+    assert key == b"cam-9" and value == paths[1].read_bytes()
+    assert headers.content_type == "image/jpeg" and (headers.width, headers.height) == (30, 20)
+    assert headers.product == "bottle" and headers.line == "l2"
+    assert headers.frame_id.endswith("0000005") and headers.traceparent
+    claim = CameraSimulator(None, "frames", "bottle", claim_check=True)  # type: ignore[arg-type]
+    _, uri, hdrs = claim.message(paths[0], 0)
+    assert uri == paths[0].resolve().as_uri().encode() and hdrs.content_type == "text/uri-list"
