@@ -14,14 +14,16 @@ PYVER="$("$VENV_PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.versi
 step "triton: check nvidia-pytriton and numpy < 2 in the venv"
 PYTRITON_INFO="$("$VENV_PYTHON" - <<'PY'
 import importlib.metadata as md
+import importlib.util
 import pathlib
 
-import numpy
-import pytriton
-
-if int(numpy.__version__.split(".")[0]) >= 2:
-    raise SystemExit(f"numpy {numpy.__version__} installed: the python-backend stub needs numpy < 2")
-pkg = pathlib.Path(pytriton.__file__).resolve().parent
+numpy_version = md.version("numpy")  # metadata only: importing numpy/pytriton is slow
+if int(numpy_version.split(".")[0]) >= 2:
+    raise SystemExit(f"numpy {numpy_version} installed: the python-backend stub needs numpy < 2")
+spec = importlib.util.find_spec("pytriton")
+if spec is None or not spec.submodule_search_locations:
+    raise SystemExit("nvidia-pytriton is not installed")
+pkg = pathlib.Path(list(spec.submodule_search_locations)[0]).resolve()
 print(pkg, md.version("nvidia-pytriton"))
 PY
 )" || fail "nvidia-pytriton missing or numpy >= 2 in the venv (run 'make setup')"
