@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deploy.cli",
     "pretrain.evaluation.cli",
     "inference.cli",
+    "adqc.pipeline_bench",
 )
 
 GROUPS = {

@@ -1,0 +1,343 @@
+"""The pipeline benchmark: sustained frames/s and end-to-end latency through Kafka.
+
+Given a running Kafka broker and Redis (the ``adqc bench pipeline`` command in
+:mod:`adqc.pipeline_bench` starts them), this module
+
+1. onboards a product (K good shots) into Redis with the local engine;
+2. measures the **engine-only** rate in this process, on the same decoded frames and batch
+   size: ``Scorer.score`` (resize + engine features + anomaly maps + regions), and the
+   engine's ``features`` call alone;
+3. **throughput**: publishes N frames as a backlog, starts ``adqc serve`` as a separate
+   process and measures the sustained rate from the timestamps of the result records
+   (after a warm-up of two batches);
+4. **latency**: with the same worker, publishes frames at a fixed fraction of that rate
+   (an open-loop camera) and measures capture time -> result received, p50 / p99;
+5. stops the worker with SIGTERM (it must drain and exit 0).
+
+The frame mix is one defective frame in ``defect_every`` (alarms carry an inline heatmap).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.structs import TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ingest.camera import CameraSimulator, list_images
+from ingest.schemas import ResultMessage
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad" / "bottle"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (missing data, worker crashed, timeout); says why."""
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how."""
+
+    frames: int = 400
+    batch_size: int = 8
+    max_wait_ms: int = 20
+    decode_workers: int = 1
+    shots: int = 8
+    defect_every: int = 5
+    latency_frames: int = 200
+    latency_load: float = 0.7
+    partitions: int = 2
+    checkpoint: Path | None = None
+    data: Path = DEFAULT_DATA
+    engine_frames: int = 160
+    timeout_s: float = 600.0
+
+
+@dataclass
+class FrameSource:
+    shots: list[Path]
+    good: list[Path]
+    defect: list[Path]
+
+    @classmethod
+    def from_mvtec(cls, root: Path, shots: int) -> FrameSource:
+        """``train/good`` shots; ``test/good`` and ``test/<defect>`` frames (MVTec layout)."""
+        if not (root / "train" / "good").is_dir() or not (root / "test" / "good").is_dir():
+            raise BenchError(
+                f"{root}: expected an MVTec-layout folder (train/good, test/good, test/<defect>)"
+            )
+        train = list_images(root / "train" / "good")
+        if len(train) < shots:
+            raise BenchError(f"{root}/train/good has {len(train)} images, fewer than {shots}")
+        defect = [
+            p
+            for d in sorted((root / "test").iterdir())
+            if d.is_dir() and d.name != "good"
+            for p in list_images(d)
+        ]
+        return cls(train[:shots], list_images(root / "test" / "good"), defect)
+
+    def sequence(self, n: int, defect_every: int) -> list[Path]:
+        """n frames: ``defect_every - 1`` good frames, then one defective, repeated."""
+        good = itertools.cycle(self.good)
+        bad = itertools.cycle(self.defect or self.good)
+        return [next(bad) if (i + 1) % defect_every == 0 else next(good) for i in range(n)]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def engine_only(
+    engine: Any, scorer: Any, product: str, images: list[np.ndarray], batch: int
+) -> dict[str, float]:
+    """Frames/s of ``Scorer.score`` and of ``engine.features`` alone, in this process."""
+    from pretrain.preprocess import resize_uint8
+
+    record = scorer.record(product)
+    scorer.score(images[:batch], product)  # warm-up (allocations, caches)
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch):
+        scorer.score(images[i : i + batch], product)
+    scorer_s = time.perf_counter() - t0
+    resized = [resize_uint8(im, engine.image_size) for im in images]
+    t0 = time.perf_counter()
+    for i in range(0, len(resized), batch):
+        engine.features(np.stack(resized[i : i + batch]), record)
+    features_s = time.perf_counter() - t0
+    return {
+        "engine_frames_per_s": len(images) / scorer_s,
+        "engine_features_frames_per_s": len(images) / features_s,
+    }
+
+
+class _ResultReader:
+    """Reads the results topic from the beginning; remembers receive times."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            client_id="adqc-bench-results",
+        )
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list[tuple[float, int, ResultMessage]] = []  # (received, kafka ts ms, msg)
+
+    def pump(self, timeout_ms: int) -> None:
+        """Poll once and record what arrived."""
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            now = time.time()
+            for r in records:
+                self.records.append((now, r.timestamp, ResultMessage.from_bytes(r.value)))
+
+    def until(self, n: int, deadline: float, check: Callable[[], None]) -> None:
+        """Pump until ``n`` results are in; ``check`` raises if the worker died."""
+        while len(self.records) < n:
+            if time.monotonic() > deadline:
+                raise BenchError(f"timed out with {len(self.records)} of {n} results")
+            check()
+            self.pump(50)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adqc-bench")
+    try:
+        admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        admin.close()
+
+
+def _end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return int(sum(consumer.end_offsets(tps).values()))
+    finally:
+        consumer.close()
+
+
+def run_pipeline_bench(
+    bootstrap: str,
+    redis_url: str,
+    serve_argv: Callable[[Path], list[str]],
+    workdir: Path,
+    config: BenchConfig,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark against a broker and Redis; returns the result dictionary."""
+    import torch
+
+    from inference.engines.local import LocalEngine
+    from inference.onboarding import onboard
+    from inference.scorer import Scorer
+    from inference.store import open_store
+    from pretrain.preprocess import load_image
+
+    console = console or Console(stderr=True)
+    source = FrameSource.from_mvtec(config.data, config.shots)
+    load_before = os.getloadavg()
+    run = uuid.uuid4().hex[:6]
+    product = f"bench-{run}"
+    topics = {k: f"bench-{run}-{k}" for k in ("frames", "results", "alarms", "dlq")}
+
+    console.print(f"onboarding {product} from {len(source.shots)} shots of {config.data}")
+    engine = LocalEngine(checkpoint=config.checkpoint)
+    store = open_store(redis_url)
+    onboard(engine, store, product, source.shots, shots=config.shots)
+    scorer = Scorer(engine, store, batch_size=config.batch_size)
+
+    frames = source.sequence(config.frames, config.defect_every)
+    decoded = {p: load_image(p) for p in set(frames)}
+    sample = [decoded[p] for p in frames[: config.engine_frames]]
+    console.print(f"engine-only: {len(sample)} frames, batch {config.batch_size}")
+    engine_rates = engine_only(engine, scorer, product, sample, config.batch_size)
+    del scorer, engine
+    console.print(
+        f"  scorer {engine_rates['engine_frames_per_s']:.1f} frames/s, "
+        f"features {engine_rates['engine_features_frames_per_s']:.1f} frames/s"
+    )
+
+    _create_topics(bootstrap, list(topics.values()), config.partitions)
+    serve_config = {
+        "kafka": {"bootstrap": bootstrap},
+        "topics": topics,
+        "group": f"bench-{run}",
+        "batch": {
+            "size": config.batch_size,
+            "max_wait_ms": config.max_wait_ms,
+            "max_in_flight": 8 * config.batch_size,
+            "decode_workers": config.decode_workers,
+        },
+        "engine": {"kind": "local"}
+        | ({"checkpoint": str(config.checkpoint)} if config.checkpoint else {}),
+        "store": {"url": redis_url},
+        "telemetry": {"prometheus_port": None},
+        "log_level": "WARNING",
+    }
+    config_path = workdir / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(serve_config))
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    cams = [
+        CameraSimulator(producer, topics["frames"], product, camera=f"cam-{i}")
+        for i in range(config.partitions)
+    ]
+    console.print(f"publishing a backlog of {len(frames)} frames")
+    for i, path in enumerate(frames):
+        cams[i % len(cams)].publish(path, i)
+    producer.flush()
+
+    log_path = workdir / "serve.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(serve_argv(config_path), stdout=log, stderr=subprocess.STDOUT)
+    reader = _ResultReader(bootstrap, topics["results"], config.partitions)
+
+    def alive() -> None:
+        if worker.poll() is not None:
+            raise BenchError(
+                f"serve exited with {worker.returncode}: "
+                f"{log_path.read_text(errors='replace')[-3000:]}"
+            )
+
+    try:
+        deadline = time.monotonic() + config.timeout_s
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("throughput (backlog)", total=len(frames))
+            while len(reader.records) < len(frames):
+                reader.until(len(reader.records) + 1, deadline, alive)
+                progress.update(task, completed=len(reader.records))
+        stamps = sorted(ts for _, ts, _ in reader.records)
+        warm = min(2 * config.batch_size, len(stamps) - 2)
+        span_s = (stamps[-1] - stamps[warm]) / 1000.0
+        frames_per_s = (len(stamps) - 1 - warm) / span_s if span_s > 0 else float("nan")
+        batch_sizes = [m.timings.batch_size for _, _, m in reader.records]
+
+        rate = max(1.0, config.latency_load * frames_per_s)
+        lat_frames = source.sequence(config.latency_frames, config.defect_every)
+        console.print(f"latency: {len(lat_frames)} frames at {rate:.1f} frames/s")
+        sent_ids: set[str] = set()
+        start = time.monotonic()
+        n0 = len(reader.records)
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("latency (open loop)", total=len(lat_frames))
+            for i, path in enumerate(lat_frames):
+                while (delay := start + i / rate - time.monotonic()) > 0:
+                    alive()
+                    reader.pump(max(1, min(20, int(delay * 1000))))
+                _f, headers = cams[i % len(cams)].publish(path, len(frames) + i)
+                producer.flush()
+                sent_ids.add(headers.frame_id)
+                progress.update(task, completed=i + 1)
+            reader.until(n0 + len(lat_frames), deadline, alive)
+        latencies = [
+            (received - m.capture_time.timestamp()) * 1000.0
+            for received, _, m in reader.records
+            if m.frame_id in sent_ids
+        ]
+        worker.send_signal(signal.SIGTERM)
+        rc = worker.wait(120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        log.close()
+        reader.close()
+        producer.close()
+
+    results = reader.records
+    alarms = _end_offsets(bootstrap, topics["alarms"], config.partitions)
+    dlq = _end_offsets(bootstrap, topics["dlq"], config.partitions)
+    engine_fps = engine_rates["engine_frames_per_s"]
+    out: dict[str, Any] = {
+        "frames_per_s": round(frames_per_s, 2),
+        "engine_frames_per_s": round(engine_fps, 2),
+        "engine_features_frames_per_s": round(engine_rates["engine_features_frames_per_s"], 2),
+        "ratio": round(frames_per_s / engine_fps, 3),
+        "p50_ms": round(_percentile(latencies, 50), 1),
+        "p99_ms": round(_percentile(latencies, 99), 1),
+        "max_ms": round(max(latencies), 1) if latencies else None,
+        "latency_rate_fps": round(rate, 2),
+        "latency_frames": len(latencies),
+        "frames": len(frames),
+        "results": len(results),
+        "alarms": alarms,
+        "dlq": dlq,
+        "mean_batch_size": round(float(np.mean(batch_sizes)), 2),
+        "serve_exit_code": rc,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "model_id": results[0][2].model_id if results else None,
+    }
+    (workdir / "result.json").write_text(json.dumps(out, indent=2))
+    return out
