@@ -45,7 +45,7 @@ def _clean_errors() -> Iterator[None]:
     try:
         yield
     except (ProductNotFoundError, StoreUnavailableError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -75,20 +75,24 @@ def product_add(
     """Onboard a product from K good images: reference pool + calibrated threshold."""
     with _clean_errors():
         from inference.engines.local import LocalEngine
-        from inference.onboarding import onboard
+        from inference.onboarding import onboard, resolve_inputs
+        from inference.records import check_product_name
         from inference.store import open_store
 
+        # cheap checks first: a typo should not wait for the model to load
+        check_product_name(name)
         if detector not in ("featurenorm", "patchcore"):
             raise ValueError(f"--detector must be featurenorm or patchcore, got {detector!r}")
+        inputs = resolve_inputs(images, shots, calibration_images)
         with open_store(_store_url(store)) as opened:
             engine = LocalEngine(checkpoint, backbone)
             result = onboard(
                 engine,
                 opened,
                 name,
-                images,
+                inputs.shots,
                 shots=shots,
-                calibration_images=calibration_images,
+                calibration_images=inputs.calibration_images,
                 target_far=target_far,
                 detector=detector,  # type: ignore[arg-type]
             )
@@ -101,7 +105,7 @@ def product_add(
                 f"[green]onboarded[/] [bold]{name}[/] v{record.version} in {opened.url} "
                 f"({result.seconds:.1f} s)\n"
                 f"  shots      {record.shots}: {', '.join(p.name for p in result.shots)}"
-                + (f" ({result.ignored} more image(s) not used)" if result.ignored else "")
+                + (f" ({inputs.ignored} more image(s) not used)" if inputs.ignored else "")
                 + f"\n  model      {record.model_id}, {record.detector}, {record.image_size}px"
                 f"\n  threshold  {calibration.threshold:.4f} for a target false-alarm rate of "
                 f"{calibration.target_far:g} ({calibration.rule})"
@@ -211,7 +215,7 @@ def demo(
                 console=out,
             )
         except DemoError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)

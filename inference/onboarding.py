@@ -144,6 +144,41 @@ def build_record(
     )
 
 
+@dataclass
+class OnboardingInputs:
+    shots: list[Path]
+    calibration_images: list[Path]
+    ignored: int  # images found beyond the first K
+
+
+def resolve_inputs(
+    images: str | Path | Sequence[Path],
+    shots: int = DEFAULT_SHOTS,
+    calibration_images: str | Path | Sequence[Path] | None = None,
+) -> OnboardingInputs:
+    """Check the onboarding inputs (cheap: no image is decoded, no model loaded)."""
+    if shots < MIN_SHOTS:
+        raise OnboardingError(f"--shots must be at least {MIN_SHOTS}, got {shots}")
+    found = [Path(p) for p in images] if isinstance(images, list | tuple) else find_images(images)
+    if len(found) < shots:
+        raise OnboardingError(
+            f"found {len(found)} image(s) in {images}, fewer than --shots {shots}: add good "
+            f"images or lower --shots (at least {MIN_SHOTS})"
+        )
+    chosen = found[:shots]
+    held_out: list[Path] = []
+    if isinstance(calibration_images, list | tuple):
+        held_out = [Path(p) for p in calibration_images]
+    elif calibration_images is not None:
+        held_out = find_images(calibration_images)
+    overlap = sorted({p.resolve() for p in held_out} & {p.resolve() for p in chosen})
+    if overlap:
+        raise OnboardingError(
+            f"calibration images must be other images than the shots; {overlap[0]} is both"
+        )
+    return OnboardingInputs(chosen, held_out, len(found) - shots)
+
+
 def onboard(
     engine: LocalEngine,
     store: ReferenceStore,
@@ -158,40 +193,23 @@ def onboard(
     """Build the product's record from the first ``shots`` images and publish it."""
     started = time.perf_counter()
     check_product_name(product)
-    if shots < MIN_SHOTS:
-        raise OnboardingError(f"--shots must be at least {MIN_SHOTS}, got {shots}")
-    found = list(images) if isinstance(images, list | tuple) else find_images(images)
-    if len(found) < shots:
-        raise OnboardingError(
-            f"found {len(found)} image(s) in {images}, fewer than --shots {shots}: add good "
-            f"images or lower --shots (at least {MIN_SHOTS})"
-        )
-    chosen = [Path(p) for p in found[:shots]]
-    held_out: list[Path] = []
-    if calibration_images is not None:
-        if isinstance(calibration_images, list | tuple):
-            held_out = [Path(p) for p in calibration_images]
-        else:
-            held_out = find_images(calibration_images)
-        overlap = sorted(set(map(Path.resolve, held_out)) & set(map(Path.resolve, chosen)))
-        if overlap:
-            raise OnboardingError(
-                f"calibration images must be other images than the shots; {overlap[0]} is both"
-            )
+    inputs = resolve_inputs(images, shots, calibration_images)
     size = engine.image_size
     record = build_record(
         engine,
         product,
-        load_images(chosen, size),
+        load_images(inputs.shots, size),
         detector=detector,
         target_far=target_far,
-        calibration=load_images(held_out, size) if held_out else None,
+        calibration=load_images(inputs.calibration_images, size)
+        if inputs.calibration_images
+        else None,
     )
     version = store.publish(record)
     return OnboardingResult(
         record=record.model_copy(update={"version": version}),
-        shots=chosen,
-        calibration_images=held_out,
-        ignored=len(found) - shots,
+        shots=inputs.shots,
+        calibration_images=inputs.calibration_images,
+        ignored=inputs.ignored,
         seconds=time.perf_counter() - started,
     )

@@ -1,0 +1,134 @@
+"""`adqc product ...` and `adqc demo` through the real CLI (UNTRAINED projector: plumbing only)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from adqc.cli import build_app
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(build_app(), list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("parts")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = np.clip(120 + rng.normal(0, 20, (96, 128, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(directory / f"part_{i}.png")
+    return directory
+
+
+def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
+    store = f"file://{tmp_path / 'store'}"
+    added = _run(
+        "product", "add", "bracket", "--images", str(good_dir / "*.png"), "--shots", "3",
+        "--store", store, "--checkpoint", str(untrained_checkpoint),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert "onboarded bracket v1" in added.output and "threshold" in added.output
+    listed = _run("product", "list", "--store", store, "--json")
+    assert [row["product"] for row in json.loads(listed.output)] == ["bracket"]
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert shown["version"] == 1 and shown["kept_versions"] == [1]
+    assert shown["calibration"]["method"] == "leave-one-out"
+    assert _run("product", "remove", "bracket", "--store", store).exit_code == 0
+    assert "no products" in _run("product", "list", "--store", store).output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("product", "show", "ghost"), "unknown product 'ghost'"),
+        (("product", "remove", "ghost"), "unknown product 'ghost'"),
+        (("product", "add", "x", "--images", "/nonexistent/dir"), "no such directory"),
+        (("product", "add", "x", "--images", "{good}", "--shots", "5"), "fewer than --shots 5"),
+        (("product", "add", "x", "--images", "{good}", "--detector", "padim"), "--detector"),
+        (("product", "add", "x y", "--images", "{good}"), "invalid product name"),
+    ],
+)
+def test_product_errors_are_one_line_and_exit_2(tmp_path, good_dir, args, message):
+    store = f"file://{tmp_path / 'store'}"
+    args = tuple(a.replace("{good}", str(good_dir)) for a in args)
+    result = _run(*args, "--store", store)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_unreachable_redis_is_a_clean_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _run("product", "list", "--store", f"redis://127.0.0.1:{port}/0?retries=1")
+    assert result.exit_code == 2
+    assert (
+        f"Redis at redis://127.0.0.1:{port}/0" in result.output and "unreachable" in result.output
+    )
+
+
+def test_demo_stops_when_the_shipped_checkpoint_is_missing(tmp_path, monkeypatch):
+    import pretrain.checkpoint
+
+    monkeypatch.setattr(pretrain.checkpoint, "CHECKPOINT_DIR", tmp_path / "none")
+    result = _run("demo", "--out", str(tmp_path / "out"), "--limit", "2")
+    assert result.exit_code == 1
+    assert "shipped checkpoint is missing" in result.output and "make pretrain" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_end_to_end_and_idempotent(tmp_path, untrained_checkpoint):
+    out = tmp_path / "demo-out"
+    args = (
+        *("demo", "--out", str(out), "--limit", "6", "--batch-size", "4", "--shots", "2"),
+        *("--checkpoint", str(untrained_checkpoint), "--json", str(tmp_path / "s.json")),
+    )
+    first = _run(*args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 6 and summary["frames_available"] == 2622
+    assert summary["scored"] == 6 and summary["errors"] == 0
+    assert summary["auroc"] is None or 0.0 <= summary["auroc"] <= 1.0
+    assert summary["frames_per_s"] > 0
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(line["status"] == "ok" for line in lines)
+    assert {"score", "threshold", "is_defective", "label", "reference_version"} <= set(lines[0])
+    alarms = [json.loads(x) for x in (out / "alarms.jsonl").read_text().splitlines()]
+    assert len(alarms) == summary["alarms"] == sum(line["is_defective"] for line in lines)
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
+        f"{a['frame_id']}.png" for a in alarms
+    )
+    (out / "heatmaps" / "stale.png").write_bytes(b"old")
+    second = _run(*args)  # re-running replaces the outputs
+    assert second.exit_code == 0
+    assert not (out / "heatmaps" / "stale.png").exists()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_demo_on_a_folder_source_with_a_corrupt_frame(tmp_path, good_dir, untrained_checkpoint):
+    source = tmp_path / "camera"
+    source.mkdir()
+    for path in sorted(good_dir.iterdir()):
+        (source / path.name).write_bytes(path.read_bytes())
+    (source / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = _run(
+        "demo", "--out", str(tmp_path / "out"), "--source", str(source),
+        "--references", str(good_dir), "--shots", "2", "--checkpoint", str(untrained_checkpoint),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["auroc"] is None and "no labels" in result.output
+    # the copies in the camera folder are other files than the references: all are streamed
+    assert summary["frames"] == 4 and summary["scored"] == 3 and summary["errors"] == 1
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    (bad,) = [line for line in lines if line["status"] == "error"]
+    assert "zz_corrupt.png" in bad["error"]
