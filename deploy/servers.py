@@ -207,7 +207,7 @@ class _ManagedServer:
                 if self._ready():
                     return
             if time.monotonic() > deadline:
-                self._kill()
+                self.kill()
                 raise ServerStartError(
                     self._failure(f"not ready after {self.startup_timeout:.0f} s (killed)")
                 )
@@ -219,7 +219,8 @@ class _ManagedServer:
             f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
         )
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, for reliability tests); ``start()`` may follow."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(timeout=30)
@@ -240,10 +241,6 @@ class _ManagedServer:
                 self._proc.wait(timeout=30)
         self._proc = None
         self._after_stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server (a crash, for reliability tests); ``start()`` may follow."""
-        self._kill()
 
     def restart(self) -> None:
         """Stop then start again on the same ports and data."""
