@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -553,18 +552,9 @@ class KafkaBroker(_ManagedServer):
 
 
 # ---------------------------------------------------------------------------------------------
-def _python_libdir(python: str) -> str:
-    """The interpreter's LIBDIR (where its libpython lives)."""
-    if Path(python) == Path(sys.executable):
-        return str(sysconfig.get_config_var("LIBDIR"))
-    done = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.strip()
+# The launcher the Helm chart's Triton pod runs too: it puts the interpreter's bin directory first
+# on PATH and its LIBDIR + the bundled libraries on LD_LIBRARY_PATH, then execs tritonserver.
+TRITON_LAUNCHER = Path(__file__).resolve().parent / "docker" / "tritonserver.sh"
 
 
 class TritonServer(_ManagedServer):
@@ -659,23 +649,16 @@ class TritonServer(_ManagedServer):
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        python_bin = str(Path(self.python).parent)
-        env["PATH"] = os.pathsep.join([python_bin, env.get("PATH", "")])
-        libdirs = [_python_libdir(self.python), str(self.root / "lib")]
-        if env.get("LD_LIBRARY_PATH"):
-            libdirs.append(env["LD_LIBRARY_PATH"])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs)
+        env = dict(os.environ, ADQC_PYTHON=self.python, TRITON_ROOT=str(self.root))
         env.pop("PYTHONPATH", None)  # the stub ignores it; models must import from the venv
         return env
 
     def _command(self) -> list[str]:
         backend = {"shm-region-prefix-name": self.shm_prefix, **self.backend_config}
         command = [
-            str(self.root / "bin" / "tritonserver"),
+            "bash",
+            str(TRITON_LAUNCHER),
             f"--model-repository={self.model_repository}",
-            f"--backend-directory={self.root / 'backends'}",
-            f"--cache-directory={self.root / 'caches'}",
             f"--model-control-mode={self.model_control_mode}",
             f"--http-address={LOOPBACK}",
             f"--http-port={self.http_port}",

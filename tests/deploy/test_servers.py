@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,13 +11,11 @@ import numpy as np
 import pytest
 
 from deploy.servers import (
-    REPO_ROOT,
     KafkaBroker,
     RedisServer,
     ServersNotInstalledError,
     ServerStartError,
     TritonServer,
-    free_port,
     port_open,
 )
 
@@ -303,46 +297,3 @@ def test_triton_start_failure_reports_the_model_error(tmp_path):
         server.start()
     assert not server.running
     server.close()
-
-
-@pytest.mark.integration
-def test_container_entrypoint_serves_the_repository(add_one_repo, tmp_path):
-    """deploy/docker/tritonserver.sh (the Helm chart's Triton command) runs the same layout."""
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    log = (tmp_path / "triton.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            "bash",
-            str(REPO_ROOT / "deploy" / "docker" / "tritonserver.sh"),
-            f"--model-repository={add_one_repo}",
-            "--http-address=127.0.0.1",
-            f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc_port}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={metrics_port}",
-            "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=5",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ADQC_PYTHON": sys.executable},
-    )
-    try:
-        ready = f"http://127.0.0.1:{http_port}/v2/models/add_one/ready"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(ready, timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(
-                f"entrypoint did not serve add_one: {(tmp_path / 'triton.log').read_text()}"
-            )
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
-        log.close()
