@@ -22,7 +22,9 @@ for a function that takes well under a millisecond. The ensemble exists either w
 always call ``adqc`` and the composition can change without touching them.
 
 Inputs of ``adqc`` (batch dimension first, all inputs of a request share it):
-``IMAGES`` UINT8 [B,S,S,3], ``PRODUCT`` BYTES [B,1], ``REFERENCE_VERSION`` INT64 [B,1].
+``IMAGES`` UINT8 [B,S,S,3], ``PRODUCT`` BYTES [B,1], ``REFERENCE_VERSION`` INT64 [B,1] and,
+optional, ``REFERENCE_CREATED_AT`` BYTES [B,1] (the client's record ``created_at``, ISO-8601:
+the server refuses a request whose record differs from the one in its store).
 Outputs: ``FEATURES_<l>`` FP32 [B,C_l,h_l,w_l], one per backbone level.
 """
 
@@ -45,6 +47,7 @@ PREPROCESS = "adqc_preprocess"
 INPUT_IMAGES = "IMAGES"
 INPUT_PRODUCT = "PRODUCT"
 INPUT_VERSION = "REFERENCE_VERSION"
+INPUT_CREATED = "REFERENCE_CREATED_AT"
 PREPROCESSED = "INPUT"
 CHECKPOINT_FILE = "checkpoint.pt"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -104,8 +107,11 @@ def _preferred_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
-def _tensor(name: str, dtype: int, dims: list[int]) -> dict:
-    return {"name": name, "data_type": dtype, "dims": dims}
+def _tensor(name: str, dtype: int, dims: list[int], optional: bool = False) -> dict:
+    item = {"name": name, "data_type": dtype, "dims": dims}
+    if optional:
+        item["optional"] = True
+    return item
 
 
 def _request_inputs(image_size: int, images_name: str = INPUT_IMAGES) -> list[dict]:
@@ -113,6 +119,8 @@ def _request_inputs(image_size: int, images_name: str = INPUT_IMAGES) -> list[di
         _tensor(images_name, mc.TYPE_UINT8, [image_size, image_size, 3]),
         _tensor(INPUT_PRODUCT, mc.TYPE_STRING, [1]),
         _tensor(INPUT_VERSION, mc.TYPE_INT64, [1]),
+        # the client's record created_at (ISO-8601): checked against the server's store
+        _tensor(INPUT_CREATED, mc.TYPE_STRING, [1], optional=True),
     ]
 
 
@@ -217,7 +225,11 @@ def ensemble_config(spec: RepoSpec) -> mc.ModelConfig:
         },
     )
     steps = config.ensemble_scheduling
-    features_inputs = {INPUT_PRODUCT: INPUT_PRODUCT, INPUT_VERSION: INPUT_VERSION}
+    features_inputs = {
+        INPUT_PRODUCT: INPUT_PRODUCT,
+        INPUT_VERSION: INPUT_VERSION,
+        INPUT_CREATED: INPUT_CREATED,
+    }
     if spec.split_preprocess:
         pre = steps.step.add(model_name=PREPROCESS, model_version=-1)
         pre.input_map[INPUT_IMAGES] = INPUT_IMAGES
@@ -293,6 +305,7 @@ def build_model_repository(
         raise ValueError(f"max_batch must be >= 1, not {max_batch}")
     if instances < 1:
         raise ValueError(f"instances must be >= 1, not {instances}")
+    resolved_kind = resolve_kind(kind)
     checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint(backbone)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
@@ -307,7 +320,7 @@ def build_model_repository(
         level_shapes=probe_level_shapes(model, image_size),
         max_batch=max_batch,
         instances=instances,
-        kind=resolve_kind(kind),
+        kind=resolved_kind,
         redis_url=redis_url,
         split_preprocess=split_preprocess,
         checkpoint_sha256=_sha256(checkpoint),

@@ -10,6 +10,9 @@
 - ``model_id`` comes from the served model's config (parameter ``model_id``, written by
   `adqc export triton`); a record built with another model raises ModelMismatchError before any
   request is sent.
+- Each request names the record by (product, version) and sends its ``created_at``: the server
+  reads the pool from its own store and refuses a record that differs from the client's
+  (ReferenceMismatchError: client and server configured with different stores).
 - Server-side per-request errors come back as the exception the in-process engine would raise
   (ProductNotFoundError, ModelMismatchError, StoreUnavailableError), else TritonEngineError.
 - Batches larger than the model's max_batch_size are split into several requests.
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.engines.base import check_batch
 from inference.records import ModelMismatchError, ProductRecord
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -40,6 +44,10 @@ class TritonEngineError(RuntimeError):
 
 class TritonUnavailableError(TritonEngineError):
     """The server stayed unreachable/unavailable after all retries."""
+
+
+class ReferenceMismatchError(TritonEngineError):
+    """The server's store holds another record under this (product, version)."""
 
 
 _ERROR_PREFIX = re.compile(r"(?:in ensemble '[^']*', )?(?P<kind>[A-Za-z_]\w*(?:Error|Exception)): ")
@@ -113,22 +121,14 @@ class TritonEngine:
     # ------------------------------------------------------------------ Engine protocol
     def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
         """uint8 [B,S,S,3] (already resized) -> projected features per level [B,C,h,w]."""
-        images = np.asarray(images)
-        s = self.image_size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
-            raise ValueError(
-                f"TritonEngine takes uint8 images [B,{s},{s},3], got {images.dtype} "
-                f"{list(images.shape)}"
-            )
-        if record.model_id != self.model_id:
-            raise ModelMismatchError(record.product, record.model_id, self.model_id)
+        record.check_model(self.model_id)
+        check_batch(images, self.image_size)
         if record.version < 1:
             raise ValueError(
                 f"record of {record.product!r} is not published (version 0): the server reads "
-                "references from the store by (product, version)"
+                "references from its store by (product, version); use LocalEngine for "
+                "unpublished records"
             )
-        if len(images) == 0:
-            raise ValueError("no images")
         chunks = [
             self._infer(images[i : i + self.max_batch], record)
             for i in range(0, len(images), self.max_batch)
@@ -150,6 +150,10 @@ class TritonEngine:
             (
                 g.InferInput("REFERENCE_VERSION", [b, 1], "INT64"),
                 np.full((b, 1), record.version, dtype=np.int64),
+            ),
+            (
+                g.InferInput("REFERENCE_CREATED_AT", [b, 1], "BYTES"),
+                np.full((b, 1), record.created_at.isoformat().encode(), dtype=object),
             ),
         ]
         inputs = []
@@ -200,6 +204,8 @@ class TritonEngine:
                 return error
             if kind == "StoreUnavailableError":
                 return StoreUnavailableError(f"{where}: {detail}")
+            if kind == "ReferenceMismatchError":
+                return ReferenceMismatchError(f"{where}: {detail}", status)
         if "DEADLINE_EXCEEDED" in status:
             return TritonEngineError(
                 f"{where}: could not {what} within the {self.timeout_s:g} s deadline", status

@@ -45,9 +45,26 @@ class InvalidRequestError(ValueError):
     """A request whose inputs cannot be served (shapes, product names, versions)."""
 
 
+class ReferenceMismatchError(ValueError):
+    """The server's store holds another record under the client's (product, version).
+
+    The client sends its record's ``created_at`` with each request; a different one means the
+    client and the server read different stores (or a store was rebuilt): scoring would use
+    one pool and another threshold.
+    """
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the model keeps of a product record: its pool and its identity."""
+
+    pool: object  # pretrain.residual.ReferencePool on the model's device
+    created_at: str  # ISO-8601, as ProductRecord.created_at.isoformat()
+
+
 @dataclass
 class _CachedPool:
-    pool: object  # pretrain.residual.ReferencePool
+    pool: object  # a Reference
     nbytes: int
 
 
@@ -166,7 +183,7 @@ class FeaturesService:
             self._store = open_store(self.store_url, cache_size=0)
         return self._store
 
-    def pool(self, product: str, version: int):
+    def reference(self, product: str, version: int) -> Reference:
         """The reference pool of (product, version); raises store errors as they come."""
         key = (product, int(version))
         cached = self.pools.get(key)
@@ -187,9 +204,23 @@ class FeaturesService:
                     f"product {product!r} v{version} was onboarded at {record.image_size}px, "
                     f"this model takes {self.image_size}px"
                 )
-            pool = pool_from_record(record, device=str(self.device))
-            self.pools.put(key, pool, sum(int(a.nbytes) for a in record.pool) * 2)
-            return pool
+            reference = Reference(
+                pool_from_record(record, device=str(self.device)), record.created_at.isoformat()
+            )
+            # pool + its unit-normalised copy
+            self.pools.put(key, reference, sum(int(a.nbytes) for a in record.pool) * 2)
+            return reference
+
+    def check_reference(self, product: str, version: int, created_at: str) -> Reference:
+        """The reference, after checking the client's record is the one the server reads."""
+        reference = self.reference(product, version)
+        if created_at and created_at != reference.created_at:
+            raise ReferenceMismatchError(
+                f"product {product!r} v{version} in the server's store "
+                f"({_redact(self.store_url)}) was created at {reference.created_at}, the "
+                f"client's record at {created_at}: client and server read different stores"
+            )
+        return reference
 
     # ------------------------------------------------------------------ compute
     def _model_input(self, images: np.ndarray):
@@ -221,7 +252,7 @@ class FeaturesService:
         self.check_images(images)
         if len(keys) != len(images):
             raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
-        pools = {key: self.pool(*key) for key in dict.fromkeys(keys)}
+        pools = {key: self.reference(*key).pool for key in dict.fromkeys(keys)}
         outputs: list[np.ndarray] | None = None
         with torch.inference_mode():
             for key, pool in pools.items():
@@ -238,9 +269,13 @@ class FeaturesService:
         return outputs
 
     def serve(
-        self, requests: Sequence[tuple[np.ndarray, Sequence[tuple[str, int]]]]
+        self,
+        requests: Sequence[tuple[np.ndarray, Sequence[tuple[str, int]], Sequence[str]]],
     ) -> list[list[np.ndarray] | BaseException]:
         """One result per request: its features or the exception that failed it alone.
+
+        A request is (images, (product, version) per image, record created_at per image; ""
+        skips that check).
 
         Requests are resolved (pools) individually, then every valid request is computed in one
         pass per (product, version), so a dynamic batch of single-image requests runs the
@@ -248,13 +283,15 @@ class FeaturesService:
         """
         results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
         valid: list[int] = []
-        for i, (images, keys) in enumerate(requests):
+        for i, (images, keys, created) in enumerate(requests):
             try:
                 self.check_images(images)
                 if len(keys) != len(images):
                     raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
-                for key in dict.fromkeys(keys):
-                    self.pool(*key)
+                if len(created) != len(keys):
+                    raise InvalidRequestError(f"{len(keys)} product keys but {len(created)} dates")
+                for (product, version), when in dict.fromkeys(zip(keys, created, strict=True)):
+                    self.check_reference(product, version, when)
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
                 results[i] = exc
@@ -286,24 +323,34 @@ class FeaturesService:
             self.model.raw(self._model_input(np.zeros(shape, dtype=dtype)))
 
 
-def decode_keys(products: np.ndarray, versions: np.ndarray, batch: int) -> list[tuple[str, int]]:
-    """(product, version) per image from PRODUCT BYTES [B,1] and REFERENCE_VERSION INT64 [B,1]."""
+def _text(value: object, name: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(f"{name} is not UTF-8: {value!r}") from exc
+    return str(value)
+
+
+def decode_keys(
+    products: np.ndarray, versions: np.ndarray, created: np.ndarray | None, batch: int
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(product, version) and record created_at per image from the request's tensors.
+
+    PRODUCT BYTES [B,1], REFERENCE_VERSION INT64 [B,1], REFERENCE_CREATED_AT BYTES [B,1]
+    (ISO-8601; empty or absent: not checked).
+    """
     products = np.asarray(products).reshape(-1)
     versions = np.asarray(versions).reshape(-1)
-    if len(products) != batch or len(versions) != batch:
+    dates = np.full(batch, b"", dtype=object) if created is None else np.asarray(created)
+    dates = dates.reshape(-1)
+    if len(products) != batch or len(versions) != batch or len(dates) != batch:
         raise InvalidRequestError(
-            f"PRODUCT and REFERENCE_VERSION need one entry per image ({batch}), "
-            f"got {len(products)} and {len(versions)}"
+            f"PRODUCT, REFERENCE_VERSION and REFERENCE_CREATED_AT need one entry per image "
+            f"({batch}), got {len(products)}, {len(versions)} and {len(dates)}"
         )
-    keys = []
-    for product, version in zip(products, versions, strict=True):
-        if isinstance(product, bytes):
-            try:
-                product = product.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidRequestError(f"PRODUCT is not UTF-8: {product!r}") from exc
-        keys.append((str(product), int(version)))
-    return keys
+    keys = [(_text(p, "PRODUCT"), int(v)) for p, v in zip(products, versions, strict=True)]
+    return keys, [_text(d, "REFERENCE_CREATED_AT") for d in dates]
 
 
 def _param(config: dict, name: str, default: str | None = None) -> str | None:
@@ -354,12 +401,14 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 images = pb_utils.get_input_tensor_by_name(request, self.images_input).as_numpy()
-                keys = decode_keys(
+                created = pb_utils.get_input_tensor_by_name(request, "REFERENCE_CREATED_AT")
+                keys, dates = decode_keys(
                     pb_utils.get_input_tensor_by_name(request, "PRODUCT").as_numpy(),
                     pb_utils.get_input_tensor_by_name(request, "REFERENCE_VERSION").as_numpy(),
+                    None if created is None else created.as_numpy(),
                     len(images),
                 )
-                parsed.append((images, keys))
+                parsed.append((images, keys, dates))
             except Exception as exc:  # noqa: BLE001 - per-request error
                 failures[i] = exc
                 parsed.append(None)
@@ -390,7 +439,7 @@ def _triton_error(exc: BaseException):
     code = None
     if isinstance(exc, StoreUnavailableError):
         code = getattr(pb_utils.TritonError, "UNAVAILABLE", None)
-    elif isinstance(exc, (InvalidRequestError, KeyError, ValueError)):
+    elif isinstance(exc, InvalidRequestError | KeyError | ValueError):
         code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     message = error_message(exc)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

@@ -25,6 +25,7 @@ from inference.triton.features import (
     FeaturesService,
     InvalidRequestError,
     PoolCache,
+    ReferenceMismatchError,
     decode_keys,
     error_message,
 )
@@ -136,10 +137,12 @@ def test_ensemble_config(repo):
     config = tr.read_config(out / "adqc" / "config.pbtxt")
     assert config.platform == "ensemble" and config.max_batch_size == 8
     assert config.parameters["model_id"].string_value == spec.model_id
-    assert [t.name for t in config.input] == ["IMAGES", "PRODUCT", "REFERENCE_VERSION"]
+    names = ["IMAGES", "PRODUCT", "REFERENCE_VERSION", "REFERENCE_CREATED_AT"]
+    assert [t.name for t in config.input] == names
+    assert [t.optional for t in config.input] == [False, False, False, True]
     (step,) = config.ensemble_scheduling.step
     assert step.model_name == "adqc_features"
-    assert dict(step.input_map) == {n: n for n in ("IMAGES", "PRODUCT", "REFERENCE_VERSION")}
+    assert dict(step.input_map) == {n: n for n in names}
     names = [f"FEATURES_{i}" for i in range(len(spec.level_shapes))]
     assert dict(step.output_map) == {n: n for n in names}
     assert [t.name for t in config.output] == names
@@ -175,12 +178,13 @@ def test_split_preprocess_gpu_layout(tmp_path, checkpoint):
     ]
     first, second = ens.ensemble_scheduling.step
     assert first.output_map["INPUT"] == second.input_map["INPUT"]
-
-
-def test_rebuild_replaces_previous_layout(tmp_path, checkpoint):
-    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu", split_preprocess=True)
+    # re-exporting the default layout into the same directory drops adqc_preprocess
     tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu")
     assert not (tmp_path / "adqc_preprocess").exists()
+    assert (
+        tr.read_config(tmp_path / "adqc" / "config.pbtxt").ensemble_scheduling.step[0].model_name
+        == "adqc_features"
+    )
 
 
 def test_bad_arguments(tmp_path, checkpoint):
@@ -241,7 +245,7 @@ def test_service_matches_feature_model(service, model):
     version = service.store.publish(record)
     images = _images(3, service.image_size, seed=2)
     out = service.features(images, [("alpha", version)] * 3)
-    pool = service.pool("alpha", version)
+    pool = service.reference("alpha", version).pool
     with torch.inference_mode():
         want = model.projected(to_model_input(torch.from_numpy(images), model.backbone.spec), pool)
     assert len(out) == len(want)
@@ -268,13 +272,15 @@ def test_service_per_request_errors(service, model):
     other = _record(model, "mobilenet_v2:000000000000", "other-model", seed=7)
     other_version = service.store.publish(other)
     size = service.image_size
+    created = service.store.get("good", good).created_at.isoformat()
     requests = [
-        (_images(2, size, 8), [("good", good)] * 2),
-        (_images(1, size, 9), [("missing", 1)]),
-        (_images(1, size, 10), [("other-model", other_version)]),
-        (_images(1, size, 11), [("good", 0)]),
-        (np.zeros((1, 8, 8, 3), np.uint8), [("good", good)]),
-        (_images(1, size, 12), [("good", good)]),
+        (_images(2, size, 8), [("good", good)] * 2, [created, ""]),
+        (_images(1, size, 9), [("missing", 1)], [""]),
+        (_images(1, size, 10), [("other-model", other_version)], [""]),
+        (_images(1, size, 11), [("good", 0)], [""]),
+        (np.zeros((1, 8, 8, 3), np.uint8), [("good", good)], [""]),
+        (_images(1, size, 12), [("good", good)], [created]),
+        (_images(1, size, 13), [("good", good)], ["2001-01-01T00:00:00+00:00"]),
     ]
     results = service.serve(requests)
     assert len(results) == len(requests)
@@ -286,6 +292,8 @@ def test_service_per_request_errors(service, model):
     assert isinstance(results[3], InvalidRequestError) and ">= 1" in str(results[3])
     assert isinstance(results[4], InvalidRequestError) and "uint8" in str(results[4])
     assert isinstance(results[5], list)
+    assert isinstance(results[6], ReferenceMismatchError)
+    assert "different stores" in str(results[6])
     # the batched result equals serving the request alone
     alone = service.features(requests[5][0], requests[5][1])
     for got, ref in zip(results[5], alone, strict=True):
@@ -320,12 +328,16 @@ def test_pool_cache_bounds():
 
 
 def test_decode_keys():
-    keys = decode_keys(np.array([[b"a"], [b"b"]], dtype=object), np.array([[1], [2]]), 2)
-    assert keys == [("a", 1), ("b", 2)]
+    products = np.array([[b"a"], [b"b"]], dtype=object)
+    keys, dates = decode_keys(products, np.array([[1], [2]]), None, 2)
+    assert keys == [("a", 1), ("b", 2)] and dates == ["", ""]
+    dated = np.array([[b"2020-01-01T00:00:00+00:00"], [b""]], dtype=object)
+    _, dates = decode_keys(products, np.array([[1], [2]]), dated, 2)
+    assert dates == ["2020-01-01T00:00:00+00:00", ""]
     with pytest.raises(InvalidRequestError, match="one entry per image"):
-        decode_keys(np.array([[b"a"]], dtype=object), np.array([[1]]), 2)
+        decode_keys(np.array([[b"a"]], dtype=object), np.array([[1]]), None, 2)
     with pytest.raises(InvalidRequestError, match="UTF-8"):
-        decode_keys(np.array([[b"\xff"]], dtype=object), np.array([[1]]), 1)
+        decode_keys(np.array([[b"\xff"]], dtype=object), np.array([[1]]), None, 1)
 
 
 def test_service_refuses_a_hand_edited_model_id(checkpoint):
