@@ -13,6 +13,7 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli",
     "deploy.cli",
+    "pretrain.cli",
     "pretrain.evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",

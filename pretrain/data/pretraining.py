@@ -13,7 +13,8 @@ Per category (class):
   (normal / defect / synthetic), held out for checkpoint selection. Validation samples are
   deterministic (fixed synthetic anomalies and augmentations).
 
-Every sample yields two photometric views sharing the mask (:mod:`pretrain.data.augment`).
+Samples are (image, mask, class); the trainer makes two photometric views of each batch that
+share the masks (:class:`pretrain.data.augment.PhotometricAugment`, batched).
 Batches hold one class each (:class:`ClassBatchSampler`), so one reference pool serves a batch.
 """
 
@@ -30,7 +31,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.data.augment import PhotometricAugment
 from pretrain.data.folders import DatasetError, MVTecCategory, load_sample
 from pretrain.data.synthetic import SyntheticAnomalies
 
@@ -85,7 +85,8 @@ class ImageCache:
         key = (path, mask)
         hit = self._data.get(key)
         if hit is None:
-            hit = load_sample(path, mask, self.size)
+            image, m = load_sample(path, mask, self.size)
+            hit = (np.array(image, copy=True), np.array(m, copy=True))  # writable, owned
             with self._lock:
                 self._data[key] = hit
         return hit
@@ -140,7 +141,6 @@ class PretrainingSet:
         self.shots = tuple(sorted(set(shots)))
         self.seed = seed
         self.synthetic = synthetic or SyntheticAnomalies()
-        self.augment = PhotometricAugment(image_size)
         self.cache = ImageCache(image_size)
         self.classes: list[PretrainingClass] = []
         names: set[str] = set()
@@ -235,9 +235,9 @@ class PretrainingSet:
 
 
 class PretrainingDataset(Dataset):
-    """Items of one split -> dict(view1, view2: uint8 [S,S,3], mask: uint8 [S,S], cls: int).
+    """Items of one split -> dict(image: uint8 [S,S,3], mask: uint8 [S,S] in {0,1}, cls: int).
 
-    Randomness (synthetic anomaly, texture choice, augmentation) is seeded by
+    Randomness (synthetic anomaly, texture choice) is seeded by
     (set seed, epoch, index), so runs and resumed runs are reproducible with any worker count;
     a deterministic (validation) dataset ignores the epoch.
     """
@@ -270,12 +270,8 @@ class PretrainingDataset(Dataset):
                 other = self.pset.textures[int(rng.integers(0, len(self.pset.textures)))]
                 texture = self.pset.cache.get(other)[0]
             image, mask = self.pset.synthetic(image, rng, texture)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**62)))
-            view1, view2 = self.pset.augment.views(image)
         return {
-            "view1": view1,
-            "view2": view2,
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)),
             "cls": item.cls,
         }

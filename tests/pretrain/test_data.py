@@ -129,7 +129,7 @@ def test_max_images_per_class_and_determinism(tmp_path):
         assert c1.train == c2.train and c1.references == c2.references
 
 
-def test_samples_two_views_share_the_mask(tmp_path):
+def test_samples_are_reproducible_per_epoch(tmp_path):
     pset = PretrainingSet(
         _two_classes(tmp_path), image_size=32, synthetic_ratio=1.0, references_per_class=8
     )
@@ -137,21 +137,21 @@ def test_samples_two_views_share_the_mask(tmp_path):
     kinds = [it.kind for it in ds.items]
     i = kinds.index("synthetic")
     sample = ds[i]
-    assert sample["view1"].shape == (32, 32, 3) and sample["view1"].dtype == torch.uint8
+    assert sample["image"].shape == (32, 32, 3) and sample["image"].dtype == torch.uint8
     assert sample["mask"].shape == (32, 32) and sample["mask"].sum() > 0
+    assert torch.equal(ds[i]["image"], sample["image"])  # seeded by (seed, epoch, index)
     j = kinds.index("defect")
     assert ds[j]["mask"].sum() > 0
     # train samples change with the epoch, validation samples never do
     ds.set_epoch(1)
     again = ds[i]
     assert not torch.equal(again["mask"], sample["mask"]) or not torch.equal(
-        again["view1"], sample["view1"]
+        again["image"], sample["image"]
     )
     val = pset.dataset("val")
-    v1, v2 = val[0], val[0]
+    v1 = val[0]
     val.set_epoch(5)
-    v3 = val[0]
-    assert torch.equal(v1["view1"], v2["view1"]) and torch.equal(v1["view1"], v3["view1"])
+    assert torch.equal(v1["image"], val[0]["image"]) and torch.equal(v1["mask"], val[0]["mask"])
 
 
 def test_class_batch_sampler_groups_by_class():
@@ -176,16 +176,43 @@ def test_class_batch_sampler_groups_by_class():
 
 
 def test_augmentation_is_photometric_only():
-    torch.manual_seed(0)
-    image = np.zeros((40, 40, 3), np.uint8)
-    image[10:20, 10:20] = 255
+    images = torch.zeros(16, 40, 40, 3, dtype=torch.uint8)
+    images[:, 10:20, 10:20] = torch.tensor([250, 40, 40], dtype=torch.uint8)
+    images[:, 25:, 25:] = 30
     aug = PhotometricAugment(40)
-    views = [aug(image) for _ in range(20)]
-    assert all(v.shape == (40, 40, 3) and v.dtype == torch.uint8 for v in views)
-    assert any(not torch.equal(v, views[0]) for v in views)
-    # geometry unchanged: the bright square stays where it was (brightest region), no flips/crops
-    for v in views:
+    v1, v2 = aug.views(images, torch.Generator().manual_seed(0))
+    assert v1.shape == images.shape and v1.dtype == torch.uint8
+    assert not torch.equal(v1, v2)  # independent draws
+    assert len({v1[i].numpy().tobytes() for i in range(16)}) > 8  # per-image parameters
+    w1, _ = aug.views(images, torch.Generator().manual_seed(0))
+    assert torch.equal(v1, w1)  # reproducible with a generator
+    # geometry unchanged: the bright square stays the brightest region, no flip or crop
+    for v in torch.cat([v1, v2]):
         gray = v.float().mean(-1)
-        assert gray[12:18, 12:18].mean() > gray[25:, 25:].mean()
+        assert gray[12:18, 12:18].mean() > gray[28:, 28:].mean()
+        assert gray[12:18, 12:18].mean() > gray[:8, 30:].mean()
     with pytest.raises(ValueError, match="uint8"):
-        aug(np.zeros((8, 8), np.float32))
+        aug(torch.zeros(1, 8, 8, 3))
+
+
+def test_augmentation_matches_torchvision_for_single_ops():
+    from torchvision.transforms.v2 import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 24, 24, 3), dtype=torch.uint8, generator=g)
+    x = images.permute(0, 3, 1, 2).float() / 255
+    f = torch.tensor([0.7, 1.3, 0.9, 1.2])
+    from pretrain.data import augment as A
+
+    for ours, theirs in (
+        (A._brightness, TF.adjust_brightness),
+        (A._contrast, TF.adjust_contrast),
+        (A._saturation, TF.adjust_saturation),
+    ):
+        got = ours(x, f)
+        want = torch.stack([theirs(x[i], float(f[i])) for i in range(4)])
+        assert torch.allclose(got, want, atol=1e-4), ours.__name__
+    # hue 0 is the identity; a blur keeps the mean
+    assert torch.allclose(A._hue(x, torch.zeros(4)), x, atol=1e-4)
+    blurred = A._blur(x, torch.full((4,), 1.5), 5)
+    assert torch.allclose(blurred.mean((2, 3)), x.mean((2, 3)), atol=0.02)
