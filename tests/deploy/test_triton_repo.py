@@ -340,6 +340,25 @@ def test_decode_keys():
         decode_keys(np.array([[b"\xff"]], dtype=object), np.array([[1]]), None, 1)
 
 
+def test_service_store_outage_fails_the_requests_that_need_it(checkpoint, model):
+    from inference.store import StoreUnavailableError
+
+    class DownStore:
+        def get(self, product, version=None, *, model_id=None):
+            raise StoreUnavailableError("redis://down:6379/0 unreachable after 4 attempts")
+
+    svc = FeaturesService(
+        backbone=BACKBONE,
+        checkpoint=checkpoint,
+        model_id=model_id(checkpoint),
+        store_url="redis://down:6379/0",
+        store=DownStore(),
+    )
+    (result,) = svc.serve([(_images(1, svc.image_size, 1), [("p", 1)], [""])])
+    assert isinstance(result, StoreUnavailableError)
+    assert error_message(result).startswith("StoreUnavailableError: redis://down")
+
+
 def test_service_refuses_a_hand_edited_model_id(checkpoint):
     with pytest.raises(ValueError, match="re-run `adqc export triton`"):
         FeaturesService(
