@@ -264,9 +264,17 @@ def test_triton_add_one_over_http_and_grpc(triton_server_factory, add_one_repo):
     np.testing.assert_array_equal(grpc.infer("add_one", [request]).as_numpy("OUTPUT0"), x + 1)
     grpc.close()
 
-    metrics = server.metrics()
-    success = [ln for ln in metrics.splitlines() if ln.startswith("nv_inference_request_success")]
-    assert success and float(success[0].split()[-1]) >= 2
+    # Triton refreshes its metrics every 2 s (--metrics-interval-ms): poll for the two requests.
+    deadline = time.monotonic() + 15
+    while True:
+        lines = server.metrics().splitlines()
+        success = [
+            ln for ln in lines if ln.startswith('nv_inference_request_success{model="add_one"')
+        ]
+        if (success and float(success[0].split()[-1]) >= 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert success and float(success[0].split()[-1]) == 2
 
 
 @pytest.mark.integration
