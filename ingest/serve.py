@@ -79,9 +79,12 @@ class Aborted(RuntimeError):
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is an outage worth retrying (store/engine/network), not a bad frame."""
+    from kafka.errors import RetriableError
+
     from inference.store import StoreUnavailableError
 
-    if isinstance(exc, StoreUnavailableError | ConnectionError | TimeoutError):
+    transient = (StoreUnavailableError, ConnectionError, TimeoutError)
+    if isinstance(exc, transient + (RetriableError,)):
         return True
     names = {cls.__name__ for cls in type(exc).__mro__}
     return bool(names & {"TritonUnavailableError", "EngineUnavailableError"})
@@ -206,19 +209,18 @@ class ServeLoop:
 
     def run(self) -> None:
         """Run until :meth:`stop`; then drain, commit and close."""
-        listener = _Listener(self)
-        self.consumer = self._consumer_factory(listener)
-        log.info(
-            "serving %s -> %s / %s (group %s, batch %d, max wait %d ms)",
-            self.settings.topics.frames,
-            self.settings.topics.results,
-            self.settings.topics.alarms,
-            self.settings.group,
-            self.settings.batch.size,
-            self.settings.batch.max_wait_ms,
-        )
-        self.running.set()
         try:
+            self.consumer = self._consumer_factory(_Listener(self))
+            log.info(
+                "serving %s -> %s / %s (group %s, batch %d, max wait %d ms)",
+                self.settings.topics.frames,
+                self.settings.topics.results,
+                self.settings.topics.alarms,
+                self.settings.group,
+                self.settings.batch.size,
+                self.settings.batch.max_wait_ms,
+            )
+            self.running.set()
             while not self._stop.is_set():
                 self._step()
             self._drain()
@@ -800,22 +802,55 @@ def build_engine(settings: ServeSettings) -> Any:
     )
 
 
-def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeLoop:
-    """Run ``adqc serve`` in this (main) thread until SIGTERM/SIGINT; returns the stopped loop."""
+def _build_scorer_retrying(settings: ServeSettings, stop: threading.Event) -> ScorerLike | None:
+    """Build the scorer, waiting out an engine/store that is not up yet (no crash loop)."""
+    delay = settings.retry.initial_backoff_s
+    while True:
+        try:
+            return build_scorer(settings)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("engine/store not reachable (%s); retrying in %.1fs", exc, delay)
+            if stop.wait(delay):
+                return None
+            delay = min(delay * 2, settings.retry.max_backoff_s)
+
+
+def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeLoop | None:
+    """Run ``adqc serve`` in this (main) thread until SIGTERM/SIGINT; returns the stopped loop.
+
+    An engine or store that is unreachable at start-up is waited for (with back-off), not
+    treated as a crash; a configuration error (bad checkpoint, model mismatch) raises.
+    """
     telemetry = telemetry or Telemetry(settings.telemetry)
-    scorer = build_scorer(settings)
-    port = telemetry.start_metrics_server()
-    loop = ServeLoop(settings, scorer, telemetry)
+    stopping = threading.Event()
+    loop: ServeLoop | None = None
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)
-        loop.stop()
+        stopping.set()
+        if loop is not None:
+            loop.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if port is not None:
-        log.info("metrics: http://127.0.0.1:%d/metrics", port)
     try:
-        loop.run()
+        port = telemetry.start_metrics_server()
+        if port is not None:
+            log.info("metrics: http://127.0.0.1:%d/metrics", port)
+        scorer = _build_scorer_retrying(settings, stopping)
+        delay = settings.retry.initial_backoff_s
+        while scorer is not None and not stopping.is_set():
+            try:
+                loop = ServeLoop(settings, scorer, telemetry)
+                loop.run()
+                break
+            except Exception as exc:  # Kafka unreachable at start-up: wait, do not crash-loop
+                if not is_transient(exc) or (loop is not None and loop.stats["frames"]):
+                    raise
+                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
+                stopping.wait(delay)
+                delay = min(delay * 2, settings.retry.max_backoff_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
