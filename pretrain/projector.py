@@ -107,7 +107,6 @@ class LevelProjector(nn.Module):
             self.v_proj.bias,
         ]
 
-    @torch.jit.unused
     def cached_keys_values(self) -> tuple[Tensor, Tensor]:
         """Keys/values, recomputed only when a parameter they depend on changed."""
         try:
@@ -128,8 +127,11 @@ class LevelProjector(nn.Module):
         return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        exporting = torch.jit.is_scripting() or torch.jit.is_tracing()
-        if exporting or self.training or torch.is_grad_enabled():
+        # `torch.jit.is_scripting()` must stand alone in the condition: TorchScript then skips
+        # compiling the cached (Python-only) branch.
+        if torch.jit.is_scripting():  # noqa: SIM114
+            k, v = self.compute_keys_values()
+        elif torch.jit.is_tracing() or self.training or torch.is_grad_enabled():
             k, v = self.compute_keys_values()
         else:
             k, v = self.cached_keys_values()
@@ -168,8 +170,8 @@ class FeatureProjector(nn.Module):
             heads = [int(h) for h in num_heads]
         if len(heads) != len(channels):
             raise ValueError(f"{len(heads)} head counts for {len(channels)} levels")
-        self.channels: list[int] = channels
-        self.config: dict[str, Any] = {
+        self.channels = channels
+        self.config = {
             "channels": channels,
             "num_tokens": int(num_tokens),
             "num_heads": heads,

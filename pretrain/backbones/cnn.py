@@ -30,7 +30,7 @@ MOBILENET_V2_BLOCKS = {
     3: (24, 4), 6: (32, 8), 10: (64, 16), 13: (96, 16), 16: (160, 32), 17: (320, 32),
 }  # fmt: skip
 # Chosen by measurement (docs/BACKBONES.md).
-MOBILENET_V2_TAPS = (6, 13, 17)
+MOBILENET_V2_TAPS = (10, 13, 17)
 
 MOBILENET_V2 = BackboneSpec(
     name="mobilenet_v2",
@@ -100,7 +100,7 @@ EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
 # _blocks[i] output widths/strides (224 input).
 EFFICIENTNET_LITE0_BLOCKS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32),
                              15: (320, 32)}  # fmt: skip
-EFFICIENTNET_LITE0_TAPS = (4, 10, 15)  # same depths as MobileNetV2's choice: s8, s16 (last), s32
+EFFICIENTNET_LITE0_TAPS = (7, 10, 15)  # the stages matching MobileNetV2's choice
 
 EFFICIENTNET_LITE0 = BackboneSpec(
     name="efficientnet_lite0",

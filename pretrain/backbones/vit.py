@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from .base import (
@@ -83,6 +84,28 @@ def _hub_cached(timm_name: str) -> Path | None:
     return None
 
 
+def _random_vit(timm_name: str, kwargs: dict, seed: int = 0) -> nn.Module:
+    """Random weights, cheaply: built on the meta device, then N(0, 0.02) / ones / zeros
+    (timm's truncated-normal init of ViT-L costs seconds; these weights only serve shape tests)."""
+    import timm
+
+    with torch.device("meta"):
+        vit = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if any(True for _ in vit.buffers()):  # pragma: no cover - timm ViTs have none
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    vit = vit.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in vit.named_parameters():
+            if p.ndim >= 2 or name.endswith(("pos_embed", "cls_token", "reg_token")):
+                p.normal_(0.0, 0.02, generator=gen)
+            elif name.endswith(("weight", "gamma")):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return vit
+
+
 def build_vit(name: str, weights: Path | None, allow_random: bool) -> Backbone:
     import timm
 
@@ -103,7 +126,7 @@ def build_vit(name: str, weights: Path | None, allow_random: bool) -> Backbone:
         allow_random=allow_random,
     )
     if path is None:
-        vit = timm.create_model(timm_name, pretrained=False, **kwargs)
+        vit = _random_vit(timm_name, kwargs)
     else:
         # timm's checkpoint filter converts original DINOv2/OpenAI-CLIP layouts and resamples the
         # position embedding to the 16x16 grid of a 224 input; loading is strict.
