@@ -47,6 +47,7 @@ from inference.calibration import DEFAULT_TARGET_FAR
 from inference.onboarding import find_images, onboard
 from inference.scorer import Scorer, ScoreResult, heatmap_png
 from inference.store import open_store
+from pretrain.evaluation.metrics import auroc
 from pretrain.preprocess import ImageLoadError, load_image
 
 PRODUCT = "pv-cell"
@@ -146,14 +147,6 @@ def camera(
             following = frames[start + batch_size : start + 2 * batch_size]
             pending = pool.submit(read, following) if following else None
             yield batch
-
-
-def _auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
 
 
 def _prepare_out(out: Path) -> None:
@@ -337,15 +330,12 @@ def run_demo(
         "auroc": None,
     }
     if labels:
-        label_array, score_array = np.array(labels), np.array(scores)
+        label_array, score_array, kind_array = np.array(labels), np.array(scores), np.array(kinds)
         alarmed = score_array > calibration.threshold
         summary.update(
-            auroc=_auroc(labels, scores),
+            auroc=auroc(score_array, label_array),  # raw scores; None unless both classes
             auroc_by_cell_type={
-                kind: _auroc(
-                    [lb for lb, k in zip(labels, kinds, strict=True) if k == kind],
-                    [s for s, k in zip(scores, kinds, strict=True) if k == kind],
-                )
+                kind: auroc(score_array[kind_array == kind], label_array[kind_array == kind])
                 for kind in sorted({k for k in kinds if k})
             },
             defective=int(label_array.sum()),
