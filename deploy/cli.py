@@ -53,6 +53,9 @@ def export_triton(
         bool,
         typer.Option(help="Separate adqc_preprocess model (one more torch process; see docs)."),
     ] = False,
+    torch_threads: Annotated[
+        int, typer.Option(min=0, help="torch threads per instance (0: torch's default).")
+    ] = 0,
 ) -> None:
     """Write a self-contained Triton model repository (ensemble `adqc`)."""
     from deploy.triton_repo import build_model_repository
@@ -69,6 +72,7 @@ def export_triton(
             kind=_check_kind(kind),  # type: ignore[arg-type]
             queue_delay_us=queue_delay_us,
             split_preprocess=split_preprocess,
+            torch_threads=torch_threads,
         )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -137,6 +141,9 @@ def bench_triton(
         str | None, typer.Option(help="With --url: an onboarded product to score.")
     ] = None,
     store: Annotated[str | None, typer.Option(help="With --url: the store of --product.")] = None,
+    torch_threads: Annotated[
+        int, typer.Option(min=0, help="torch threads of the served model (0: default).")
+    ] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
@@ -153,6 +160,7 @@ def bench_triton(
             url=url,
             product=product,
             store_url=store,
+            torch_threads=torch_threads,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))

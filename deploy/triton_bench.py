@@ -138,6 +138,7 @@ def run_bench(
     url: str | None = None,
     product: str | None = None,
     store_url: str | None = None,
+    torch_threads: int = 0,
 ) -> dict:
     """Run the benchmark; see the module docstring. Returns a JSON-friendly dict."""
     import os
@@ -176,6 +177,7 @@ def run_bench(
             redis_url=redis.url,
             max_batch=max(16, batch),
             kind="cpu",
+            torch_threads=torch_threads,
         )
         served = repo / "adqc_features" / "1" / "checkpoint.pt"
         model = load_feature_model(backbone=backbone, checkpoint=served)
@@ -198,7 +200,7 @@ def run_bench(
             "model_id": spec.model_id,
             "pool_patches": [int(a.shape[0]) for a in record.pool],
             "shots": shots,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch_threads or torch.get_num_threads(),
             "cpus": os.cpu_count(),
         }
     )

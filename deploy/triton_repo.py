@@ -292,6 +292,7 @@ def build_model_repository(
     kind: Kind = "auto",
     queue_delay_us: int = 2000,
     split_preprocess: bool = False,
+    torch_threads: int = 0,
     overwrite: bool = True,
 ) -> RepoSpec:
     """Write a self-contained Triton model repository for ``backbone`` + ``checkpoint``.
@@ -336,7 +337,7 @@ def build_model_repository(
     version_dir = features_dir / "1"
     _write_shim(version_dir, "inference.triton.features")
     shutil.copyfile(checkpoint, version_dir / CHECKPOINT_FILE)
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = {"torch_threads": str(int(torch_threads))}
     if weights is not None:
         (version_dir / "weights").mkdir(exist_ok=True)
         shutil.copyfile(weights, version_dir / "weights" / Path(weights).name)

@@ -204,13 +204,14 @@ def test_cli_export_triton(tmp_path, checkpoint):
         build_app(),
         ["export", "triton", "--out", str(out), "--checkpoint", str(checkpoint),
          "--max-batch", "4", "--instances", "2", "--kind", "cpu",
-         "--redis-url", "redis://h:1/0"],
+         "--redis-url", "redis://h:1/0", "--torch-threads", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "ensemble 'adqc'" in result.output
     config = tr.read_config(out / "adqc_features" / "config.pbtxt")
     assert config.max_batch_size == 4 and config.instance_group[0].count == 2
     assert config.parameters["redis_url"].string_value == "redis://h:1/0"
+    assert config.parameters["torch_threads"].string_value == "1"
 
     bad = CliRunner().invoke(
         build_app(), ["export", "triton", "--out", str(out), "--checkpoint", str(tmp_path / "x")]
