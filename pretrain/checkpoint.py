@@ -11,7 +11,7 @@ A checkpoint is a `torch.save` of plain dicts/lists/tensors (loadable with weigh
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .backbones import get_spec, load_backbone
+from .backbones.base import sha256_file
 from .model import FeatureModel
 from .projector import FeatureProjector
 
@@ -151,15 +152,27 @@ def save_checkpoint(
         "history": history if history is not None else [],
     }
     _check_plain(payload, "checkpoint")
+    # Serialise in memory: the bytes (hence the model id) do not depend on the file name.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
 
 
 def load_checkpoint(path: Path | str, expect_backbone: str | None = None) -> Checkpoint:
-    """Read and validate a checkpoint (format version, backbone, level widths)."""
-    path = Path(path)
+    """Read and validate a checkpoint (format version, backbone, level widths).
+
+    Raises FileNotFoundError when absent and CheckpointError (naming the file) when invalid;
+    an untrained checkpoint (see `save_untrained`) loads with a logged warning."""
+    ckpt = _read(Path(path), expect_backbone)
+    if not ckpt.trained:
+        log.warning("checkpoint %s holds an UNTRAINED projector (tests only)", path)
+    return ckpt
+
+
+def _read(path: Path, expect_backbone: str | None = None) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -191,7 +204,7 @@ def load_checkpoint(path: Path | str, expect_backbone: str | None = None) -> Che
             f"{config.get('channels')} but backbone {spec.name!r} (registry) has "
             f"{list(spec.levels)} / {list(spec.channels)}"
         )
-    ckpt = Checkpoint(
+    return Checkpoint(
         path=path,
         config=config,
         projector_state=raw["projector"],
@@ -200,9 +213,6 @@ def load_checkpoint(path: Path | str, expect_backbone: str | None = None) -> Che
         history=raw.get("history", []),
         format_version=version,
     )
-    if not ckpt.trained:
-        log.warning("checkpoint %s holds an UNTRAINED projector (tests only)", path)
-    return ckpt
 
 
 def default_checkpoint(backbone: str) -> Path:
@@ -236,14 +246,9 @@ def load_feature_model(
 
 
 def model_id(checkpoint_path: Path | str) -> str:
-    """ "<backbone>:<first 12 hex of the file's sha256>"."""
+    """The model id of a checkpoint: "<backbone>:<first 12 hex of the file's sha256>"."""
     path = Path(checkpoint_path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    backbone = load_checkpoint(path).backbone
-    return f"{backbone}:{h.hexdigest()[:12]}"
+    return f"{_read(path).backbone}:{sha256_file(path)[:12]}"
 
 
 def save_untrained(path: Path | str, backbone: str = "mobilenet_v2", seed: int = 0, **hparams):

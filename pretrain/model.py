@@ -40,6 +40,9 @@ class FeatureModel(nn.Module):
         self.projector = projector
         self.chunk = chunk
         self.batch_size = batch_size
+        # Set by checkpoint.load_feature_model; "<backbone>:raw" identifies raw features.
+        self.checkpoint = None
+        self.model_id = f"{backbone.spec.name}:raw" if projector is None else None
         self.to(device)
         self.eval()
 
