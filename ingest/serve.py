@@ -230,8 +230,13 @@ class ServeLoop:
     # -- one iteration --
 
     def _step(self) -> None:
-        busy = bool(self._pending or self._ready or self._batches or self._outboxes)
-        self._poll(timeout_ms=2 if busy else 100)
+        if self._pending or self._ready:
+            timeout_ms = 2  # decoding or batching: come back soon
+        elif self._batches or self._outboxes:
+            timeout_ms = 5  # waiting on the engine or on acks; the next batch is queued
+        else:
+            timeout_ms = 100  # idle: poll() returns as soon as a frame arrives
+        self._poll(timeout_ms)
         self._take_decoded()
         self._dispatch()
         self._collect_inference()
@@ -567,8 +572,9 @@ class ServeLoop:
             tel = self.telemetry
             tel.child_span(work.span, "consume", work.received_ns, work.decode_start_ns)
             reason = box.dlq_reasons.get(id(work))
+            decode_error = reason if work.error is not None else None
             tel.child_span(
-                work.span, "decode", work.decode_start_ns, work.decode_end_ns, error=reason
+                work.span, "decode", work.decode_start_ns, work.decode_end_ns, error=decode_error
             )
             item = scored.get(id(work))
             if box.outcome is not None and item is not None:
