@@ -42,7 +42,11 @@ def test_local_engine_features_and_checks(local_engine):
     record = build_record(local_engine, "cloth", shots)
     record = record.model_copy(update={"version": store.publish(record)})
     features = local_engine.features(shots[:1], record)
-    assert [f.shape for f in features] == [(1, 32, 28, 28), (1, 96, 14, 14), (1, 320, 7, 7)]
+    spec = local_engine.model.spec
+    grids = [224 // stride for stride in spec.strides]
+    assert [f.shape for f in features] == [
+        (1, c, g, g) for c, g in zip(spec.channels, grids, strict=True)
+    ]
     assert all(f.dtype == np.float32 for f in features)
     assert record.cache_key in local_engine._pools  # the pool is built once per version
     with pytest.raises(InvalidImageError, match="224x224"):
@@ -60,12 +64,17 @@ def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
     assert record.version == 1 and store.latest_version("cloth") == 1
     assert [p.name for p in result.shots] == ["good_0.png", "good_1.png", "good_2.png"]
     assert result.ignored == 2
-    assert [a.shape for a in record.pool] == [(3 * 784, 32), (3 * 196, 96), (3 * 49, 320)]
+    spec = local_engine.model.spec
+    patches = [(224 // stride) ** 2 for stride in spec.strides]
+    assert [a.shape for a in record.pool] == [
+        (3 * p, c) for p, c in zip(patches, spec.channels, strict=True)
+    ]
     calibration = record.calibration
     assert calibration.method == "leave-one-out" and calibration.n_normals == 3
     assert calibration.threshold > max(calibration.normal_scores)
     if detector == "patchcore":
-        assert record.memory is not None and record.memory.shape[0] == 3 * 784
+        finest = max(patches)  # PatchCore keeps every patch of the finest of its levels
+        assert record.memory is not None and record.memory.shape[0] == 3 * finest
         assert record.detector_options["n_levels"] == 3
     else:
         assert record.memory is None
