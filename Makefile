@@ -34,8 +34,8 @@ test-unit: setup
 
 # The shipped projector: sized to finish in ~35 min on 2 shared CPU cores (see
 # pretrain/checkpoints/MODEL_CARD.md). Never add mvtec_ad: it is the unseen evaluation class.
-PRETRAIN_FLAGS ?= --epochs 5 --image-size 160 --num-tokens 256 --max-images-per-class 100 \
-	--synthetic-ratio 0.5 --val-fraction 0.1 --seed 0 --time-limit 30
+PRETRAIN_FLAGS ?= --epochs 5 --batch-size 16 --lr 1e-3 --image-size 224 --num-tokens 256 \
+	--max-images-per-class 100 --synthetic-ratio 0.5 --val-fraction 0.1 --seed 0 --time-limit 30
 
 pretrain: setup
 	$(BIN)/adqc pretrain \

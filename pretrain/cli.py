@@ -29,6 +29,7 @@ def pretrain_command(
     ),
     epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Adam learning rate (weight decay 5e-4)."),
     image_size: int | None = typer.Option(
         None, "--image-size", min=32, help="Square training size (default: the backbone's, 224)."
     ),
@@ -93,6 +94,7 @@ def pretrain_command(
         weights=weights,
         epochs=epochs,
         batch_size=batch_size,
+        lr=lr,
         image_size=image_size,
         synthetic_ratio=synthetic_ratio,
         max_images_per_class=max_images_per_class,
