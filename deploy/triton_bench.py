@@ -1,11 +1,15 @@
 """Model-only latency/throughput of the Triton `adqc` ensemble over gRPC (`adqc bench triton`).
 
 "Model-only": TritonEngine.features calls (uint8 images in, projected features out), without the
-scorer's post-processing. Without ``url`` the benchmark is self-contained: it starts Redis and
-tritonserver (deploy.servers), writes a model repository for the checkpoint, publishes a
-synthetic product (pool from ``shots`` seeded noise images: the 1-NN cost depends on the pool's
-size, not its content) and measures. Server-side time per request comes from Triton's
-statistics extension (queue, compute input/infer/output of ``adqc_features``).
+scorer's post-processing. For reference, the same calls through LocalEngine in this process
+(``in_process``, measured after the server stopped): the Triton/gRPC overhead is the difference,
+whatever else the CPUs run.
+
+Without ``url`` the benchmark is self-contained: it starts Redis and tritonserver
+(deploy.servers), writes a model repository for the checkpoint, publishes a synthetic product
+(pool from ``shots`` seeded noise images: the 1-NN cost depends on the pool's size, not its
+content) and measures. Server-side time per request comes from Triton's statistics extension
+(queue, compute input/infer/output of ``adqc_features``).
 """
 
 from __future__ import annotations
@@ -126,6 +130,24 @@ def measure(
     }
 
 
+def measure_local(model, record, images: np.ndarray, requests: int) -> dict:
+    """The same features computed in this process (LocalEngine): the reference for overhead."""
+    from inference.engines.local import LocalEngine
+
+    engine = LocalEngine(model=model)
+    engine.features(images, record)  # warm-up (and pool cache)
+    latencies = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        engine.features(images, record)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {
+        "requests": requests,
+        "latency_ms_mean": statistics.fmean(latencies),
+        "latency_ms_p50": _percentile(latencies, 50),
+    }
+
+
 def run_bench(
     *,
     batch: int = 8,
@@ -195,6 +217,9 @@ def run_bench(
                 concurrency,
             )
             result["server"] = _server_stats(triton.grpc_url, "adqc_features")
+        load_during_triton = os.getloadavg()[0]
+        # measured after the server stopped, so the two do not compete for the CPUs
+        result["in_process"] = measure_local(model, record, images, max(3, min(requests, 10)))
     result.update(
         {
             "model_id": spec.model_id,
@@ -202,6 +227,7 @@ def run_bench(
             "shots": shots,
             "torch_threads": torch_threads or torch.get_num_threads(),
             "cpus": os.cpu_count(),
+            "load_average_1min": round(load_during_triton, 2),
         }
     )
     return result

@@ -245,14 +245,26 @@ class FeaturesService:
                 f"got {images.dtype} {list(images.shape)}"
             )
 
-    def features(self, images: np.ndarray, keys: Sequence[tuple[str, int]]) -> list[np.ndarray]:
-        """Projected features per level for images whose pools are ``keys`` (one per image)."""
+    def features(
+        self,
+        images: np.ndarray,
+        keys: Sequence[tuple[str, int]],
+        references: dict[tuple[str, int], Reference] | None = None,
+    ) -> list[np.ndarray]:
+        """Projected features per level for images whose pools are ``keys`` (one per image).
+
+        ``references`` holds already resolved keys (serve() passes them, so an LRU eviction in
+        between cannot cause a second store read).
+        """
         import torch
 
         self.check_images(images)
         if len(keys) != len(images):
             raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
-        pools = {key: self.reference(*key).pool for key in dict.fromkeys(keys)}
+        references = references or {}
+        pools = {
+            key: (references.get(key) or self.reference(*key)).pool for key in dict.fromkeys(keys)
+        }
         outputs: list[np.ndarray] | None = None
         with torch.inference_mode():
             for key, pool in pools.items():
@@ -283,6 +295,7 @@ class FeaturesService:
         """
         results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
         valid: list[int] = []
+        resolved: dict[tuple[str, int], Reference] = {}
         for i, (images, keys, created) in enumerate(requests):
             try:
                 self.check_images(images)
@@ -290,8 +303,11 @@ class FeaturesService:
                     raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
                 if len(created) != len(keys):
                     raise InvalidRequestError(f"{len(keys)} product keys but {len(created)} dates")
-                for (product, version), when in dict.fromkeys(zip(keys, created, strict=True)):
-                    self.check_reference(product, version, when)
+                found = {
+                    key: self.check_reference(*key, when)
+                    for key, when in dict.fromkeys(zip(keys, created, strict=True))
+                }
+                resolved.update(found)
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
                 results[i] = exc
@@ -299,7 +315,7 @@ class FeaturesService:
             images = np.concatenate([requests[i][0] for i in valid])
             keys = [key for i in valid for key in requests[i][1]]
             try:
-                levels = self.features(images, keys)
+                levels = self.features(images, keys, resolved)
             except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
                 LOG.exception("adqc_features: batch of %d images failed", len(images))
                 for i in valid:
