@@ -150,18 +150,12 @@ def test_efficientnet_lite0_package_weights():
     check_maps(backbone, batch=1)
 
 
-def test_wide_resnet50_2_needs_a_file_unless_random(monkeypatch, tmp_path):
+def test_wide_resnet50_2_needs_a_file_and_loads_one(monkeypatch, tmp_path):
+    from torchvision.models import wide_resnet50_2
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="wide_resnet50_2-95faca4d.pth"):
         load_backbone("wide_resnet50_2")
-    with pytest.warns(UserWarning, match="RANDOM"):
-        backbone = load_backbone("wide_resnet50_2", allow_random=True)
-    check_maps(backbone, batch=1)
-
-
-def test_wide_resnet50_2_loads_a_local_file(tmp_path):
-    from torchvision.models import wide_resnet50_2
-
     torch.manual_seed(1)
     net = wide_resnet50_2()
     path = tmp_path / "wrn.pth"
@@ -169,6 +163,7 @@ def test_wide_resnet50_2_loads_a_local_file(tmp_path):
     backbone = load_backbone("wide_resnet50_2", weights=path)
     assert backbone.weights_loaded
     torch.testing.assert_close(backbone.stages[1][0].conv1.weight, net.layer2[0].conv1.weight)
+    check_maps(backbone, batch=1)
 
 
 def test_vit_backbones_need_weights_offline():
@@ -176,26 +171,28 @@ def test_vit_backbones_need_weights_offline():
         load_backbone("dinov2_vitl14")
 
 
-@pytest.mark.parametrize("name", ["dinov2_vitb14", "clip_vitl14"])
-def test_vit_shapes_with_random_weights(name):
+def test_dinov2_vitb14_random_weights_raw_block_tokens():
     with pytest.warns(UserWarning, match="RANDOM"):
-        backbone = load_backbone(name, allow_random=True)
+        backbone = load_backbone("dinov2_vitb14", allow_random=True)
     assert not backbone.weights_loaded
     maps = check_maps(backbone, batch=1)
-    # Raw block outputs of the tapped blocks: the CLS token is dropped, 16x16 patch grid.
+    # Raw output of the first tapped block, CLS token dropped, on the 16x16 patch grid.
     with torch.inference_mode():
         x = torch.randn(1, 3, 224, 224)
-        tokens = backbone.vit.patch_embed(x)
-        tokens = backbone.vit._pos_embed(tokens)
-        tokens = backbone.vit.norm_pre(tokens)
-        for i, blk in enumerate(backbone.vit.blocks):
+        tokens = backbone.vit.norm_pre(backbone.vit._pos_embed(backbone.vit.patch_embed(x)))
+        for blk in backbone.vit.blocks[: backbone.indices[0] + 1]:
             tokens = blk(tokens)
-            if i == backbone.indices[0]:
-                break
         first = backbone(x)[0]
     patches = tokens[:, backbone.vit.num_prefix_tokens :]
     torch.testing.assert_close(first, patches.reshape(1, 16, 16, -1).permute(0, 3, 1, 2))
     assert len(maps) == 4
+
+
+def test_clip_vitl14_random_weights_shapes():
+    with pytest.warns(UserWarning, match="RANDOM"):
+        backbone = load_backbone("clip_vitl14", allow_random=True)
+    assert backbone.vit.num_prefix_tokens == 1
+    check_maps(backbone, batch=1)
 
 
 def test_vit_loads_a_local_weights_file(monkeypatch, tmp_path):
