@@ -172,7 +172,8 @@ def accuracy_command(
         if row.get("status") != "ok":
             err.print(
                 f"{row['category']} {row['features']} {row['method']} K={row['shots']}: "
-                f"{row['status']}"
+                f"{row['status']}",
+                soft_wrap=True,
             )
             return
 
@@ -184,6 +185,7 @@ def accuracy_command(
             f"I-AUROC {f(row['image_auroc'])}  P-AUROC {f(row['pixel_auroc'])}  "
             f"AUPRO {f(row['aupro'])}  ({row['seconds']:.0f} s)",
             highlight=False,
+            soft_wrap=True,
         )
 
     try:
