@@ -89,6 +89,14 @@ class TritonEngine:
         self.max_backoff_s = float(max_backoff_s)
         self._sleep = sleep
         self._client = grpcclient.InferenceServerClient(self.url)
+        try:
+            self._read_config()
+        except BaseException:
+            self._client.close()
+            raise
+
+    def _read_config(self) -> None:
+        model = self.model
         config = self._call(
             "read the model config",
             lambda: self._client.get_model_config(
