@@ -95,8 +95,11 @@ class EvalConfig:
 @dataclass
 class LoadedModel:
     model: Any  # pretrain.model.FeatureModel
-    spec: Any  # BackboneSpec
-    checkpoint: dict[str, Any]  # path, model_id, trained (empty for raw features)
+    checkpoint: dict[str, Any]  # path, model_id, trained (empty without a projector)
+
+    @property
+    def spec(self) -> Any:  # BackboneSpec
+        return self.model.spec
 
 
 def load_model(cfg: EvalConfig) -> LoadedModel:
@@ -120,7 +123,7 @@ def load_model(cfg: EvalConfig) -> LoadedModel:
         backbone = load_backbone(cfg.backbone, weights=cfg.weights)
         model = FeatureModel(backbone, None, device=cfg.device)
         info = {}
-    return LoadedModel(model, model.spec, info)
+    return LoadedModel(model, info)
 
 
 # -------------------------------------------------------------------------------- features
@@ -152,9 +155,6 @@ class _NoProgress:
         return 0
 
     def advance(self, *a, **k):
-        pass
-
-    def update(self, *a, **k):
         pass
 
 
@@ -189,15 +189,10 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _inputs(images: np.ndarray, spec, device: str) -> Tensor:
-    from pretrain.preprocess import to_model_input
-
-    return to_model_input(torch.from_numpy(images), spec).to(device)
-
-
-def _raw(model, x: Tensor) -> list[Tensor]:
+def _raw(model, images: np.ndarray) -> list[Tensor]:
+    """uint8 [B,S,S,3] -> backbone features per level, on the CPU."""
     with torch.inference_mode():
-        return [f.float().cpu() for f in model.raw(x)]
+        return [f.float().cpu() for f in model.raw(model.preprocess(torch.from_numpy(images)))]
 
 
 def _transform(model, raw: Sequence[Tensor], pool, kind: str) -> list[Tensor]:
@@ -247,8 +242,7 @@ def raw_features(
     from pretrain.preprocess import load_batch
 
     t0 = time.perf_counter()
-    model, spec = lm.model, lm.spec
-    device = str(model.device)
+    model = lm.model
     train_paths = list(category.train_good)
     if n_train is not None:
         if n_train > len(train_paths):
@@ -268,8 +262,7 @@ def raw_features(
         task = prog.add_task(f"{category.name}: train images", total=len(train_paths))
         train_parts = []
         for sl in _batches(len(train_paths), batch_size):
-            images = load_batch(train_paths[sl], image_size)
-            train_parts.append(_raw(model, _inputs(images, spec, device)))
+            train_parts.append(_raw(model, load_batch(train_paths[sl], image_size)))
             prog.advance(task, sl.stop - sl.start)
         task = prog.add_task(f"{category.name}: test images", total=len(samples))
         test_parts, mask_parts = [], []
@@ -277,7 +270,7 @@ def raw_features(
             loaded = [load_sample(s.path, s.mask, image_size) for s in samples[sl]]
             images = np.stack([im for im, _ in loaded])
             mask_parts.append(np.stack([m for _, m in loaded]).astype(bool))
-            test_parts.append(_raw(model, _inputs(images, spec, device)))
+            test_parts.append(_raw(model, images))
             prog.advance(task, sl.stop - sl.start)
     defective = [s for s in samples if s.label == 1]
     has_masks = bool(defective) and all(s.mask is not None for s in defective)
