@@ -69,6 +69,8 @@ class FeatureModel(nn.Module):
         """Backbone feature maps per level, [B,C_l,h_l,w_l] (run in batches of `batch_size`)."""
         with self._frozen():
             parts = [self.backbone(b) for b in self._batches(x)]
+            if len(parts) == 1:
+                return parts[0]
             return [torch.cat(level, 0) for level in zip(*parts, strict=True)]
 
     def build_pool(self, x_refs: Tensor) -> ReferencePool:
