@@ -103,7 +103,7 @@ def eval_command(
         err.print(f"report: {page}")
     _print_summary(result)
     for note in result["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(r: dict) -> None:

@@ -82,9 +82,11 @@ def overlay_png(
     axes[0].set_title("image", fontsize=8)
     axes[1].imshow(image)
     axes[1].imshow(amap, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
+    title = "anomaly map"
     if mask is not None and mask.any():
         axes[1].contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-    axes[1].set_title("anomaly map (white: ground truth)", fontsize=8)
+        title += " (white: ground truth)"
+    axes[1].set_title(title, fontsize=8)
     for a in axes:
         a.axis("off")
     return _png(fig)
