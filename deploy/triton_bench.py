@@ -14,6 +14,7 @@ content) and measures. Server-side time per request comes from Triton's statisti
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -130,6 +131,27 @@ def measure(
     }
 
 
+def measure_round_trip(engine, record, images: np.ndarray, requests: int) -> dict:
+    """Round trips of the same request for a product the server does not know: the full image
+    payload through gRPC, the ensemble and the python stub, answered after one Redis lookup and
+    before any compute (the response carries no features)."""
+    from inference.store import ProductNotFoundError
+
+    ghost = record.model_copy(update={"product": f"{record.product}-absent"})
+    latencies = []
+    for _ in range(requests + 1):
+        started = time.perf_counter()
+        with contextlib.suppress(ProductNotFoundError):
+            engine.features(images, ghost)
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies = latencies[1:]  # the first one warms the connection
+    return {
+        "requests": requests,
+        "latency_ms_mean": statistics.fmean(latencies),
+        "latency_ms_p50": _percentile(latencies, 50),
+    }
+
+
 def measure_local(model, record, images: np.ndarray, requests: int) -> dict:
     """The same features computed in this process (LocalEngine): the reference for overhead."""
     from inference.engines.local import LocalEngine
@@ -217,6 +239,10 @@ def run_bench(
                 concurrency,
             )
             result["server"] = _server_stats(triton.grpc_url, "adqc_features")
+            with TritonEngine(triton.grpc_url) as engine:
+                result["round_trip_without_compute"] = measure_round_trip(
+                    engine, record, images, max(3, min(requests, 20))
+                )
         load_during_triton = os.getloadavg()[0]
         # measured after the server stopped, so the two do not compete for the CPUs
         result["in_process"] = measure_local(model, record, images, max(3, min(requests, 10)))
