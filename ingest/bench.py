@@ -111,10 +111,10 @@ def engine_only(
 
     record = scorer.record(product)
     scorer.score(images[:batch], product)  # warm-up (allocations, caches)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(images), batch):
         scorer.score(images[i : i + batch], product)
-    scorer_s = time.perf_counter() - t0
+    scorer_s, scorer_cpu = time.perf_counter() - t0, time.process_time() - c0
     resized = [resize_uint8(im, engine.image_size) for im in images]
     t0 = time.perf_counter()
     for i in range(0, len(resized), batch):
@@ -123,7 +123,14 @@ def engine_only(
     return {
         "engine_frames_per_s": len(images) / scorer_s,
         "engine_features_frames_per_s": len(images) / features_s,
+        "engine_cpu_ms_per_frame": 1000.0 * scorer_cpu / len(images),
     }
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _ResultReader:
@@ -269,13 +276,22 @@ def run_pipeline_bench(
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
+        warm = min(2 * config.batch_size, len(frames) - 2)
+        cpu_marks: dict[str, float] = {}
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("throughput (backlog)", total=len(frames))
             while len(reader.records) < len(frames):
                 reader.until(len(reader.records) + 1, deadline, alive)
+                if len(reader.records) > warm and "start" not in cpu_marks:
+                    cpu_marks.update(start=process_cpu_s(worker.pid), n0=len(reader.records))
                 progress.update(task, completed=len(reader.records))
+            cpu_marks.update(end=process_cpu_s(worker.pid), n1=len(reader.records))
+        serve_cpu_ms = (
+            1000.0 * (cpu_marks["end"] - cpu_marks["start"]) / (cpu_marks["n1"] - cpu_marks["n0"])
+            if cpu_marks["n1"] > cpu_marks["n0"]
+            else float("nan")
+        )
         stamps = sorted(ts for _, ts, _ in reader.records)
-        warm = min(2 * config.batch_size, len(stamps) - 2)
         span_s = (stamps[-1] - stamps[warm]) / 1000.0
         frames_per_s = (len(stamps) - 1 - warm) / span_s if span_s > 0 else float("nan")
         batch_sizes = [m.timings.batch_size for _, _, m in reader.records]
@@ -321,6 +337,9 @@ def run_pipeline_bench(
         "engine_frames_per_s": round(engine_fps, 2),
         "engine_features_frames_per_s": round(engine_rates["engine_features_frames_per_s"], 2),
         "ratio": round(frames_per_s / engine_fps, 3),
+        "serve_cpu_ms_per_frame": round(serve_cpu_ms, 2),
+        "engine_cpu_ms_per_frame": round(engine_rates["engine_cpu_ms_per_frame"], 2),
+        "cpu_ratio": round(engine_rates["engine_cpu_ms_per_frame"] / serve_cpu_ms, 3),
         "p50_ms": round(_percentile(latencies, 50), 1),
         "p99_ms": round(_percentile(latencies, 99), 1),
         "max_ms": round(max(latencies), 1) if latencies else None,

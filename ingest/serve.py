@@ -65,6 +65,8 @@ log = logging.getLogger("adqc.serve")
 
 COMMIT_INTERVAL_S = 0.2
 INFERENCE_QUEUE_DEPTH = 2  # batches handed to the inference thread ahead of time
+BUSY_POLL_S = 0.01  # while busy, look at Kafka at least this often
+PAUSED_POLL_S = 0.1  # while paused, poll this often (keeps rebalances and the group moving)
 
 
 class ScorerLike(Protocol):
@@ -198,6 +200,8 @@ class ServeLoop:
         self._abort = threading.Event()
         self._paused = False
         self._last_commit = 0.0
+        self._last_poll = 0.0
+        self._wake = threading.Event()  # set when a decode, a batch or a publish completes
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
 
@@ -230,19 +234,32 @@ class ServeLoop:
     # -- one iteration --
 
     def _step(self) -> None:
-        if self._pending or self._ready:
-            timeout_ms = 2  # decoding or batching: come back soon
-        elif self._batches or self._outboxes:
-            timeout_ms = 5  # waiting on the engine or on acks; the next batch is queued
+        if not (self._pending or self._ready or self._batches or self._outboxes):
+            self._poll(100)  # idle: poll() returns as soon as a frame arrives
         else:
-            timeout_ms = 100  # idle: poll() returns as soon as a frame arrives
-        self._poll(timeout_ms)
+            # Busy: take what the fetcher has buffered (without blocking), then sleep until a
+            # decode, batch or publish completes, a batch deadline passes, or it is time to
+            # look at Kafka again. Polling in a tight loop would steal CPU from the engine.
+            if not self._paused or time.monotonic() - self._last_poll >= PAUSED_POLL_S:
+                self._poll(0)
+            self._wake.wait(self._wait_s())
+            self._wake.clear()
         self._take_decoded()
         self._dispatch()
         self._collect_inference()
         self._collect_acks()
         self._commit()
         self._backpressure()
+
+    def _wait_s(self) -> float:
+        wait = PAUSED_POLL_S if self._paused else BUSY_POLL_S
+        if self._ready and len(self._batches) < INFERENCE_QUEUE_DEPTH:
+            deadline_ns = self._ready[0].received_ns + self.settings.batch.max_wait_ms * 1_000_000
+            wait = min(wait, max(0.0, (deadline_ns - time.time_ns()) / 1e9))
+        return wait
+
+    def _wakeup(self, *_: Any) -> None:
+        self._wake.set()
 
     def _poll(self, timeout_ms: int) -> None:
         capacity = self.settings.batch.max_in_flight - self.tracker.in_flight()
@@ -251,6 +268,7 @@ class ServeLoop:
         if self._paused:
             self._pause_assigned()  # polling paused partitions keeps the membership alive
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, capacity))
+        self._last_poll = time.monotonic()
         now = time.time_ns()
         for tp, records in polled.items():
             for record in records:
@@ -275,6 +293,7 @@ class ServeLoop:
         work = Work(record=record, tp=tp, received_ns=now, span=span)
         self.tracker.add(tp, record.offset)
         work.decoded = self._decoder.submit(self._decode_job, work)
+        work.decoded.add_done_callback(self._wakeup)
         self._pending.append(work)
         self.stats["frames"] += 1
         self.metrics.frames_in.labels(topic=record.topic).inc()
@@ -322,7 +341,9 @@ class ServeLoop:
                 return
             batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
             self.metrics.batch_size.observe(len(batch))
-            self._batches.append((batch, self._inference.submit(self._infer_job, batch)))
+            future = self._inference.submit(self._infer_job, batch)
+            future.add_done_callback(self._wakeup)
+            self._batches.append((batch, future))
 
     # -- inference thread --
 
@@ -495,13 +516,13 @@ class ServeLoop:
             def send_result(item=item, key=key, th=trace_headers) -> Any:
                 return self.publisher.send_result(item.result, key, th)
 
-            sends.append((send_result, send_result()))
+            sends.append((send_result, self._acked(send_result())))
             if item.alarm is not None:
 
                 def send_alarm(item=item, key=key, th=trace_headers) -> Any:
                     return self.publisher.send_alarm(item.alarm, key, th)
 
-                sends.append((send_alarm, send_alarm()))
+                sends.append((send_alarm, self._acked(send_alarm())))
         box = Outbox([s.work for s in scored], sends, time.time_ns(), outcome=outcome)
         box.scored = scored
         self._outboxes.append(box)
@@ -525,7 +546,7 @@ class ServeLoop:
             def send(record=record, headers=headers, info=info) -> Any:
                 return self.publisher.send_dlq(record.key, record.value, headers, info)
 
-            sends.append((send, send()))
+            sends.append((send, self._acked(send())))
             reasons[id(work)] = error.reason.value
             log.info(
                 "frame %s/%d@%d -> DLQ (%s: %s)",
@@ -537,6 +558,11 @@ class ServeLoop:
             )
         box = Outbox([w for w, _ in failures], sends, time.time_ns(), dlq_reasons=reasons)
         self._outboxes.append(box)
+
+    def _acked(self, future: Any) -> Any:
+        """Wake the loop when the broker answers ``future`` (a kafka-python send future)."""
+        future.add_both(self._wakeup)
+        return future
 
     def _collect_acks(self) -> None:
         while self._outboxes and self._outboxes[0].done():
@@ -560,7 +586,7 @@ class ServeLoop:
             return
         for i in failed:
             resend, _ = box.sends[i]
-            box.sends[i] = (resend, resend())
+            box.sends[i] = (resend, self._acked(resend()))
         box.attempts += 1
 
     def _finish(self, box: Outbox, acked_ns: int) -> None:
