@@ -5,8 +5,8 @@ Given a running Kafka broker and Redis (the ``adqc bench pipeline`` command in
 
 1. onboards a product (K good shots) into Redis with the local engine;
 2. measures the **engine-only** rate in this process, on the same decoded frames and batch
-   size: ``Scorer.score`` (resize + engine features + anomaly maps + regions), and the
-   engine's ``features`` call alone;
+   size, on a worker thread as in the serve loop: ``Scorer.score`` (resize + engine features
+   + anomaly maps + regions), and the engine's ``features`` call alone;
 3. **throughput**: publishes N frames as a backlog, starts ``adqc serve`` as a separate
    process and measures the sustained rate from the timestamps of the result records
    (after a warm-up of two batches);
@@ -27,6 +27,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,12 @@ def run_pipeline_bench(
     decoded = {p: load_image(p) for p in set(frames)}
     sample = [decoded[p] for p in frames[: config.engine_frames]]
     console.print(f"engine-only: {len(sample)} frames, batch {config.batch_size}")
-    engine_rates = engine_only(engine, scorer, product, sample, config.batch_size)
+    # On a worker thread, as in the serve loop (its inference thread), so that the two
+    # differ only by what the pipeline adds: Kafka, decoding, publishing, committing.
+    with ThreadPoolExecutor(1, "bench-engine") as pool:
+        engine_rates = pool.submit(
+            engine_only, engine, scorer, product, sample, config.batch_size
+        ).result()
     del scorer, engine
     console.print(
         f"  scorer {engine_rates['engine_frames_per_s']:.1f} frames/s, "
