@@ -220,17 +220,21 @@ def run_pipeline_bench(
     decoded = {p: load_image(p) for p in set(frames)}
     sample = [decoded[p] for p in frames[: config.engine_frames]]
     console.print(f"engine-only: {len(sample)} frames, batch {config.batch_size}")
+
     # On a worker thread, as in the serve loop (its inference thread), so that the two
     # differ only by what the pipeline adds: Kafka, decoding, publishing, committing.
-    with ThreadPoolExecutor(1, "bench-engine") as pool:
-        engine_rates = pool.submit(
-            engine_only, engine, scorer, product, sample, config.batch_size
-        ).result()
-    del scorer, engine
-    console.print(
-        f"  scorer {engine_rates['engine_frames_per_s']:.1f} frames/s, "
-        f"features {engine_rates['engine_features_frames_per_s']:.1f} frames/s"
-    )
+    def measure_engine() -> dict[str, float]:
+        with ThreadPoolExecutor(1, "bench-engine") as pool:
+            rates = pool.submit(
+                engine_only, engine, scorer, product, sample, config.batch_size
+            ).result()
+        console.print(
+            f"  scorer {rates['engine_frames_per_s']:.1f} frames/s, "
+            f"features {rates['engine_features_frames_per_s']:.1f} frames/s"
+        )
+        return rates
+
+    engine_before = measure_engine()
 
     _create_topics(bootstrap, list(topics.values()), config.partitions)
     serve_config = {
@@ -334,6 +338,11 @@ def run_pipeline_bench(
         reader.close()
         producer.close()
 
+    # Engine-only again after the pipeline: the two runs bracket it, so a change of machine
+    # load during the benchmark shows up as a difference between them.
+    console.print("engine-only again (after the pipeline)")
+    engine_after = measure_engine()
+    engine_rates = {k: (engine_before[k] + engine_after[k]) / 2 for k in engine_before}
     results = reader.records
     alarms = _end_offsets(bootstrap, topics["alarms"], config.partitions)
     dlq = _end_offsets(bootstrap, topics["dlq"], config.partitions)
@@ -342,6 +351,10 @@ def run_pipeline_bench(
         "frames_per_s": round(frames_per_s, 2),
         "engine_frames_per_s": round(engine_fps, 2),
         "engine_features_frames_per_s": round(engine_rates["engine_features_frames_per_s"], 2),
+        "engine_frames_per_s_before_after": [
+            round(engine_before["engine_frames_per_s"], 2),
+            round(engine_after["engine_frames_per_s"], 2),
+        ],
         "ratio": round(frames_per_s / engine_fps, 3),
         "serve_cpu_ms_per_frame": round(serve_cpu_ms, 2),
         "engine_cpu_ms_per_frame": round(engine_rates["engine_cpu_ms_per_frame"], 2),
