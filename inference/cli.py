@@ -194,6 +194,11 @@ def demo(
         None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Frames per scored batch."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Batches scored at once, one torch thread each [default: cores, max 4].",
+    ),
     shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
     detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
 ) -> None:
@@ -210,6 +215,7 @@ def demo(
                 checkpoint=checkpoint,
                 store_url=store,
                 batch_size=batch_size,
+                workers=workers,
                 shots=shots,
                 detector=detector,
                 console=out,
