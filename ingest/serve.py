@@ -125,6 +125,7 @@ class Scored:
     result: ResultMessage | None = None
     alarm: AlarmMessage | None = None
     error: MessageError | None = None
+    raw: Any = None  # the scorer's ScoreResult, until the messages are built
 
 
 @dataclass
@@ -135,6 +136,7 @@ class BatchOutcome:
     start_ns: int
     features_end_ns: int
     end_ns: int
+    built_ns: int = 0
 
 
 @dataclass
@@ -193,9 +195,11 @@ class ServeLoop:
         self._pending: deque[Work] = deque()  # polled, decoding (poll order)
         self._ready: deque[Work] = deque()  # decoded and valid, not yet batched
         self._batches: deque[tuple[list[Work], Future]] = deque()
+        self._building: deque[Future] = deque()  # batches whose messages are being built
         self._outboxes: deque[Outbox] = deque()
         self._decoder = ThreadPoolExecutor(settings.batch.decode_workers, "adqc-decode")
         self._inference = ThreadPoolExecutor(1, "adqc-infer")
+        self._post = ThreadPoolExecutor(1, "adqc-post")
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._paused = False
@@ -234,7 +238,7 @@ class ServeLoop:
     # -- one iteration --
 
     def _step(self) -> None:
-        if not (self._pending or self._ready or self._batches or self._outboxes):
+        if not (self._pending or self._ready or self._batches or self._building or self._outboxes):
             self._poll(100)  # idle: poll() returns as soon as a frame arrives
         else:
             # Busy: take what the fetcher has buffered (without blocking), then sleep until a
@@ -247,6 +251,7 @@ class ServeLoop:
         self._take_decoded()
         self._dispatch()
         self._collect_inference()
+        self._collect_built()
         self._collect_acks()
         self._commit()
         self._backpressure()
@@ -365,13 +370,27 @@ class ServeLoop:
             if not isinstance(r, MessageError) and getattr(r, "timings", None)
         )
         features_end = min(scored_end, start + int(engine_ms * 1e6))
-        items = []
-        for work, outcome in zip(batch, raw, strict=True):
-            if isinstance(outcome, MessageError):
-                items.append(Scored(work, error=outcome))
-            else:
-                items.append(self._build(work, outcome, len(batch)))
-        return BatchOutcome(items, start, features_end, time.time_ns())
+        items = [
+            Scored(work, error=r) if isinstance(r, MessageError) else Scored(work, raw=r)
+            for work, r in zip(batch, raw, strict=True)
+        ]
+        return BatchOutcome(items, start, features_end, scored_end)
+
+    # -- post thread: messages and heatmaps, off the inference thread --
+
+    def _build_job(self, outcome: BatchOutcome) -> BatchOutcome:
+        n = len(outcome.items)
+        for i, item in enumerate(outcome.items):
+            if item.raw is None:
+                continue
+            try:
+                outcome.items[i] = self._build(item.work, item.raw, n)
+            except Exception as exc:  # a bug here must not stop the loop: DLQ the frame
+                log.exception("building the result of offset %s failed", item.work.record.offset)
+                error = MessageError(DlqReason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")
+                outcome.items[i] = Scored(item.work, error=error)
+        outcome.built_ns = time.time_ns()
+        return outcome
 
     def _score_group(self, images: list[np.ndarray], product: str) -> list[Any]:
         from inference.records import ModelMismatchError
@@ -472,7 +491,11 @@ class ServeLoop:
             return None
         from inference.scorer import heatmap_png
 
-        png = heatmap_png(image, res.anomaly_map, float(res.threshold))
+        try:
+            png = heatmap_png(image, res.anomaly_map, float(res.threshold))
+        except Exception:  # the alarm matters more than its picture
+            log.exception("heatmap failed; alarm %s goes out without one", alarm_id)
+            return None
         h, w = _png_size(png)
         if mode == "inline":
             data = base64.b64encode(png).decode()
@@ -500,6 +523,13 @@ class ServeLoop:
             self.metrics.stage_seconds.labels(stage="infer").observe(
                 (outcome.end_ns - outcome.start_ns) / 1e9
             )
+            built = self._post.submit(self._build_job, outcome)
+            built.add_done_callback(self._wakeup)
+            self._building.append(built)
+
+    def _collect_built(self) -> None:
+        while self._building and self._building[0].done():
+            outcome: BatchOutcome = self._building.popleft().result()
             dlq = [(s.work, s.error) for s in outcome.items if s.error is not None]
             if dlq:
                 self._send_dlq(dlq)
@@ -607,7 +637,7 @@ class ServeLoop:
                 oc = box.outcome
                 n = {"adqc.batch.size": len(oc.items)}
                 tel.child_span(work.span, "infer", oc.start_ns, oc.features_end_ns, n)
-                tel.child_span(work.span, "score", oc.features_end_ns, oc.end_ns, n)
+                tel.child_span(work.span, "score", oc.features_end_ns, oc.built_ns, n)
             tel.child_span(
                 work.span,
                 "publish",
@@ -691,14 +721,16 @@ class ServeLoop:
     def _settle(self, timeout_s: float) -> bool:
         """Finish every batch in flight and wait for its acks (no new batches)."""
         deadline = time.monotonic() + timeout_s
-        while self._batches or self._outboxes:
+        while self._batches or self._building or self._outboxes:
             if time.monotonic() > deadline:
                 return False
             self._take_decoded()
             self._collect_inference()
+            self._collect_built()
             self._collect_acks()
-            if self._batches or self._outboxes:
-                time.sleep(0.002)
+            if self._batches or self._building or self._outboxes:
+                self._wake.wait(0.01)
+                self._wake.clear()
         return True
 
     def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -743,6 +775,7 @@ class ServeLoop:
         self._abort.set()
         self._decoder.shutdown(wait=True, cancel_futures=True)
         self._inference.shutdown(wait=True, cancel_futures=True)
+        self._post.shutdown(wait=True, cancel_futures=True)
         try:
             if self.consumer is not None:
                 self.consumer.close(autocommit=False)
