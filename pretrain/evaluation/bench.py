@@ -38,6 +38,7 @@ BEGIN = "<!-- adqc bench accuracy {section}: generated, do not edit by hand -->"
 END = "<!-- adqc bench accuracy {section}: end -->"
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"))
 HEAVY_KEYS = ("config", "versions")
+STATUS_CELLS = {"unsupported": "—", "skipped": "skipped"}
 
 
 def run_accuracy(
@@ -225,7 +226,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
                     elif r.get("status") == "ok":
                         cells.append(_fmt(r.get(metric)))
                     else:
-                        cells.append(r.get("status", ""))
+                        cells.append(STATUS_CELLS.get(r.get("status", ""), r.get("status", "")))
             if "raw" in kinds and "adpretrain" in kinds:
                 a, b = by_kind.get("adpretrain"), by_kind.get("raw")
                 if a and b and a.get("status") == b.get("status") == "ok":
@@ -234,6 +235,12 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 else:
                     cells.append("n/a")
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if any(r.get("status") == "unsupported" for r in rows):
+        lines += [
+            "",
+            "—: not applicable: FeatureNorm on raw backbone features is refused (the norm of an "
+            "ImageNet feature is not an anomaly score; docs/EVALUATION.md).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -466,6 +466,7 @@ def result_dict(
             "score_s": round(out.score_seconds, 3),
         },
         "pixel_stride": m.get("pixel_stride"),
+        "per_defect": per_defect_auroc(fs.samples, out.scores),
         "detector": out.detector_info,
         "checkpoint": checkpoint or None,
         "notes": list(fs.notes),
@@ -473,6 +474,19 @@ def result_dict(
         "versions": _versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def per_defect_auroc(samples: Sequence[Sample], scores: np.ndarray) -> dict[str, Any]:
+    """Image AUROC of each defect type against all normal test images."""
+    labels = np.array([s.label for s in samples])
+    normal = scores[labels == 0]
+    out: dict[str, Any] = {}
+    for defect in sorted({s.defect for s in samples if s.label == 1}):
+        idx = np.array([s.label == 1 and s.defect == defect for s in samples])
+        both = np.r_[normal, scores[idx]]
+        y = np.r_[np.zeros(normal.size), np.ones(int(idx.sum()))]
+        out[defect] = {"n": int(idx.sum()), "image_auroc": M.auroc(both, y)}
+    return out
 
 
 def untrained_warning(checkpoint: dict[str, Any]) -> str | None:

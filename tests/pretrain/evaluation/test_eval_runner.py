@@ -136,6 +136,11 @@ def test_eval_cli_json_report_and_refusal(untrained, bottle, tmp_path):
     assert 0.0 <= doc["image_auroc"] <= 1.0 and 0.0 <= doc["aupro"] <= 1.0
     assert doc["config"]["image_size"] == 96 and doc["config"]["shots"] == "2"
     assert doc["checkpoint"]["trained"] is False
+    assert doc["per_defect"] and set(doc["per_defect"]) <= {
+        "broken_large",
+        "broken_small",
+        "contamination",
+    }
     assert any("UNTRAINED" in n for n in doc["notes"])
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and 'src="http' not in page
