@@ -12,7 +12,9 @@ Given a running Kafka broker and Redis (the ``adqc bench pipeline`` command in
    (after a warm-up of two batches);
 4. **latency**: with the same worker, publishes frames at a fixed fraction of that rate
    (an open-loop camera) and measures capture time -> result received, p50 / p99;
-5. stops the worker with SIGTERM (it must drain and exit 0).
+5. stops the worker with SIGTERM (it must drain and exit 0);
+6. measures the engine-only rate again: the reported rate is the mean of the two runs that
+   bracket the pipeline, and both are kept, so load changes during the run are visible.
 
 The frame mix is one defective frame in ``defect_every`` (alarms carry an inline heatmap).
 """
@@ -65,7 +67,7 @@ class BenchConfig:
     partitions: int = 2
     checkpoint: Path | None = None
     data: Path = DEFAULT_DATA
-    engine_frames: int = 160
+    engine_frames: int | None = None  # default: as many as the throughput phase
     timeout_s: float = 600.0
 
 
@@ -218,7 +220,7 @@ def run_pipeline_bench(
 
     frames = source.sequence(config.frames, config.defect_every)
     decoded = {p: load_image(p) for p in set(frames)}
-    sample = [decoded[p] for p in frames[: config.engine_frames]]
+    sample = [decoded[p] for p in frames[: config.engine_frames or len(frames)]]
     console.print(f"engine-only: {len(sample)} frames, batch {config.batch_size}")
 
     # On a worker thread, as in the serve loop (its inference thread), so that the two
