@@ -185,7 +185,7 @@ def demo(
     limit: int | None = typer.Option(
         None,
         "--limit",
-        help="Frames to stream, evenly spaced; 0 = all [default: 600 for the elpv cells, "
+        help="Frames to stream, evenly spaced; 0 = all [default: 1200 for the elpv cells, "
         "all for --source].",
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),

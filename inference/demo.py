@@ -55,7 +55,7 @@ from pretrain.evaluation.metrics import auroc
 from pretrain.preprocess import ImageLoadError, load_image
 
 PRODUCT = "pv-cell"
-DEFAULT_LIMIT = 600
+DEFAULT_LIMIT = 1200
 DEFAULT_OUT = Path("demo-out")
 SHOTS_PER_TYPE = 4
 ALARM_SCHEMA_VERSION = 1
