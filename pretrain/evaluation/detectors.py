@@ -350,8 +350,11 @@ class PaDiM(Detector):
     Levels are nearest-upsampled to the finest grid and concatenated; a fixed random subset of
     ``n_channels`` channels is kept (seeded, as in the paper's random dimensionality reduction).
     Per position the covariance is the Ledoit-Wolf shrunk estimate plus ``eps * I`` (the
-    paper's 0.01 I): shrinkage makes K = 2 shots (rank-1 sample covariance) well defined without
-    a hand-tuned constant. Token score: Mahalanobis distance to the position's Gaussian.
+    paper's 0.01 I). The shrinkage intensity is estimated from the K normal images alone; it is
+    exactly 0 for K = 2 (two samples are symmetric about their mean, so the estimator sees no
+    sampling variance), where ``eps * I`` alone keeps the rank-1 covariance invertible; from
+    K = 3 on it pulls the few-sample covariance towards a scaled identity. Token score:
+    Mahalanobis distance to the position's Gaussian.
     """
 
     name = "padim"

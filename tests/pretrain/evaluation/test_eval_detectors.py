@@ -136,9 +136,10 @@ def test_patchcore_coreset_when_bank_is_large():
 # ------------------------------------------------------------------------------------ PaDiM
 
 
-def test_ledoit_wolf_matches_sklearn():
+@pytest.mark.parametrize("n", [2, 12])
+def test_ledoit_wolf_matches_sklearn(n):
     rng = np.random.default_rng(5)
-    x = rng.normal(size=(3, 12, 7)) @ rng.normal(size=(7, 7))
+    x = rng.normal(size=(3, n, 7)) @ rng.normal(size=(7, 7))
     mean, cov, shrink = D.ledoit_wolf(torch.from_numpy(x))
     for p in range(3):
         sk_cov, sk_shrink = sk_ledoit_wolf(x[p])
