@@ -86,17 +86,19 @@ def test_demo_stops_when_the_shipped_checkpoint_is_missing(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_end_to_end_and_idempotent(tmp_path, untrained_checkpoint):
+def test_demo_end_to_end_and_idempotent(tmp_path):
+    # the path `make demo` takes: the shipped checkpoint, the elpv cells, a memory store
     out = tmp_path / "demo-out"
     args = (
         *("demo", "--out", str(out), "--limit", "6", "--batch-size", "4", "--shots", "2"),
-        *("--checkpoint", str(untrained_checkpoint), "--json", str(tmp_path / "s.json")),
+        *("--json", str(tmp_path / "s.json")),
     )
     first = _run(*args)
     assert first.exit_code == 0, first.output
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames"] == 6 and summary["frames_available"] == 2622
     assert summary["scored"] == 6 and summary["errors"] == 0
+    assert summary["model_id"].startswith("mobilenet_v2:") and summary["workers"] >= 1
     assert summary["auroc"] is None or 0.0 <= summary["auroc"] <= 1.0
     assert summary["frames_per_s"] > 0
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
