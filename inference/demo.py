@@ -30,7 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -221,7 +221,7 @@ def _alarm_line(frame: Frame, result: ScoreResult, heatmap: str) -> dict:
         "detected_at": datetime.now(UTC).isoformat(),
         "score": result.score,
         "threshold": result.threshold,
-        "regions": [r.__dict__ for r in result.regions],
+        "regions": [asdict(r) for r in result.regions],
         "heatmap": heatmap,
         "model_id": result.model_id,
         "reference_version": result.reference_version,
@@ -262,14 +262,12 @@ def run_demo(
     elif not Path(checkpoint).is_file():
         raise DemoError(f"checkpoint not found: {checkpoint}")
 
-    labelled = source is None
-    all_frames = elpv_frames() if labelled else folder_frames(source)
+    cells = elpv_frames() if source is None or references is None else []
+    all_frames = cells if source is None else folder_frames(source)
     if references is not None:
-        reference_paths = find_images(references)
+        reference_paths = find_images(references)[:shots]
     else:
-        reference_frames = elpv_shots(elpv_frames(), per_type=(shots + 1) // 2)[:shots]
-        reference_paths = [f.path for f in reference_frames]
-    reference_paths = reference_paths[:shots]
+        reference_paths = [f.path for f in elpv_shots(cells, per_type=(shots + 1) // 2)][:shots]
     taken = {p.resolve() for p in reference_paths}
     stream = [f for f in all_frames if f.path.resolve() not in taken]
     if not stream:
@@ -349,6 +347,7 @@ def run_demo(
             rate = done / max(time.perf_counter() - stream_started, 1e-9)
             progress.update(task, advance=len(batch), rate=f"{rate:.1f}", alarms=alarms)
     stream_seconds = time.perf_counter() - stream_started
+    store.close()
 
     summary: dict = {
         "product": product,
