@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -30,6 +28,7 @@ from scipy import ndimage
 from inference.engines.base import Engine, InvalidImageError
 from inference.records import ProductRecord
 from inference.store import ReferenceStore
+from inference.store.base import LruCache
 from pretrain.evaluation.detectors import Detector, FeatureNorm
 from pretrain.evaluation.postprocess import image_scores
 from pretrain.preprocess import resize_uint8
@@ -160,9 +159,7 @@ class Scorer:
         self.engine = engine
         self.store = store
         self.batch_size = batch_size
-        self._cache_size = cache_size
-        self._detectors: OrderedDict[tuple[str, int, str], Detector] = OrderedDict()
-        self._lock = threading.Lock()
+        self._detectors: LruCache[tuple[str, int, str], Detector] = LruCache(cache_size)
 
     def record(self, product: str) -> ProductRecord:
         """The product's latest record, checked against the engine's model and image size.
@@ -178,17 +175,11 @@ class Scorer:
         return record
 
     def _detector(self, record: ProductRecord) -> Detector:
-        key = record.cache_key
-        with self._lock:
-            if key in self._detectors:
-                self._detectors.move_to_end(key)
-                return self._detectors[key]
-        detector = detector_for(record)
-        if record.version > 0:  # unpublished records are never cached
-            with self._lock:
-                self._detectors[key] = detector
-                while len(self._detectors) > self._cache_size:
-                    self._detectors.popitem(last=False)
+        detector = self._detectors.get(record.cache_key)
+        if detector is None:
+            detector = detector_for(record)
+            if record.version > 0:  # unpublished records are never cached
+                self._detectors.put(record.cache_key, detector)
         return detector
 
     def score(self, images: Sequence[np.ndarray], product: str) -> list[ScoreResult]:
@@ -200,7 +191,7 @@ class Scorer:
         return self.score_with(images, record)
 
     def score_with(self, images: Sequence[np.ndarray], record: ProductRecord) -> list[ScoreResult]:
-        """Score already-validated images against a given record (used by onboarding too)."""
+        """Score already-validated images (see check_image) against a given record."""
         detector = self._detector(record)
         size = record.image_size
         threshold = record.calibration.threshold

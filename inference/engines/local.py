@@ -8,8 +8,6 @@ during onboarding) are never cached.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 
 from inference.engines.base import check_batch
 from inference.records import ProductRecord
+from inference.store.base import LruCache
 from pretrain.checkpoint import load_feature_model
 from pretrain.model import FeatureModel
 from pretrain.residual import ReferencePool
@@ -44,9 +43,7 @@ class LocalEngine:
         self.model = model
         self.model_id: str = model.model_id
         self.image_size: int = int(model.spec.image_size)
-        self._pools: OrderedDict[tuple[str, int, str], ReferencePool] = OrderedDict()
-        self._pool_cache = pool_cache
-        self._lock = threading.Lock()
+        self._pools: LruCache[tuple[str, int, str], ReferencePool] = LruCache(pool_cache)
 
     @property
     def backbone(self) -> str:
@@ -54,11 +51,9 @@ class LocalEngine:
 
     def pool(self, record: ProductRecord) -> ReferencePool:
         """The record's reference pool on the model's device (cached for published records)."""
-        key = record.cache_key
-        with self._lock:
-            if key in self._pools:
-                self._pools.move_to_end(key)
-                return self._pools[key]
+        cached = self._pools.get(record.cache_key)
+        if cached is not None:
+            return cached
         pool = ReferencePool([torch.from_numpy(np.array(a)) for a in record.pool])
         pool = pool.to(self.model.device)
         if pool.channels != tuple(self.model.spec.channels):
@@ -66,11 +61,8 @@ class LocalEngine:
                 f"record of {record.product!r} has pool widths {pool.channels}, the model "
                 f"expects {tuple(self.model.spec.channels)}"
             )
-        if record.version > 0:
-            with self._lock:
-                self._pools[key] = pool
-                while len(self._pools) > self._pool_cache:
-                    self._pools.popitem(last=False)
+        if record.version > 0:  # unpublished records (onboarding) are never cached
+            self._pools.put(record.cache_key, pool)
         return pool
 
     def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Hashable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from inference.records import (
     ModelMismatchError,
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_KEEP_VERSIONS",
     "DEFAULT_MAX_RECORD_BYTES",
     "BaseStore",
+    "LruCache",
     "ModelMismatchError",
     "ProductNotFoundError",
     "RecordTooLargeError",
@@ -47,6 +49,48 @@ class StoreUnavailableError(RuntimeError):
 
 class RecordTooLargeError(ValueError):
     """A record whose stored size is above the store's configured maximum."""
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe LRU map (``size`` 0 caches nothing). Used for decoded records here,
+    and for what engines and scorers derive from a record (pools, detectors)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, int(size))
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def evict(self, predicate: Callable[[K], bool]) -> None:
+        """Forget every key for which ``predicate(key)`` is true."""
+        with self._lock:
+            for key in [k for k in self._items if predicate(k)]:
+                del self._items[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @runtime_checkable
@@ -97,9 +141,7 @@ class BaseStore:
         self.url = url
         self.max_record_bytes = int(max_record_bytes)
         self.keep_versions = int(keep_versions)
-        self._cache_size = max(0, int(cache_size))
-        self._cache: OrderedDict[tuple[str, int], ProductRecord] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LruCache[tuple[str, int], ProductRecord] = LruCache(cache_size)
         #: number of records decoded from the backend (cache misses); tests and stats read it
         self.fetches = 0
 
@@ -134,11 +176,10 @@ class BaseStore:
                 "fewer shots or a smaller memory bank, or raise the limit with ?max_bytes=N"
             )
         version = self._write(record.product, meta, arrays)
-        with self._lock:  # the backend pruned these versions; forget them here too
-            for key in [k for k in self._cache if k[0] == record.product]:
-                if key[1] <= version - self.keep_versions:
-                    del self._cache[key]
-        self._remember(record.model_copy(update={"version": version}))
+        # the backend pruned the older versions; forget them here too
+        pruned = version - self.keep_versions
+        self._cache.evict(lambda key: key[0] == record.product and key[1] <= pruned)
+        self._cache.put((record.product, version), record.model_copy(update={"version": version}))
         return version
 
     def get(
@@ -161,11 +202,9 @@ class BaseStore:
             wanted = self._latest(product) if version is None else version
             if wanted is None:
                 raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
-            with self._lock:
-                cached = self._cache.get((product, wanted))
-                if cached is not None:
-                    self._cache.move_to_end((product, wanted))
-                    return cached
+            cached = self._cache.get((product, wanted))
+            if cached is not None:
+                return cached
             blobs = self._read(product, wanted)
             if blobs is not None:
                 record = decode_record(blobs[0], blobs[1], wanted)
@@ -174,7 +213,7 @@ class BaseStore:
                         f"{self.url} holds a record of {record.product!r} under {product!r}"
                     )
                 self.fetches += 1
-                self._remember(record)
+                self._cache.put((product, wanted), record)
                 return record
             if version is not None:
                 known = self._versions(product)
@@ -204,9 +243,7 @@ class BaseStore:
         """Delete every version of ``product``; ProductNotFoundError if there is none."""
         check_product_name(product)
         existed = self._delete(product)
-        with self._lock:
-            for key in [k for k in self._cache if k[0] == product]:
-                del self._cache[key]
+        self._cache.evict(lambda key: key[0] == product)
         if not existed:
             raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
 
@@ -221,12 +258,3 @@ class BaseStore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-    def _remember(self, record: ProductRecord) -> None:
-        if self._cache_size == 0:
-            return
-        with self._lock:
-            self._cache[(record.product, record.version)] = record
-            self._cache.move_to_end((record.product, record.version))
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
