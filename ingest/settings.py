@@ -64,6 +64,11 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    metadata_max_age_ms: int = Field(
+        default=30_000,
+        ge=1_000,
+        description="metadata refresh period (a topic created after start-up is seen within it)",
+    )
 
     @field_validator("bootstrap", mode="before")
     @classmethod
@@ -110,6 +115,7 @@ class KafkaSettings(_Section):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "metadata_max_age_ms": self.metadata_max_age_ms,
         }
         if self.security_protocol.startswith("SASL"):
             config["sasl_mechanism"] = self.sasl_mechanism

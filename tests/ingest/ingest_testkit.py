@@ -60,7 +60,7 @@ def serve_config(
 ) -> dict[str, Any]:
     """A serve settings mapping (the YAML document) for a test."""
     config: dict[str, Any] = {
-        "kafka": {"bootstrap": bootstrap, "session_timeout_ms": 6000},
+        "kafka": {"bootstrap": bootstrap, "session_timeout_ms": 6000, "metadata_max_age_ms": 3000},
         "topics": topics.settings(),
         "group": topics.group,
         "batch": {"size": 4, "max_wait_ms": 30, "max_in_flight": 16, "decode_workers": 2},
