@@ -255,5 +255,5 @@ def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) ->
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(height, width) // 150))
     blended[edge] = (255.0, 255.0, 255.0)
     buffer = io.BytesIO()
-    Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG", optimize=False)
+    Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG", compress_level=1)  # speed over ~12% size
     return buffer.getvalue()
