@@ -255,5 +255,6 @@ def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) ->
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(height, width) // 150))
     blended[edge] = (255.0, 255.0, 255.0)
     buffer = io.BytesIO()
-    Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG", compress_level=1)  # speed over ~12% size
+    # Level 1: ~4x faster than the default for ~12% larger files (alarms are on the hot path).
+    Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
