@@ -25,7 +25,6 @@ with ``torch.jit.load``; the projector takes one tensor per level) and ``OUT/exp
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy.triton_repo import Kind, resolve_kind, write_config
+from pretrain.backbones.base import sha256_file
 
 BACKBONE_MODEL = "adqc_backbone"
 PROJECTOR_MODEL = "adqc_projector"
@@ -74,10 +74,6 @@ class ExportSpec:
         path = out / "export.json"
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load(backbone: str, checkpoint: Path | None, weights: Path | None):
@@ -126,7 +122,7 @@ def export_torchscript(
         traced = torch.jit.trace(projector_graph, tuple(residuals), check_trace=False)
         traced.save(str(out / "projector.pt"))
     for name in ("backbone.pt", "projector.pt"):
-        files[name] = _sha256(out / name)
+        files[name] = sha256_file(out / name)
     spec = ExportSpec(
         model_id=mid,
         backbone=backbone,
@@ -219,7 +215,7 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        files[f"{name}/1/model.onnx"] = _sha256(path)
+        files[f"{name}/1/model.onnx"] = sha256_file(path)
         config = _onnx_config(
             name,
             list(zip(input_names, input_dims, strict=True)),

@@ -30,7 +30,6 @@ Outputs: ``FEATURES_<l>`` FP32 [B,C_l,h_l,w_l], one per backbone level.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,8 @@ from typing import Literal
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
+from pretrain.backbones.base import sha256_file
 
 ENSEMBLE = "adqc"
 FEATURES = "adqc_features"
@@ -257,14 +258,6 @@ def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_shim(version_dir: Path, module: str) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.py").write_text(_SHIM.format(source="adqc", module=module))
@@ -324,7 +317,7 @@ def build_model_repository(
         kind=resolved_kind,
         redis_url=redis_url,
         split_preprocess=split_preprocess,
-        checkpoint_sha256=_sha256(checkpoint),
+        checkpoint_sha256=sha256_file(checkpoint),
     )
 
     out = Path(out)
