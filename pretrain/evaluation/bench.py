@@ -204,9 +204,13 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 f"test images: {counts['n_test_normal']} normal + "
                 f"{counts['n_test_defective']} defective"
             )
+        if ok and all(r.get("pixel_auroc") is None for r in ok):
+            lines.append("no pixel masks: image-level metrics only")
+        # metrics that no row of this category has (pixel metrics without masks) are left out
+        metrics = [(m, label) for m, label in METRICS if any(r.get(m) is not None for r in ok)]
         lines.append("")
         header = ["method", "K"]
-        for _, label in METRICS:
+        for _, label in metrics:
             header += [f"{label} {kind}" for kind in kinds]
         if "raw" in kinds and "adpretrain" in kinds:
             header.append("adpretrain >= raw (I-AUROC)")
@@ -218,7 +222,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 r["features"]: r for r in cat_rows if (r["method"], r["shots"]) == (method, k)
             }
             cells = [method, k]
-            for metric, _ in METRICS:
+            for metric, _ in metrics:
                 for kind in kinds:
                     r = by_kind.get(kind)
                     if r is None:
