@@ -190,3 +190,23 @@ def test_bench_rows_and_markdown(untrained, bottle, tmp_path):
 def test_metrics_on_constant_scores_are_not_collapsed():
     # every image scores the same: AUROC 0.5 exactly (ties), not a crash or NaN
     assert runner.M.auroc(np.zeros(4), [0, 1, 0, 1]) == 0.5
+
+
+def test_markdown_drops_metrics_no_row_has():
+    base = {"n_test_normal": 3, "n_test_defective": 2, "status": "ok", "shots": "2"}
+    rows = [
+        {**base, "category": "elpv/mono", "features": f, "method": "padim", "image_auroc": v}
+        | {"pixel_auroc": None, "aupro": None}
+        for f, v in (("raw", 0.5), ("adpretrain", 0.625))
+    ]
+    doc = {
+        "command": "adqc bench accuracy --data elpv:mono",
+        "config": {"features": ["raw", "adpretrain"], "backbone": "b", "image_size": 224}
+        | {"pool_cap": 8, "cpus": 2},
+        "rows": rows,
+        "seconds": 1.0,
+        "checkpoint": None,
+    }
+    table = bench.markdown_table(doc)
+    assert "P-AUROC" not in table and "AUPRO" not in table
+    assert "| padim | 2 | 0.500 | 0.625 | yes (+0.125) |" in table
