@@ -39,8 +39,13 @@ class Category:
     @property
     def has_masks(self) -> bool:
         """True when every defective test image has a pixel mask."""
-        defective = [s for s in self.test if s.label == 1]
-        return bool(defective) and all(s.mask is not None for s in defective)
+        return all_defects_masked(self.test)
+
+
+def all_defects_masked(samples: list[Sample]) -> bool:
+    """True when there are defective samples and every one of them has a pixel mask."""
+    defective = [s for s in samples if s.label == 1]
+    return bool(defective) and all(s.mask is not None for s in defective)
 
 
 def elpv_data_dir() -> Path:

@@ -36,7 +36,12 @@ from torch import Tensor
 
 from pretrain.data.folders import DatasetError, Sample, load_sample
 from pretrain.evaluation import metrics as M
-from pretrain.evaluation.datasets import Category, load_category, subsample_test
+from pretrain.evaluation.datasets import (
+    Category,
+    all_defects_masked,
+    load_category,
+    subsample_test,
+)
 from pretrain.evaluation.detectors import check_supported, make_detector
 from pretrain.evaluation.postprocess import image_scores
 
@@ -272,8 +277,7 @@ def raw_features(
             mask_parts.append(np.stack([m for _, m in loaded]).astype(bool))
             test_parts.append(_raw(model, images))
             prog.advance(task, sl.stop - sl.start)
-    defective = [s for s in samples if s.label == 1]
-    has_masks = bool(defective) and all(s.mask is not None for s in defective)
+    has_masks = all_defects_masked(samples)
     return RawFeatures(
         category=category,
         image_size=image_size,
