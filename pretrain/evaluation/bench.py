@@ -233,7 +233,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
                         cells.append(STATUS_CELLS.get(r.get("status", ""), r.get("status", "")))
             if "raw" in kinds and "adpretrain" in kinds:
                 a, b = by_kind.get("adpretrain"), by_kind.get("raw")
-                if a and b and a.get("status") == b.get("status") == "ok":
+                ok_pair = a and b and a.get("status") == b.get("status") == "ok"
+                if ok_pair and a["image_auroc"] is not None and b["image_auroc"] is not None:
                     diff = a["image_auroc"] - b["image_auroc"]
                     cells.append(("yes" if diff >= 0 else "NO") + f" ({diff:+.3f})")
                 else:

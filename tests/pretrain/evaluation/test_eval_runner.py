@@ -210,3 +210,8 @@ def test_markdown_drops_metrics_no_row_has():
     table = bench.markdown_table(doc)
     assert "P-AUROC" not in table and "AUPRO" not in table
     assert "| padim | 2 | 0.500 | 0.625 | yes (+0.125) |" in table
+    # a category without normal test images (DeepPCB) has no image AUROC: no comparison
+    for r in rows:
+        r.update(image_auroc=None, pixel_auroc=0.9)
+    table = bench.markdown_table(doc)
+    assert "| padim | 2 | 0.900 | 0.900 | n/a |" in table and "I-AUROC raw" not in table
