@@ -26,7 +26,9 @@ import numpy as np
 BENCH_PRODUCT = "bench-product"
 
 
-def synthetic_record(model, model_id: str, shots: int = 8, seed: int = 0):
+def synthetic_record(
+    model, model_id: str, shots: int = 8, seed: int = 0, product: str = BENCH_PRODUCT
+):
     """A published-ready featurenorm ProductRecord whose pool comes from ``shots`` noise images."""
     import torch
 
@@ -39,7 +41,7 @@ def synthetic_record(model, model_id: str, shots: int = 8, seed: int = 0):
     with torch.inference_mode():
         pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
     return ProductRecord(
-        product=BENCH_PRODUCT,
+        product=product,
         model_id=model_id,
         backbone=spec.name,
         image_size=spec.image_size,

@@ -19,7 +19,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
 from deploy import triton_repo as tr
-from inference.records import Calibration, ModelMismatchError, ProductRecord
+from deploy.triton_bench import synthetic_record
+from inference.records import ModelMismatchError, ProductRecord
 from inference.store import ProductNotFoundError, open_store
 from inference.triton.features import (
     FeaturesService,
@@ -57,29 +58,7 @@ def model(checkpoint):
 
 
 def _record(model, mid: str, product: str, seed: int, shots: int = 2) -> ProductRecord:
-    spec = model.backbone.spec
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (shots, spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
-    return ProductRecord(
-        product=product,
-        model_id=mid,
-        backbone=BACKBONE,
-        image_size=spec.image_size,
-        shots=shots,
-        detector="featurenorm",
-        pool=pool.numpy(),
-        calibration=Calibration(
-            threshold=1.0,
-            target_far=0.01,
-            method="leave-one-out",
-            n_normals=1,
-            normal_scores=[0.5],
-            score_mean=0.5,
-            score_std=0.0,
-        ),
-    )
+    return synthetic_record(model, mid, shots=shots, seed=seed, product=product)
 
 
 # ------------------------------------------------------------------------ repository layout
