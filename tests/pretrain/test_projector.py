@@ -181,3 +181,17 @@ def test_onnx_export_dynamic_batch(tmp_path):
         for g, e in zip(got, expect, strict=True):
             assert g.shape == tuple(e.shape)
             assert np.abs(g - e.numpy()).max() < 1e-4
+
+
+def test_fused_attention_matches_the_explicit_form():
+    """The eager path (fused kernel) and the exported path (explicit softmax) agree, with grads."""
+    torch.manual_seed(5)
+    p = LevelProjector(96, num_tokens=300).train()
+    x = torch.randn(3, 49, 96)
+    k, v = p.compute_keys_values()
+    q = p.q_proj(x).reshape(3, 49, p.num_heads, p.head_dim).transpose(1, 2)
+    fused, explicit = p._fused_attention(q, k, v), p._explicit_attention(q, k, v)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    g_fused = torch.autograd.grad(fused.square().sum(), p.tokens, retain_graph=True)[0]
+    g_explicit = torch.autograd.grad(explicit.square().sum(), p.tokens)[0]
+    torch.testing.assert_close(g_fused, g_explicit, atol=1e-4, rtol=1e-4)
