@@ -9,6 +9,7 @@ around it (docs/RESULTS.md) is kept.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -39,6 +40,28 @@ END = "<!-- adqc bench accuracy {section}: end -->"
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"))
 HEAVY_KEYS = ("config", "versions")
 STATUS_CELLS = {"unsupported": "—", "skipped": "skipped"}
+CHECKPOINT_FREE_KINDS = ("raw", "residual")  # rows that only depend on the backbone
+REUSE_MUST_MATCH = ("backbone", "image_size", "max_test", "pool_cap")
+
+
+def reusable_rows(previous: dict[str, Any], config: dict[str, Any]) -> dict[tuple, dict]:
+    """Rows of an earlier run that no checkpoint influences (raw and residual features), keyed
+    by (category, features, method, shots), for re-evaluating a new checkpoint without
+    recomputing the baseline.
+
+    Raises:
+        ValueError: the earlier run used another backbone, image size, test subset or pool cap.
+    """
+    before = previous.get("config", {})
+    differs = [k for k in REUSE_MUST_MATCH if before.get(k) != config.get(k)]
+    if differs:
+        detail = ", ".join(f"{k} {before.get(k)!r} vs {config.get(k)!r}" for k in differs)
+        raise ValueError(f"--reuse: the earlier run is not comparable ({detail})")
+    return {
+        (r["category"], r["features"], r["method"], r["shots"]): r
+        for r in previous.get("rows", [])
+        if r.get("features") in CHECKPOINT_FREE_KINDS and r.get("status") == "ok"
+    }
 
 
 def run_accuracy(
@@ -57,8 +80,13 @@ def run_accuracy(
     json_path: Path | str | None = None,
     show_progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    reuse: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Run the grid; returns {"rows": [...], "config": {...}, "checkpoint": ..., "seconds"}."""
+    """Run the grid; returns {"rows": [...], "config": {...}, "checkpoint": ..., "seconds"}.
+
+    With ``reuse`` (an earlier run's JSON), its raw and residual rows are copied (marked
+    ``reused_from``) instead of recomputed: they do not depend on the checkpoint.
+    """
     t0 = time.perf_counter()
     kinds = list(dict.fromkeys(features))
     # One model serves every kind: raw and residual features only use its backbone.
@@ -95,6 +123,10 @@ def run_accuracy(
         "rows": [],
         "seconds": 0.0,
     }
+    reused: dict[tuple, dict] = {}
+    if reuse is not None:
+        doc["config"]["reuse"] = str(reuse)
+        reused = reusable_rows(json.loads(Path(reuse).read_text()), doc["config"])
     warning = untrained_warning(lm.checkpoint)
     if warning:
         doc["warning"] = warning
@@ -131,6 +163,10 @@ def run_accuracy(
                         continue
                     if (method, k) in skip_set:
                         emit({**row_base, "status": "skipped"})
+                        continue
+                    earlier = reused.get(tuple(row_base.values()))
+                    if earlier is not None:
+                        emit({**earlier, "reused_from": str(reuse)})
                         continue
                     todo.append(method)
                 if not todo:

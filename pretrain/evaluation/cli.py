@@ -150,6 +150,12 @@ def accuracy_command(
     weights: Path | None = typer.Option(None, "--weights"),
     batch_size: int = typer.Option(16, "--batch-size"),
     quiet: bool = typer.Option(False, "--quiet"),
+    reuse: Path | None = typer.Option(
+        None,
+        "--reuse",
+        help="earlier run's JSON: copy its raw/residual rows (checkpoint-free) instead of "
+        "recomputing them",
+    ),
 ) -> None:
     """Accuracy benchmark: features {raw, adpretrain} x methods x shots {2,4,8,all}."""
     from pretrain.evaluation.bench import markdown_table, run_accuracy, write_markdown
@@ -205,6 +211,7 @@ def accuracy_command(
             json_path=json_out,
             show_progress=not quiet,
             on_row=on_row,
+            reuse=reuse,
         )
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise _fail(exc) from exc

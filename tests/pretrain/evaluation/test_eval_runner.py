@@ -187,6 +187,38 @@ def test_bench_rows_and_markdown(untrained, bottle, tmp_path):
     assert text.count("adqc bench accuracy bottle: generated") == 1 and "PADIM" in text
 
 
+def test_bench_reuse_copies_checkpoint_free_rows(untrained, bottle, tmp_path):
+    common = dict(
+        methods=("padim",),
+        shots=(2,),
+        checkpoint=str(untrained),
+        image_size=64,
+        max_test=6,
+        show_progress=False,
+    )
+    first = bench.run_accuracy(
+        [str(bottle)], features=("raw", "adpretrain"), json_path=tmp_path / "a.json", **common
+    )
+    # poison the earlier raw row: a copy must carry it over untouched, a recompute would not
+    earlier = json.loads((tmp_path / "a.json").read_text())
+    earlier["rows"][0]["image_auroc"] = 0.123
+    (tmp_path / "a.json").write_text(json.dumps(earlier))
+    second = bench.run_accuracy(
+        [str(bottle)], features=("raw", "adpretrain"), reuse=tmp_path / "a.json", **common
+    )
+    rows = {r["features"]: r for r in second["rows"]}
+    assert rows["raw"]["image_auroc"] == 0.123 and rows["raw"]["reused_from"].endswith("a.json")
+    assert "reused_from" not in rows["adpretrain"]
+    assert rows["adpretrain"]["image_auroc"] == first["rows"][1]["image_auroc"]
+    with pytest.raises(ValueError, match="image_size 64 vs 96"):
+        bench.run_accuracy(
+            [str(bottle)],
+            features=("raw",),
+            reuse=tmp_path / "a.json",
+            **common | {"image_size": 96},
+        )
+
+
 def test_metrics_on_constant_scores_are_not_collapsed():
     # every image scores the same: AUROC 0.5 exactly (ties), not a crash or NaN
     assert runner.M.auroc(np.zeros(4), [0, 1, 0, 1]) == 0.5
