@@ -28,7 +28,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
-    # a smaller projector than the shipped one (256 reference tokens, not 2048): the same graph
+    # smaller than the shipped projector (256 reference tokens instead of 2048): same graph
     save_untrained(path, BACKBONE, num_tokens=256)
     return path
 
