@@ -154,9 +154,10 @@ class LevelProjector(nn.Module):
 
     @torch.jit.unused
     def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The same attention through torch's fused kernel: it never materialises the
-        [B, H, N, T] score tensor, ~10x faster on CPU with 2048 tokens (training and eager
-        inference). Keys/values are shared by the batch, so they are broadcast, not copied."""
+        """The same attention through torch's fused kernel, which never materialises the
+        [B, H, N, T] score tensor: forward + backward of this op ran ~10x faster on 2 CPU cores
+        with 2048 tokens, whole training 1.7x. Keys/values are shared by the batch, so they are
+        broadcast, not copied."""
         b = q.shape[0]
         kb = k.unsqueeze(0).expand(b, -1, -1, -1)
         vb = v.unsqueeze(0).expand(b, -1, -1, -1)
