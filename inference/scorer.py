@@ -90,11 +90,19 @@ def detector_fields(detector: Detector) -> dict:
     return {"detector": method, "memory": memory, "detector_options": options}
 
 
+def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor sharing the array's memory, or a copy when the array is read-only (Triton's
+    outputs are): torch cannot wrap read-only memory safely."""
+    if isinstance(features, np.ndarray) and not features.flags.writeable:
+        features = features.copy()
+    return torch.as_tensor(features)
+
+
 def maps_and_scores(
     detector: Detector, features: Sequence[np.ndarray | torch.Tensor], image_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Projected features per level [B,C,h,w] -> anomaly maps [B,S,S] and image scores [B]."""
-    tensors = [torch.as_tensor(f) for f in features]
+    tensors = [_as_tensor(f) for f in features]
     with torch.inference_mode():
         maps = detector.anomaly_maps(tensors, image_size)
         scores = image_scores(maps)

@@ -131,3 +131,24 @@ def test_heatmap_png_is_a_png_of_the_input_size(scorer):
     assert decoded.format == "PNG" and decoded.size == (90, 120)
     pixels = np.asarray(decoded)
     assert (pixels == 255).all(axis=2).any()  # the outline of the region above threshold
+
+
+def test_read_only_features_are_scored_without_a_torch_warning():
+    """Triton hands back read-only arrays; scoring them must neither warn nor differ."""
+    import warnings
+
+    from inference.scorer import maps_and_scores
+    from pretrain.evaluation.detectors import FeatureNorm
+
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(2, 4, 3, 3)).astype(np.float32) for _ in range(2)]
+    frozen = [f.copy() for f in features]
+    for f in frozen:
+        f.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps, scores = maps_and_scores(FeatureNorm(), frozen, 12)
+    expect_maps, expect_scores = maps_and_scores(FeatureNorm(), features, 12)
+    np.testing.assert_array_equal(maps, expect_maps)
+    np.testing.assert_array_equal(scores, expect_scores)
+    assert maps.shape == (2, 12, 12)
