@@ -164,7 +164,7 @@ def run_accuracy(
                     if (method, k) in skip_set:
                         emit({**row_base, "status": "skipped"})
                         continue
-                    earlier = reused.get(tuple(row_base.values()))
+                    earlier = reused.get((category.name, kind, method, shots_label(k)))
                     if earlier is not None:
                         emit({**earlier, "reused_from": str(reuse)})
                         continue

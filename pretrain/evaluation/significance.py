@@ -82,8 +82,8 @@ def paired_bootstrap(
     return out
 
 
-def _maps_and_scores(category_dir: str, kinds, methods, shots, n_boot: int) -> dict[str, Any]:
-    """raw vs adpretrain maps for each (method, K) of one category, then the bootstrap."""
+def compare_features(category_dir: str, kinds, methods, shots, n_boot: int) -> dict[str, Any]:
+    """Maps of both feature kinds for each (method, K) of one category, and their bootstrap."""
     from pretrain.evaluation.datasets import load_category
     from pretrain.evaluation.runner import (
         EvalConfig,
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="2,4,8")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
-    doc = _maps_and_scores(
+    doc = compare_features(
         args.category,
         ("raw", "adpretrain"),
         args.methods.split(","),
