@@ -190,6 +190,41 @@ class TritonEngineSettings(_Section):
 
 
 EngineSettings = Annotated[LocalEngineSettings | TritonEngineSettings, Field(discriminator="kind")]
+_ENGINE_KINDS: dict[str, type[_Section]] = {
+    "local": LocalEngineSettings,
+    "triton": TritonEngineSettings,
+}
+
+
+def _other_engine_defaults(value: Any) -> Any:
+    """Drop the keys of the *other* engine kind that hold that kind's default.
+
+    The example config (``--print-example``) lists the local engine's fields; switching it to
+    ``kind: triton`` (in the file, or with ``ADQC_ENGINE__KIND=triton``) must not fail on the
+    untouched local defaults. A non-default value of the other kind is still an error, one that
+    says which kind the key belongs to.
+    """
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("kind", "local")
+    own = _ENGINE_KINDS.get(kind)
+    if own is None:
+        return value
+    kept: dict[str, Any] = {}
+    misplaced: list[str] = []
+    for key, item in value.items():
+        other = next(
+            (k for k, m in _ENGINE_KINDS.items() if k != kind and key in m.model_fields), None
+        )
+        if key in own.model_fields or other is None:
+            kept[key] = item
+        elif item == _ENGINE_KINDS[other].model_fields[key].default:
+            continue  # the other kind's default, left over from the example config
+        else:
+            misplaced.append(f"{key} (a setting of engine kind {other!r})")
+    if misplaced:
+        raise ValueError(f"engine kind {kind!r} does not take {', '.join(misplaced)}: remove it")
+    return kept
 
 
 class StoreSettings(_Section):
@@ -276,6 +311,11 @@ class ServeSettings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_kind(cls, value: Any) -> Any:
+        return _other_engine_defaults(value)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -332,4 +372,12 @@ def example_yaml() -> str:
     """A commented example config with every default (``adqc serve --print-example``)."""
     data = ServeSettings().model_dump(mode="json")
     data["kafka"].pop("sasl_password", None)
-    return yaml.safe_dump(data, sort_keys=False)
+    text = yaml.safe_dump(data, sort_keys=False)
+    triton = TritonEngineSettings().model_dump(mode="json")
+    note = (
+        "# engine.kind: local (in-process torch, the fields below) or triton (gRPC client:\n"
+        f"# {', '.join(f'{k}: {v}' for k, v in triton.items() if k != 'kind')}).\n"
+        "# Switching to triton needs only kind and url; the local fields may stay at their\n"
+        "# defaults.\n"
+    )
+    return text.replace("\nengine:\n", f"\n{note}engine:\n", 1)
