@@ -871,17 +871,7 @@ class JaegerServer(_ManagedServer):
         return [str(self._binary), "--config", str(self.config_path)]
 
     def _get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        import json
-
-        try:
-            with urllib.request.urlopen(f"{self.query_url}{path}", timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            body = err.read()
-            try:
-                return err.code, json.loads(body or b"null")
-            except ValueError:
-                return err.code, body.decode(errors="replace")
+        return _get_json(f"{self.query_url}{path}", timeout)
 
     def _ready(self) -> bool:
         url = f"http://{LOOPBACK}:{self.health_port}/status"
@@ -898,12 +888,29 @@ class JaegerServer(_ManagedServer):
         return sorted(body.get("data") or []) if status == 200 and body else []
 
     def trace(self, trace_id: str) -> dict[str, Any] | None:
-        """The trace ``trace_id`` (32 hex) from ``/api/traces/<id>``; None when not (yet) stored.
+        """The trace ``trace_id`` (see :func:`jaeger_trace`)."""
+        return jaeger_trace(self.query_url, trace_id)
 
-        The result is Jaeger's JSON trace: ``spans`` (``operationName``, ``references``,
-        ``processID``, ``tags``) and ``processes`` (``serviceName`` by process id).
-        """
-        status, body = self._get_json(f"/api/traces/{trace_id}")
-        if status != 200 or not body or not body.get("data"):
-            return None
-        return dict(body["data"][0])
+
+def _get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    import json
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return err.code, json.loads(body or b"null")
+        except ValueError:
+            return err.code, body.decode(errors="replace")
+
+
+def jaeger_trace(query_url: str, trace_id: str) -> dict[str, Any] | None:
+    """Trace ``trace_id`` (32 hex) from a Jaeger query API (``/api/traces/<id>``); None when
+    not (yet) stored. Jaeger's JSON: ``spans`` (``operationName``, ``references``,
+    ``processID``, ``tags``) and ``processes`` (``serviceName`` by process id)."""
+    status, body = _get_json(f"{query_url.rstrip('/')}/api/traces/{trace_id}")
+    if status != 200 or not isinstance(body, dict) or not body.get("data"):
+        return None
+    return dict(body["data"][0])

@@ -196,13 +196,18 @@ _ENGINE_KINDS: dict[str, type[_Section]] = {
 }
 
 
+def _engine_kind_of(key: str, kind: str) -> str | None:
+    """The other engine kind that has the setting ``key`` (None when none has it)."""
+    return next((k for k, m in _ENGINE_KINDS.items() if k != kind and key in m.model_fields), None)
+
+
 def _other_engine_defaults(value: Any) -> Any:
     """Drop the keys of the *other* engine kind that hold that kind's default.
 
     The example config (``--print-example``) lists the local engine's fields; switching it to
     ``kind: triton`` (in the file, or with ``ADQC_ENGINE__KIND=triton``) must not fail on the
-    untouched local defaults. A non-default value of the other kind is still an error, one that
-    says which kind the key belongs to.
+    untouched local defaults. A non-default value of the other kind stays an error (its message
+    names the kind the key belongs to, see :func:`load_settings`).
     """
     if not isinstance(value, dict):
         return value
@@ -211,19 +216,11 @@ def _other_engine_defaults(value: Any) -> Any:
     if own is None:
         return value
     kept: dict[str, Any] = {}
-    misplaced: list[str] = []
     for key, item in value.items():
-        other = next(
-            (k for k, m in _ENGINE_KINDS.items() if k != kind and key in m.model_fields), None
-        )
-        if key in own.model_fields or other is None:
-            kept[key] = item
-        elif item == _ENGINE_KINDS[other].model_fields[key].default:
+        other = None if key in own.model_fields else _engine_kind_of(key, kind)
+        if other is not None and item == _ENGINE_KINDS[other].model_fields[key].default:
             continue  # the other kind's default, left over from the example config
-        else:
-            misplaced.append(f"{key} (a setting of engine kind {other!r})")
-    if misplaced:
-        raise ValueError(f"engine kind {kind!r} does not take {', '.join(misplaced)}: remove it")
+        kept[key] = item
     return kept
 
 
@@ -359,7 +356,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServeSettings
                 del loc[1]  # the tagged-union branch name is noise to the reader
             field = ".".join(loc) or "(top level)"
             env = "ADQC_" + "__".join(loc).upper()
-            lines.append(f"  {field}: {error['msg']} (YAML key {field!r} or env {env})")
+            msg = error["msg"]
+            if error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "engine":
+                kind = error["loc"][1] if len(error["loc"]) > 2 else "local"
+                other = _engine_kind_of(loc[1], str(kind))
+                if other is not None:
+                    msg += f": a setting of engine kind {other!r}, not {kind!r}"
+            lines.append(f"  {field}: {msg} (YAML key {field!r} or env {env})")
         raise SettingsError(f"{where}: invalid serve settings:\n" + "\n".join(lines)) from exc
     except _SourceError as exc:
         cause = f": {exc.__cause__}" if exc.__cause__ else ""

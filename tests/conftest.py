@@ -116,3 +116,13 @@ def triton_server_factory() -> Iterator[Callable[..., Any]]:
     yield make
     for server in reversed(list(started.values())):
         server.close()
+
+
+@pytest.fixture(scope="session")
+def jaeger_server() -> Iterator[Any]:
+    """Jaeger v2 on free ports (`.otlp_http_endpoint`, `.query_url`, `.trace(trace_id)`)."""
+    from deploy.servers import JaegerServer
+
+    server = _start_server(JaegerServer)
+    yield server
+    server.close()
