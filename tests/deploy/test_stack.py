@@ -250,3 +250,46 @@ def test_foreground_stack_leaves_no_orphans(how: str, tmp_path: Path) -> None:
     assert_nothing_left(state_dir, pids)
     if not how.startswith("SIGKILL"):
         assert (read_state(state_dir) or {}).get("state") == "down"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_stack_up_with_triton_scores_through_triton(tmp_path: Path) -> None:
+    import yaml
+    from kafka import KafkaConsumer
+
+    from ingest.schemas import ResultMessage
+
+    state_dir = tmp_path / "stack"
+    good, frames = images(tmp_path)
+    up = run(
+        "stack", "up", "--state-dir", str(state_dir), "--triton", "--no-alarms",
+        "--product", "bottle", "--onboard", str(good), "--shots", "4",
+        "--camera", str(frames), "--count", "2", "--fps", "0",
+    )  # fmt: skip
+    pids = stack_pids(state_dir)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:] + (state_dir / "stack.log").read_text()[-3000:]
+        state = read_state(state_dir)
+        assert state is not None
+        parts = {p["name"]: p for p in state["parts"]}
+        engine = yaml.safe_load((state_dir / "serve.yaml").read_text())["engine"]
+        assert engine == {"kind": "triton", "url": parts["triton"]["urls"]["grpc"], "timeout_s": 60}
+        assert (state_dir / "model_repository" / "adqc" / "config.pbtxt").is_file()
+        consumer = KafkaConsumer(
+            "results",
+            bootstrap_servers=parts["kafka"]["urls"]["bootstrap"],
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=1000,
+        )
+        results: list[Any] = []
+        deadline = time.monotonic() + 240
+        while len(results) < 2 and time.monotonic() < deadline:
+            results += [ResultMessage.from_bytes(r.value) for r in consumer]
+        consumer.close()
+        assert len(results) == 2, run("stack", "logs", "--state-dir", str(state_dir)).stdout
+        pids += [p.pid for p in psutil.Process(parts["triton"]["pid"]).children(recursive=True)]
+    finally:
+        down = run("stack", "down", "--state-dir", str(state_dir), timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert_nothing_left(state_dir, pids)  # tritonserver's python-backend stubs included
