@@ -232,9 +232,10 @@ class CommandProcess(_ManagedServer):
             # A short camera run may end before the first readiness check: that is success.
             try:
                 super()._start_once()
-            except ServerStartError:
-                if "exited with status 0" not in log_tail(self.log_path, 400):
+            except ServerStartError as exc:
+                if "exited with status 0 while starting" not in str(exc):
                     raise
+                self.returncode = 0
             return
         super()._start_once()
 
@@ -245,9 +246,19 @@ class CommandProcess(_ManagedServer):
         return self.returncode
 
 
-def _log_has(path: Path, needle: str) -> bool:
+def _log_size(path: Path) -> int:
     try:
-        return needle in path.read_text(errors="replace")
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_has(path: Path, needle: str, offset: int = 0) -> bool:
+    """True when ``needle`` is in the log after byte ``offset`` (this run's part of it)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return needle.encode() in fh.read()
     except OSError:
         return False
 
@@ -451,9 +462,10 @@ class Supervisor:
         serve_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
         serve_dir = self.dir / "serve"
         serve_log = serve_dir / "server.log"
+        this_run = _log_size(serve_log)  # the log is kept across ups: read only this run's lines
 
         def serve_ready() -> bool:
-            return port_open(metrics_port) and _log_has(serve_log, "partitions assigned")
+            return port_open(metrics_port) and _log_has(serve_log, "partitions assigned", this_run)
 
         serve = CommandProcess(
             "serve",

@@ -42,7 +42,7 @@ go get -tool "$MODULE/cmd/jaeger@$JAEGER_VERSION" \
   || fail "go get $MODULE/cmd/jaeger@$JAEGER_VERSION failed (is the Go module proxy reachable? GOPROXY=$(go env GOPROXY))"
 
 step "jaeger: go build (slow: ~6 min on 2 cores, once per machine)"
-nice -n 10 go build -trimpath -ldflags "-s -w" -o "$JAEGER.tmp" "$MODULE/cmd/jaeger" \
+go build -trimpath -ldflags "-s -w" -o "$JAEGER.tmp" "$MODULE/cmd/jaeger" \
   || fail "go build $MODULE/cmd/jaeger failed"
 mv "$JAEGER.tmp" "$JAEGER"
 echo "$JAEGER_VERSION" >"$STAMP"
