@@ -125,11 +125,7 @@ class CameraSimulator:
     def publish(self, path: Path, index: int) -> Any:
         """Send one frame; returns kafka-python's future and the headers sent."""
         if self.tracer is None:
-            key, value, headers = self.message(path, index)
-            future = self.producer.send(
-                self.topic, key=key, value=value, headers=headers.to_kafka()
-            )
-            return future, headers
+            return self._send(*self.message(path, index))
         from ingest.tracing import traceparent
 
         attributes = {
@@ -146,9 +142,10 @@ class CameraSimulator:
         ) as span:
             key, value, headers = self.message(path, index, traceparent(span))
             span.set_attribute("messaging.message.id", headers.frame_id)
-            future = self.producer.send(
-                self.topic, key=key, value=value, headers=headers.to_kafka()
-            )
+            return self._send(key, value, headers)
+
+    def _send(self, key: bytes, value: bytes, headers: FrameHeaders) -> Any:
+        future = self.producer.send(self.topic, key=key, value=value, headers=headers.to_kafka())
         return future, headers
 
     def run(
