@@ -17,21 +17,51 @@ if [ -x "$JAEGER" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$JAEGER_VERSION
   exit 0
 fi
 
-step "jaeger: check Go (>= 1.21; newer toolchains come from the module proxy)"
+# Go: the one on PATH (or /usr/local/go) when it is >= 1.21 (it fetches the newer toolchain
+# Jaeger's go.mod asks for through the module proxy), else Go itself from the module proxy
+# (the golang.org/toolchain module: what GOTOOLCHAIN downloads). Debian 12's golang-go is 1.19.
+GO_VERSION="${ADQC_GO_VERSION:-1.25.4}"
+go_minor() {
+  command -v go >/dev/null 2>&1 || return 1
+  go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'
+}
+
+step "jaeger: check Go (>= 1.21)"
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   export PATH="/usr/local/go/bin:$PATH"
 fi
-if ! command -v go >/dev/null 2>&1; then
-  step "jaeger: install Go (apt golang-go)"
-  apt_install golang-go
+minor="$(go_minor || true)"
+if [ -z "$minor" ] || [ "$minor" -lt 21 ]; then
+  case "$(uname -m)" in
+    x86_64) go_arch=amd64 ;;
+    aarch64 | arm64) go_arch=arm64 ;;
+    *) fail "no Go >= 1.21 and no Go toolchain download for $(uname -m): install Go >= 1.24" ;;
+  esac
+  proxy="${GOPROXY:-https://proxy.golang.org}"
+  proxy="${proxy%%,*}"
+  case "$proxy" in http*) ;; *) proxy="https://proxy.golang.org" ;; esac
+  toolchain="v0.0.1-go$GO_VERSION.linux-$go_arch"
+  GO_DIR="$CACHE_DIR/go-toolchain"
+  GO_BIN="$GO_DIR/golang.org/toolchain@$toolchain/bin"
+  if [ ! -x "$GO_BIN/go" ]; then
+    step "jaeger: fetch Go $GO_VERSION from the Go module proxy ($proxy golang.org/toolchain@$toolchain)"
+    command -v unzip >/dev/null 2>&1 || apt_install unzip
+    rm -rf "$GO_DIR"
+    mkdir -p "$GO_DIR"
+    curl -fsSL -o "$GO_DIR/toolchain.zip" "$proxy/golang.org/toolchain/@v/$toolchain.zip" \
+      || fail "download of $proxy/golang.org/toolchain/@v/$toolchain.zip failed"
+    unzip -q -o "$GO_DIR/toolchain.zip" -d "$GO_DIR" || fail "unzip of the Go toolchain failed"
+    rm -f "$GO_DIR/toolchain.zip"
+    chmod +x "$GO_BIN"/* "$GO_DIR/golang.org/toolchain@$toolchain/pkg/tool/"*/* 2>/dev/null || true
+  fi
+  export PATH="$GO_BIN:$PATH"
+  minor="$(go_minor || true)"
+  [ -n "$minor" ] && [ "$minor" -ge 21 ] || fail "the fetched Go toolchain does not run ($GO_BIN/go)"
 fi
-go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-[ -n "$go_minor" ] && [ "$go_minor" -ge 21 ] \
-  || fail "Go $(go env GOVERSION) is too old: Go >= 1.21 is needed to fetch the toolchain $MODULE asks for"
-info "present: $(go env GOVERSION)"
+info "present: $(go env GOVERSION) ($(command -v go))"
 # `go get -tool` needs Go 1.24; Jaeger's go.mod may ask for newer: let Go fetch that toolchain.
 export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
-[ "$go_minor" -ge 24 ] || export GOTOOLCHAIN="go1.24.0+auto"
+[ "$minor" -ge 24 ] || export GOTOOLCHAIN="go1.24.0+auto"
 
 step "jaeger: go get -tool $MODULE/cmd/jaeger@$JAEGER_VERSION (scratch module $SCRATCH)"
 rm -rf "$SCRATCH"
