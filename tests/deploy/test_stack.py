@@ -118,6 +118,26 @@ def test_follow_prefixes_parts_and_picks_up_new_lines(tmp_path: Path) -> None:
     assert list(lines) == []
 
 
+def test_processes_are_found_by_the_state_dir_marker_and_terminated(tmp_path: Path) -> None:
+    from deploy.stack import MARKER_ENV, pid_alive, stack_processes, terminate
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    procs = [
+        subprocess.Popen(["sleep", "60"], env={**os.environ, MARKER_ENV: str(d)})
+        for d in (mine, other, mine)
+    ]
+    try:
+        found = sorted(p.pid for p in stack_processes(mine))
+        assert found == sorted([procs[0].pid, procs[2].pid])
+        terminate(stack_processes(mine), timeout=5)
+        assert not pid_alive(procs[0].pid) and not pid_alive(procs[2].pid)  # reaped by psutil
+        assert pid_alive(procs[1].pid) and stack_processes(mine) == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 # -- integration -----------------------------------------------------------------------------
 
 
