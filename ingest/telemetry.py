@@ -70,14 +70,15 @@ class LabelLimiter:
         self._seen: dict[str, set[str]] = {name: set() for name in limits}
         self._lock = threading.Lock()
 
-    def __call__(self, name: str, value: str | None) -> str:
-        """The label value to use for ``value`` of label ``name``."""
+    def __call__(self, name: str, value: str | None, register: bool = True) -> str:
+        """The label value to use for ``value`` of label ``name``; with ``register=False`` a
+        value not seen before is ``"other"`` without taking one of the label's slots."""
         text = (value or "").strip()[:MAX_LABEL_LENGTH] or UNKNOWN
         with self._lock:
             seen = self._seen[name]
             if text in seen:
                 return text
-            if len(seen) < self.limits[name]:
+            if register and len(seen) < self.limits[name]:
                 seen.add(text)
                 return text
         return OTHER
@@ -379,10 +380,13 @@ class Telemetry:
         ).inc()
 
     def observe_failure(self, reason: str, product: str | None) -> None:
-        """A frame dead-lettered for ``reason`` (``product`` None when its headers were bad)."""
-        self.metrics.frames_failed.labels(
-            reason=reason, product=self.labels("product", product)
-        ).inc()
+        """A frame dead-lettered for ``reason`` (``product`` None when its headers were bad).
+
+        Dead-lettered frames never claim a product label (a gateway sending random product
+        names would otherwise fill the cap): a product not yet seen in a result is ``"other"``.
+        """
+        label = UNKNOWN if not product else self.labels("product", product, register=False)
+        self.metrics.frames_failed.labels(reason=reason, product=label).inc()
 
     def set_consumer_lag(
         self, end_offsets: Mapping[Any, int], positions: Mapping[Any, int]

@@ -165,11 +165,26 @@ def test_label_cardinality_is_bounded() -> None:
         )
         == 47
     )
+    # p0 and p1 were seen in results; the others are not onboarded as far as labels go
     assert _sample(tel, "adqc_frames_failed_total", reason="unknown_product", product="other") == 48
+    assert _sample(tel, "adqc_frames_failed_total", reason="unknown_product", product="p1") == 1
     assert _sample(tel, "adqc_alarm_rate", product="p2") is None
-    # empty and overlong values
     tel.observe_failure("missing_header", None)
-    assert _sample(tel, "adqc_frames_failed_total", reason="missing_header", product="other") == 1
+    assert _sample(tel, "adqc_frames_failed_total", reason="missing_header", product="unknown") == 1
+
+
+def test_dead_lettered_products_do_not_take_label_slots() -> None:
+    tel = Telemetry(TelemetrySettings(prometheus_port=None, max_products=2))
+    for i in range(10):
+        tel.observe_failure("unknown_product", f"junk-{i}")
+    _result(tel, "bottle")
+    _result(tel, "cable")
+    tel.observe_failure("wrong_size", "bottle")
+    assert _sample(tel, "adqc_frames_failed_total", reason="unknown_product", product="other") == 10
+    assert _sample(tel, "adqc_frames_failed_total", reason="wrong_size", product="bottle") == 1
+    where = {"line": "line-1", "camera": "cam-1", "decision": "ok"}
+    assert _sample(tel, "adqc_frames_out_total", product="cable", **where) == 1
+    # empty and overlong values
     limiter = LabelLimiter({"product": 5})
     assert limiter("product", "") == "unknown"
     assert limiter("product", "x" * 200) == "x" * 64
