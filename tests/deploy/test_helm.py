@@ -12,8 +12,12 @@ Skipped when helm is absent (`make servers` / `make test` install it into .cache
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +388,8 @@ def test_keda_scales_on_lag_with_the_workers_credentials(helm):
     meta = trigger["metadata"]
     assert meta["topic"] == "plant.frames" and meta["consumerGroup"] == "plant-qc"
     assert meta["bootstrapServers"] == "plant-kafka-bootstrap.kafka.svc:9093"
-    assert (meta["lagThreshold"], meta["sasl"], meta["tls"]) == ("300", "scram_sha_512", "enable")
+    # KEDA's names for the SASL mechanisms (plaintext, scram_sha256, scram_sha512)
+    assert (meta["lagThreshold"], meta["sasl"], meta["tls"]) == ("300", "scram_sha512", "enable")
     assert trigger["authenticationRef"]["name"] == "rel-adqc-worker"
     (auth,) = _by_kind(docs, "TriggerAuthentication").values()
     refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
@@ -404,6 +409,16 @@ def test_keda_scales_on_lag_with_the_workers_credentials(helm):
             ]
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "keda"),
+    [("PLAIN", "plaintext"), ("SCRAM-SHA-256", "scram_sha256"), ("SCRAM-SHA-512", "scram_sha512")],
+)
+def test_keda_sasl_mode_names(helm, mechanism, keda):
+    docs = _render(helm, "-f", str(KEDA), "--set", f"kafka.sasl.mechanism={mechanism}")
+    (scaled,) = _by_kind(docs, "ScaledObject").values()
+    assert scaled["spec"]["triggers"][0]["metadata"]["sasl"] == keda
 
 
 def test_mtls_client_certificate_is_mounted_and_wired(helm, tmp_path, monkeypatch):
@@ -502,3 +517,71 @@ def test_bad_values_are_rejected_with_a_clear_message(helm, args, message):
     done = _helm(helm, "template", "rel", str(CHART), *args)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+@pytest.mark.integration
+def test_rendered_redis_requires_the_generated_password(helm, tmp_path):
+    """Run the chart's Redis command (real redis-server) and connect as the worker would."""
+    import redis as redis_client
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed: `make servers` installs it")
+    docs = _render(helm)
+    container = _container(_by_kind(docs, "Deployment")["rel-adqc-redis"], "redis")
+    env = _resolved_env(container, docs)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        c.replace("/tmp/auth.conf", str(tmp_path / "auth.conf")) for c in container["command"]
+    ]
+    args = [str(tmp_path) if a == "/data" else a for a in container["args"]]
+    args += ["--port", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*command, *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_file(tmp_path / "auth.conf")
+        worker_env = _resolved_env(
+            _container(_by_kind(docs, "Deployment")["rel-adqc-worker"], "serve"), docs
+        )
+        url = worker_env["ADQC_STORE__URL"].replace("rel-adqc-redis:6379", f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert redis_client.Redis.from_url(url).ping() is True
+                break
+            except redis_client.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        anonymous = redis_client.Redis(host="127.0.0.1", port=port)
+        with pytest.raises(redis_client.AuthenticationError):
+            anonymous.set("k", "v")
+        # The probes: `redis-cli ping` with REDISCLI_AUTH from the Secret.
+        cli, *rest = container["readinessProbe"]["exec"]["command"]
+        probe = subprocess.run(
+            [cli, "-p", str(port), *rest],
+            env={**os.environ, "REDISCLI_AUTH": env["REDISCLI_AUTH"]},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert probe.stdout.strip() == "PONG"
+        # The password is not on the server's command line.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert env["REDIS_PASSWORD"] not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_file(path: Path, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.05)
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
