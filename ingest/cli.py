@@ -19,7 +19,7 @@ err = Console(stderr=True, soft_wrap=True)
 def _configure_logging(level: str, fmt: str = "text") -> None:
     from ingest.logs import configure_logging
 
-    configure_logging(level, fmt)  # type: ignore[arg-type]
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 def serve_command(
