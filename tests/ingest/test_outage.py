@@ -12,8 +12,9 @@ import pytest
 from ingest_testkit import Topics, committed, producer, read_all, running_loop, serve_config
 
 from ingest.camera import CameraSimulator
+from ingest.loop import is_transient
+from ingest.runtime import build_engine
 from ingest.schemas import ResultMessage
-from ingest.serve import build_engine, is_transient
 from ingest.settings import load_settings
 from ingest.telemetry import Telemetry
 
