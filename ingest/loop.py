@@ -15,8 +15,10 @@ Guarantees:
   product, record of another model) go to the DLQ with a reason and are committed.
 - **back-pressure**: at most ``batch.max_in_flight`` frames are held; beyond that the
   partitions are paused (and resumed below half), instead of growing a queue.
-- **transient outages** (store/engine unreachable, broker errors): the batch is retried with
-  exponential back-off and nothing is committed meanwhile; the loop never exits on them.
+- **transient outages** (a :class:`~inference.errors.TransientError`: store or engine
+  unreachable): the batch is retried with exponential back-off (``inference.errors.retrying``),
+  forever, and nothing is committed meanwhile; any other error DLQs the frame. Failed
+  publishes are resent with the same back-off.
 - **stop** (:func:`ingest.runtime.serve` calls it on SIGTERM/SIGINT): stop polling, finish
   the batches in flight, publish, commit, close.
 """
@@ -34,10 +36,12 @@ from typing import Any, Protocol
 
 import numpy as np
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RetriableError
 from kafka.structs import TopicPartition
 from opentelemetry.trace import Span, Status, StatusCode
+from tenacity import RetryCallState
 
+from inference.errors import Backoff, TransientError, retrying
 from inference.results import ScoreResult
 from ingest.consumer import OffsetTracker, commit_map, create_consumer
 from ingest.decode import decode_frame
@@ -79,17 +83,16 @@ class Aborted(RuntimeError):
     """The loop is shutting down and gave up on a batch (it stays uncommitted)."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage worth retrying (store/engine/network), not a bad frame."""
-    from kafka.errors import RetriableError
+class BrokerUnavailableError(TransientError):
+    """Kafka was unreachable when the loop started (retried by :func:`ingest.runtime.serve`)."""
 
-    from inference.store import StoreUnavailableError
 
-    transient = (StoreUnavailableError, ConnectionError, TimeoutError)
-    if isinstance(exc, transient + (RetriableError,)):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"TritonUnavailableError", "EngineUnavailableError"})
+def _broker(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a Kafka client call, turning "broker not reachable" into BrokerUnavailableError."""
+    try:
+        return fn()
+    except (RetriableError, ConnectionError, TimeoutError) as exc:
+        raise BrokerUnavailableError(f"Kafka unreachable ({what}): {exc}") from exc
 
 
 # --- per-frame state ---------------------------------------------------------------------------
@@ -189,7 +192,9 @@ class ServeLoop:
         self._consumer_factory = consumer_factory or (
             lambda listener: create_consumer(settings, listener)
         )
-        self.publisher = publisher or Publisher(settings.kafka, settings.topics)
+        self.publisher = publisher or _broker(
+            "producer", lambda: Publisher(settings.kafka, settings.topics)
+        )
         self.consumer: Any = None
         self.tracker = OffsetTracker()
         self._pending: deque[Work] = deque()  # polled, decoding (poll order)
@@ -206,6 +211,7 @@ class ServeLoop:
         self._last_commit = 0.0
         self._last_poll = 0.0
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
+        self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
 
@@ -218,7 +224,7 @@ class ServeLoop:
     def run(self) -> None:
         """Run until :meth:`stop`; then drain, commit and close."""
         try:
-            self.consumer = self._consumer_factory(_Listener(self))
+            self.consumer = _broker("consumer", lambda: self._consumer_factory(_Listener(self)))
             log.info(
                 "serving %s -> %s / %s (group %s, batch %d, max wait %d ms)",
                 self.settings.topics.frames,
@@ -414,19 +420,26 @@ class ServeLoop:
                 out.extend(self._score_group([image], product))
             return out
 
-    def _score_retrying(self, images: list[np.ndarray], product: str) -> list[Any]:
-        delay = self.settings.retry.initial_backoff_s
-        while True:
-            try:
-                return list(self.scorer.score(images, product))
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.metrics.retries.labels(cause=type(exc).__name__).inc()
-                log.warning("scoring %s failed (%s); retrying in %.1fs", product, exc, delay)
-                if self._abort.wait(delay):
-                    raise Aborted(f"gave up on a batch of {product} during shutdown") from exc
-                delay = min(delay * 2, self.settings.retry.max_backoff_s)
+    def _score_retrying(self, images: list[np.ndarray], product: str) -> list[ScoreResult]:
+        """Score, waiting out TransientErrors (forever, with back-off) until shutdown."""
+
+        def sleep(delay: float) -> None:
+            if self._abort.wait(delay):
+                raise Aborted(f"gave up on a batch of {product} during shutdown")
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception()
+            self.metrics.retries.labels(cause=type(exc).__name__).inc()
+            delay = state.upcoming_sleep
+            log.warning("scoring %s failed (%s); retrying in %.1fs", product, exc, delay)
+
+        policy = retrying(
+            initial_s=self.settings.retry.initial_backoff_s,
+            max_s=self.settings.retry.max_backoff_s,
+            sleep=sleep,
+            before_sleep=before_sleep,
+        )
+        return policy(lambda: list(self.scorer.score(images, product)))
 
     def _build(self, work: Work, res: ScoreResult, batch_n: int) -> Scored:
         frame = work.frame
@@ -554,10 +567,7 @@ class ServeLoop:
 
     def _resend(self, box: Outbox, failed: list[int]) -> None:
         errors = {type(box.sends[i][1].exception).__name__ for i in failed}
-        delay = min(
-            self.settings.retry.initial_backoff_s * 2 ** (box.attempts - 1),
-            self.settings.retry.max_backoff_s,
-        )
+        delay = self._backoff(box.attempts)
         log.warning("%d publish(es) failed (%s); resending in %.1fs", len(failed), errors, delay)
         self.metrics.retries.labels(cause="publish").inc()
         if self._abort.wait(delay):

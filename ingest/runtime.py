@@ -12,7 +12,10 @@ import signal
 import threading
 from typing import Any
 
-from ingest.loop import ScorerLike, ServeLoop, is_transient
+from tenacity import RetryCallState, Retrying
+
+from inference.errors import TransientError, retrying
+from ingest.loop import ScorerLike, ServeLoop
 from ingest.settings import ServeSettings
 from ingest.telemetry import Telemetry
 
@@ -48,26 +51,35 @@ def build_engine(settings: ServeSettings) -> Any:
     )
 
 
-def _build_scorer_retrying(settings: ServeSettings, stop: threading.Event) -> ScorerLike | None:
-    """Build the scorer, waiting out an engine/store that is not up yet (no crash loop)."""
-    delay = settings.retry.initial_backoff_s
-    while True:
-        try:
-            return build_scorer(settings)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("engine/store not reachable (%s); retrying in %.1fs", exc, delay)
-            if stop.wait(delay):
-                return None
-            delay = min(delay * 2, settings.retry.max_backoff_s)
+class _Stopped(Exception):
+    """A signal arrived while waiting out an outage at start-up."""
+
+
+def _until_stopped(settings: ServeSettings, stop: threading.Event, what: str) -> Retrying:
+    """The retry policy for start-up: TransientErrors are waited out until ``stop`` is set."""
+
+    def sleep(delay: float) -> None:
+        if stop.wait(delay):
+            raise _Stopped
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception()
+        log.warning("%s not reachable (%s); retrying in %.1fs", what, exc, state.upcoming_sleep)
+
+    return retrying(
+        initial_s=settings.retry.initial_backoff_s,
+        max_s=settings.retry.max_backoff_s,
+        sleep=sleep,
+        before_sleep=before_sleep,
+    )
 
 
 def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeLoop | None:
     """Run ``adqc serve`` in this (main) thread until SIGTERM/SIGINT; returns the stopped loop.
 
-    An engine or store that is unreachable at start-up is waited for (with back-off), not
-    treated as a crash; a configuration error (bad checkpoint, model mismatch) raises.
+    An engine, store or broker that is unreachable at start-up (a TransientError) is waited
+    for with back-off, not treated as a crash; anything else (bad checkpoint, model mismatch)
+    raises.
     """
     telemetry = telemetry or Telemetry(settings.telemetry)
     stopping = threading.Event()
@@ -79,24 +91,28 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
         if loop is not None:
             loop.stop()
 
+    def run_loop(scorer: ScorerLike) -> None:
+        nonlocal loop
+        if stopping.is_set():
+            return
+        loop = ServeLoop(settings, scorer, telemetry)
+        try:
+            loop.run()
+        except TransientError as exc:
+            if loop.stats["frames"]:  # only start-up outages are waited out here
+                raise RuntimeError(f"serve loop failed: {exc}") from exc
+            raise
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         port = telemetry.start_metrics_server()
         if port is not None:
             log.info("metrics: http://127.0.0.1:%d/metrics", port)
-        scorer = _build_scorer_retrying(settings, stopping)
-        delay = settings.retry.initial_backoff_s
-        while scorer is not None and not stopping.is_set():
-            try:
-                loop = ServeLoop(settings, scorer, telemetry)
-                loop.run()
-                break
-            except Exception as exc:  # Kafka unreachable at start-up: wait, do not crash-loop
-                if not is_transient(exc) or (loop is not None and loop.stats["frames"]):
-                    raise
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                stopping.wait(delay)
-                delay = min(delay * 2, settings.retry.max_backoff_s)
+        try:
+            scorer = _until_stopped(settings, stopping, "engine/store")(build_scorer, settings)
+            _until_stopped(settings, stopping, "Kafka")(run_loop, scorer)
+        except _Stopped:
+            pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
