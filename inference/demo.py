@@ -48,11 +48,12 @@ from rich.progress import (
 from rich.table import Table
 
 from inference.calibration import DEFAULT_TARGET_FAR
+from inference.frames import load_frame
 from inference.onboarding import find_images, onboard
 from inference.scorer import Scorer, ScoreResult, heatmap_png
 from inference.store import open_store
 from pretrain.evaluation.metrics import auroc
-from pretrain.preprocess import ImageLoadError, load_image
+from pretrain.preprocess import ImageLoadError
 
 PRODUCT = "pv-cell"
 DEFAULT_LIMIT = 1200
@@ -137,7 +138,7 @@ def camera(
         out: list[tuple[Frame, np.ndarray | ImageLoadError]] = []
         for frame in chunk:
             try:
-                out.append((frame, load_image(frame.path)))
+                out.append((frame, load_frame(frame.path)))
             except ImageLoadError as exc:
                 out.append((frame, exc))
         return out
