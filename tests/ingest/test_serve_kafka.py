@@ -57,9 +57,9 @@ def test_frames_become_results_and_alarms(
     ingest_checkpoint: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ingest.serve
+    import ingest.loop
 
-    monkeypatch.setattr(ingest.serve, "LAG_INTERVAL_S", 0.2)
+    monkeypatch.setattr(ingest.loop, "LAG_INTERVAL_S", 0.2)
     topics = Topics.unique("e2e")
     kafka_broker.create_topics(topics.names(), partitions=2)
     config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
