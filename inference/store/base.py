@@ -25,6 +25,7 @@ __all__ = [
     "ProductNotFoundError",
     "RecordTooLargeError",
     "ReferenceStore",
+    "StoreAuthError",
     "StoreUnavailableError",
 ]
 
@@ -45,6 +46,11 @@ class ProductNotFoundError(KeyError):
 
 class StoreUnavailableError(RuntimeError):
     """The store's backend could not be reached (after bounded retries)."""
+
+
+class StoreAuthError(RuntimeError):
+    """The store's backend refused the credentials (wrong or missing password): fatal, a
+    configuration error that no retry fixes."""
 
 
 class RecordTooLargeError(ValueError):
