@@ -902,7 +902,8 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
     try:
         port = telemetry.start_metrics_server()
         if port is not None:
-            log.info("metrics: http://127.0.0.1:%d/metrics", port)
+            addr = settings.telemetry.prometheus_addr
+            log.info("metrics: http://%s:%d/metrics", addr, port)
         scorer = _build_scorer_retrying(settings, stopping)
         delay = settings.retry.initial_backoff_s
         while scorer is not None and not stopping.is_set():

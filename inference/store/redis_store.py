@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from inference.store.base import BaseStore, StoreAuthError, StoreUnavailableError
+from inference.store.urls import redact
 
 #: redis-py errors meaning "wrong or missing credentials" (never retried)
 _AUTH_ERRORS = (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
@@ -96,16 +97,6 @@ return v
 
 #: query parameters this module reads (the rest go to redis-py unchanged)
 _OWN_PARAMS = {"prefix", "keep", "max_bytes", "cache", "retries", "backoff"}
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisStore(BaseStore):
