@@ -47,7 +47,7 @@ def _kafka_or_exit(**options: object) -> KafkaSettings:
     Exits 2 on invalid settings, 3 (EXIT_CREDENTIALS) when the broker refuses the login or
     TLS cannot verify it.
     """
-    from ingest.connect import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
+    from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
     from ingest.settings import SettingsError
 
     if isinstance(options.get("bootstrap"), str):
@@ -81,7 +81,9 @@ def serve_command(
     print_example: bool = typer.Option(
         False, "--print-example", help="print a config with every default and exit"
     ),
-    check: bool = typer.Option(False, "--check", help="validate the settings and exit"),
+    check: bool = typer.Option(
+        False, "--check", help="validate the settings, load the local engine's checkpoint, exit"
+    ),
 ) -> None:
     """Serve: consume frames from Kafka, score them, publish results/alarms, DLQ bad frames."""
     from ingest.settings import SettingsError, example_yaml, load_settings
@@ -95,10 +97,18 @@ def serve_command(
         err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
         raise typer.Exit(2) from exc
     if check:
-        typer.echo(f"{config or 'environment'}: settings OK")
+        from ingest.preflight import EngineCheckError, check_engine
+
+        try:
+            model = check_engine(settings.engine)
+        except EngineCheckError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        loaded = f", engine loads ({model})" if model else ""
+        typer.echo(f"{config or 'environment'}: settings OK{loaded}")
         return
     _configure_logging(settings.log_level)
-    from ingest.connect import EXIT_CREDENTIALS, CredentialsError, check_kafka, check_store
+    from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, check_store
 
     try:  # wrong credentials are fatal at start-up; an unreachable server is waited for
         check_store(settings.store.url)

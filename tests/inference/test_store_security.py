@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from adqc.cli import build_app
 from inference.store import StoreAuthError, StoreUnavailableError, open_store
-from ingest.connect import EXIT_CREDENTIALS, CredentialsError, check_store
+from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_store
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-s3cret/pw"

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from adqc.cli import build_app
 from ingest.alarms import AlarmTail
 from ingest.camera import make_producer
-from ingest.connect import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
+from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
 from ingest.schemas import AlarmMessage, Source, alarm_id_for, utc_now
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""Connection settings for every tool that talks to Kafka, and the start-up credential checks.
+"""Start-up checks (credentials, TLS trust, the engine's checkpoint) and the Kafka settings
+of every tool that talks to Kafka.
 
 ``adqc serve``, ``adqc camera simulate``, ``adqc alarms tail`` and ``adqc bench pipeline`` share
 :class:`~ingest.settings.KafkaSettings` (TLS files, SASL mechanism/user/password): the serve
@@ -9,7 +10,8 @@ Wrong credentials are not an outage: kafka-python retries a refused SASL login o
 certificate it cannot verify until its bootstrap times out, and redis-py reports a wrong
 password on first use. :func:`check_kafka` and :func:`check_store` run once at start-up and
 turn those into :class:`CredentialsError` (the commands exit with :data:`EXIT_CREDENTIALS`);
-an unreachable server is left to the callers' usual waiting.
+an unreachable server is left to the callers' usual waiting. :func:`check_engine` loads the
+configured local engine the way serve will (``adqc serve --check``).
 """
 
 from __future__ import annotations
@@ -166,3 +168,30 @@ def check_store(url: str) -> bool:
         return False
     finally:
         store.close()
+
+
+class EngineCheckError(ValueError):
+    """The configured engine cannot be built (e.g. an unreadable or mismatched checkpoint)."""
+
+
+def check_engine(engine: Any) -> str | None:
+    """Load the local engine of ``engine`` (``settings.engine``) as serve would; returns its
+    model id. A Triton engine is not contacted (None): its checkpoint lives in the model
+    repository, checked by ``adqc export triton`` and by Triton's strict readiness.
+
+    Raises:
+        EngineCheckError: the checkpoint is missing, unreadable, for another backbone, or its
+            weights do not fit the projector (the message names the file).
+    """
+    if engine.kind != "local":
+        return None
+    from inference.engines.local import LocalEngine
+
+    where = engine.checkpoint or f"the shipped checkpoint of {engine.backbone}"
+    try:
+        loaded = LocalEngine(
+            checkpoint=engine.checkpoint, backbone=engine.backbone, device=engine.device
+        )
+    except Exception as exc:  # any failure to load is a configuration error here
+        raise EngineCheckError(f"engine.checkpoint ({where}) cannot be loaded: {exc}") from exc
+    return loaded.model_id
