@@ -196,7 +196,10 @@ class StoreSettings(_Section):
     """Reference store (product records)."""
 
     url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="redis://... | file:///dir | memory://"
+        default="redis://127.0.0.1:6379/0",
+        description="redis://... | rediss://... | file:///dir | memory://; "
+        "redis://...?durable=file:///dir = Redis as a cache of a durable directory, the source "
+        "of truth, refilled from it on a miss (docs/OPERATIONS.md)",
     )
 
     @field_validator("url")
