@@ -81,3 +81,21 @@ def test_serve_check_loads_the_checkpoint_and_fails_when_it_is_unloadable(tmp_pa
         assert bad.exit_code == 2, bad.output
         assert "engine.checkpoint" in bad.output and expected in bad.output
         assert str(checkpoint) in bad.output.replace("\n", "")
+
+
+def test_tools_refuse_incomplete_kafka_security_settings(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "0.png")
+    result = runner.invoke(
+        build_app(),
+        ["camera", "simulate", "--source", str(tmp_path), "--product", "p"]
+        + ["--security-protocol", "SASL_SSL", "--sasl-username", "u"],
+        env={"ADQC_KAFKA__SASL_PASSWORD": ""},
+    )
+    assert result.exit_code == 2, result.output
+    assert "needs sasl_mechanism" in result.output
+    missing = runner.invoke(
+        build_app(),
+        ["alarms", "tail", "--security-protocol", "SSL", "--ssl-cafile", str(tmp_path / "no.pem")],
+    )
+    assert missing.exit_code == 2, missing.output
+    assert "ssl_cafile" in missing.output and "does not exist" in missing.output
