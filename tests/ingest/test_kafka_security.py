@@ -185,3 +185,52 @@ def test_untrusted_broker_certificate_is_fatal_and_good_settings_pass(
     bad = _settings(secure_broker, tls_material, "SASL_SSL", ssl_cafile=tls_material.other_ca.cert)
     with pytest.raises(CredentialsError, match="could not verify the broker's certificate"):
         check_kafka(bad)
+
+
+def test_serve_consumes_and_publishes_over_sasl_ssl(
+    secure_broker: Any,
+    tls_material: Any,
+    product: Any,
+    frame_images: Any,
+    ingest_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from ingest_testkit import ServeProcess, Topics, read_all, serve_config, write_config
+
+    from ingest.camera import CameraSimulator
+    from ingest.schemas import ResultMessage
+
+    topics = Topics.unique("sasl")
+    secure_broker.create_topics(topics.names(), partitions=1)
+    config = serve_config(
+        secure_broker.bootstrap_for("SASL_SSL"),
+        topics,
+        product.store_url,
+        ingest_checkpoint,
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "ssl_cafile": str(tls_material.ca.cert),
+            "sasl_mechanism": "SCRAM-SHA-256",
+            "sasl_username": USER,
+        },
+    )
+    path = write_config(tmp_path / "serve.yaml", config)
+    assert PASSWORD not in path.read_text()
+    monkeypatch.setenv("ADQC_KAFKA__SASL_PASSWORD", PASSWORD)  # the worker's environment
+    kafka = _settings(secure_broker, tls_material, "SASL_SSL")
+    producer = make_producer(kafka=kafka)
+    camera = CameraSimulator(producer, topics.frames, product.name)
+    sent = [camera.publish(p, i)[1].frame_id for i, p in enumerate(frame_images.good[:4])]
+    producer.flush()
+    worker = ServeProcess(path, tmp_path / "serve.log")
+    try:
+        records = read_all(secure_broker.bootstrap, topics.results, 4, timeout_s=120)
+        assert {ResultMessage.from_bytes(r.value).frame_id for r in records} == set(sent)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, worker.output()[-3000:]
+    finally:
+        worker.stop()
+        producer.close()
