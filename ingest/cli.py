@@ -116,7 +116,7 @@ def serve_command(
     except CredentialsError as exc:
         err.print(f"[red]fatal:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_CREDENTIALS) from exc
-    from ingest.serve import serve
+    from ingest.runtime import serve
 
     serve(settings)
 
