@@ -79,3 +79,10 @@ def test_serve_exits_3_on_a_wrong_redis_password(tls_redis):
     result = CliRunner().invoke(build_app(), ["serve"], env=env)
     assert result.exit_code == EXIT_CREDENTIALS, result.output
     assert "refused the credentials" in result.output and "wrong-pw" not in result.output
+
+
+def test_product_commands_exit_3_on_a_wrong_redis_password(tls_redis):
+    url = f"redis://:wrong-pw@127.0.0.1:{tls_redis.port}/0"
+    result = CliRunner().invoke(build_app(), ["product", "list", "--store", url])
+    assert result.exit_code == EXIT_CREDENTIALS, result.output
+    assert "refused the credentials" in result.output and "wrong-pw" not in result.output
