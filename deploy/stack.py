@@ -280,6 +280,7 @@ class Part:
         self.pid: int | None = None
         self.ports: dict[str, int] = {}
         self.urls: dict[str, str] = {}
+        self.health_url: str | None = None  # answers 200 while the part is healthy
         self.state = "starting"
 
     def record(self) -> dict[str, Any]:
@@ -289,6 +290,7 @@ class Part:
             "pgid": self.pid,
             "ports": self.ports,
             "urls": self.urls,
+            "health_url": self.health_url,
             "log": str(self.server.log_path),
             "state": self.state,
             "finite": isinstance(self.server, CommandProcess) and self.server.finite,
@@ -464,8 +466,10 @@ class Supervisor:
         serve_log = serve_dir / "server.log"
         this_run = _log_size(serve_log)  # the log is kept across ups: read only this run's lines
 
+        healthz = f"http://{LOOPBACK}:{metrics_port}/healthz"
+
         def serve_ready() -> bool:
-            return port_open(metrics_port) and _log_has(serve_log, "partitions assigned", this_run)
+            return http_ok(healthz) and _log_has(serve_log, "partitions assigned", this_run)
 
         serve = CommandProcess(
             "serve",
@@ -475,7 +479,9 @@ class Supervisor:
             stop_timeout=60.0,
         )
         metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
-        self._start(Part("serve", serve), {"metrics": metrics_url}, metrics=metrics_port)
+        part = Part("serve", serve)
+        part.health_url = healthz
+        self._start(part, {"metrics": metrics_url}, metrics=metrics_port)
         if o.alarms:
             tail = CommandProcess(
                 "alarms",
@@ -681,13 +687,27 @@ def down(state_dir: Path, timeout: float = 150.0) -> list[int]:
     return stopped
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when ``url`` answers 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def part_health(part: dict[str, Any]) -> tuple[bool, dict[str, bool]]:
-    """(healthy, {port name: answering}) of a recorded part, probed now."""
+    """(healthy, {port name: answering}) of a recorded part, probed now: the process is alive,
+    its ports accept connections and its health URL (serve's ``/healthz``) answers 200."""
     ports = {name: port_open(port) for name, port in (part.get("ports") or {}).items()}
     if part.get("state") == "done":
         return True, ports
     alive = pid_alive(part.get("pid"))
-    return alive and all(ports.values()), ports
+    healthy = not part.get("health_url") or http_ok(part["health_url"])
+    return alive and all(ports.values()) and healthy, ports
 
 
 def follow(paths: dict[str, Path], lines: int, stop: threading.Event) -> Iterator[str]:
