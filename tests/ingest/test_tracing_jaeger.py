@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -73,6 +74,10 @@ def test_a_frame_trace_runs_from_the_camera_through_serve_in_jaeger(
         alarms = read_all(
             kafka_broker.bootstrap, topics.alarms, int(result.decision == "defect"), timeout_s=30
         )
+        # serve exports its spans in batches (every few seconds) while it runs
+        trace = _wait_trace(jaeger_server, result.trace_id)
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, serve.output()[-3000:]
     finally:
         serve.stop()
 
@@ -84,7 +89,6 @@ def test_a_frame_trace_runs_from_the_camera_through_serve_in_jaeger(
     for alarm in alarms:
         assert AlarmMessage.from_bytes(alarm.value).trace_id == trace_id
 
-    trace = _wait_trace(jaeger_server, trace_id)
     service = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
     spans = {s["spanID"]: s for s in trace["spans"]}
     by_name = {s["operationName"]: s for s in trace["spans"]}
