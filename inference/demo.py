@@ -51,7 +51,7 @@ from inference.calibration import DEFAULT_TARGET_FAR
 from inference.onboarding import find_images, onboard
 from inference.scorer import Scorer, ScoreResult, heatmap_png
 from inference.store import open_store
-from pretrain.evaluation.metrics import auroc
+from evaluation.metrics import auroc
 from pretrain.preprocess import ImageLoadError, load_image
 
 PRODUCT = "pv-cell"

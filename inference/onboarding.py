@@ -7,7 +7,7 @@ path) as the shots, builds the record and publishes it as the product's next ver
 2. each shot's projected residual against the pool of the *other* K-1 shots (a shot would match
    itself in the full pool and get a zero residual; leave-one-out gives it what a new frame
    sees: a pool of other good parts). PatchCore's memory bank is fitted on these features,
-   as in ``adqc eval`` (pretrain/evaluation/runner.py); FeatureNorm needs no memory;
+   as in ``adqc eval`` (evaluation/runner.py); FeatureNorm needs no memory;
 3. normal scores for the threshold: with ``calibration_images`` ("held-out"), those images
    scored exactly as the scorer will score frames (full pool, full memory); otherwise
    ("leave-one-out") each shot scored against the other K-1 (FeatureNorm: its leave-one-out
@@ -32,7 +32,7 @@ from inference.records import Detector as DetectorName
 from inference.records import ProductRecord, check_product_name
 from inference.scorer import detector_fields, maps_and_scores
 from inference.store import ReferenceStore
-from pretrain.evaluation.detectors import Detector, FeatureNorm, PatchCore
+from evaluation.detectors import Detector, FeatureNorm, PatchCore
 from pretrain.preprocess import load_image, resize_uint8
 from pretrain.residual import ReferencePool, pool_residuals
 

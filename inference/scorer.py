@@ -4,7 +4,7 @@
 product's latest record (one cheap version check per call; the record and its detector are
 cached by (product, version)), resizes the images to the record's image size, asks the engine
 for projected features, and applies the record's detector (FeatureNorm, or PatchCore with the
-record's memory bank) through the shared post-processing of ``pretrain.evaluation``:
+record's memory bank) through the shared post-processing of ``evaluation``:
 bilinear upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
 raw, so the product's calibrated threshold applies to every frame and batch alike.
 
@@ -29,8 +29,8 @@ from inference.engines.base import Engine, InvalidImageError
 from inference.records import ProductRecord
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
-from pretrain.evaluation.detectors import Detector, FeatureNorm
-from pretrain.evaluation.postprocess import image_scores
+from evaluation.detectors import Detector, FeatureNorm
+from pretrain.detectors.components import image_scores
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect

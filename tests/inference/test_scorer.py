@@ -138,7 +138,7 @@ def test_read_only_features_are_scored_without_a_torch_warning():
     import warnings
 
     from inference.scorer import maps_and_scores
-    from pretrain.evaluation.detectors import FeatureNorm
+    from evaluation.detectors import FeatureNorm
 
     rng = np.random.default_rng(0)
     features = [rng.normal(size=(2, 4, 3, 3)).astype(np.float32) for _ in range(2)]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.evaluation.postprocess import DEFAULT_SIGMA, anomaly_map
+from pretrain.detectors.components import DEFAULT_SIGMA, anomaly_map
 
 METHODS = ("featurenorm", "patchcore", "padim")
 FEATURE_KINDS = ("raw", "residual", "adpretrain")

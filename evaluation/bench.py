@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pretrain.evaluation.datasets import load_category
-from pretrain.evaluation.detectors import UnsupportedCombinationError, check_supported
-from pretrain.evaluation.runner import (
+from evaluation.datasets import load_category
+from evaluation.detectors import UnsupportedCombinationError, check_supported
+from evaluation.runner import (
     DEFAULT_BACKBONE,
     DEFAULT_POOL_CAP,
     EvalConfig,

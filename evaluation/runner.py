@@ -35,15 +35,15 @@ import torch
 from torch import Tensor
 
 from pretrain.data.folders import DatasetError, Sample, load_sample
-from pretrain.evaluation import metrics as M
-from pretrain.evaluation.datasets import (
+from evaluation import metrics as M
+from evaluation.datasets import (
     Category,
     all_defects_masked,
     load_category,
     subsample_test,
 )
-from pretrain.evaluation.detectors import check_supported, make_detector
-from pretrain.evaluation.postprocess import image_scores
+from evaluation.detectors import check_supported, make_detector
+from pretrain.detectors.components import image_scores
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import torch
 from scipy import ndimage
 from sklearn.covariance import ledoit_wolf as sk_ledoit_wolf
 
-from pretrain.evaluation import detectors as D
-from pretrain.evaluation import postprocess as P
+from evaluation import detectors as D
+from pretrain.detectors import components as P
 
 
 def _levels(n, seed=0, shapes=((8, 16, 16), (16, 8, 8), (32, 4, 4))):

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from pretrain.data.folders import Sample
-from pretrain.evaluation import bench, datasets, runner
+from evaluation import bench, datasets, runner
 
 HEADLINE = (
     "image_auroc",

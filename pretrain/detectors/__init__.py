@@ -1,0 +1,1 @@
+"""Downstream anomaly detectors (placeholder during the move)."""
