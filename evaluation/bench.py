@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets import load_category
-from evaluation.detectors import UnsupportedCombinationError, check_supported
 from evaluation.runner import (
     DEFAULT_BACKBONE,
     DEFAULT_POOL_CAP,
@@ -34,6 +33,7 @@ from evaluation.runner import (
     untrained_warning,
     write_json,
 )
+from pretrain.detectors import UnsupportedCombinationError, check_supported
 
 BEGIN = "<!-- adqc bench accuracy {section}: generated, do not edit by hand -->"
 END = "<!-- adqc bench accuracy {section}: end -->"

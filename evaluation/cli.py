@@ -159,8 +159,8 @@ def accuracy_command(
 ) -> None:
     """Accuracy benchmark: features {raw, adpretrain} x methods x shots {2,4,8,all}."""
     from evaluation.bench import markdown_table, run_accuracy, write_markdown
-    from evaluation.detectors import FEATURE_KINDS, METHODS
     from evaluation.runner import parse_shots
+    from pretrain.detectors import FEATURE_KINDS, METHODS
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -69,9 +69,14 @@ class Detector(nn.Module, Generic[ConfigT]):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[DetectorConfig]]
 
-    def __init__(self, config: ConfigT | None = None) -> None:
+    def __init__(self, config: ConfigT | None = None, **options: Any) -> None:
+        """From a config, or from its settings as keywords (``PatchCore(n_levels=2)``)."""
         super().__init__()
-        self.config: ConfigT = config if config is not None else self.config_class()  # type: ignore[assignment]
+        if config is not None and options:
+            raise TypeError("give a config or keyword settings, not both")
+        if config is None:
+            config = self.config_class(**options)  # type: ignore[assignment]
+        self.config: ConfigT = config  # type: ignore[assignment]
         if not isinstance(self.config, self.config_class):
             want, got = self.config_class.__name__, type(self.config).__name__
             raise TypeError(f"{type(self).__name__} needs a {want}, got {got}")

@@ -47,8 +47,8 @@ class PaDiM(Detector[PaDiMConfig]):
     name = "padim"
     config_class = PaDiMConfig
 
-    def __init__(self, config: PaDiMConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: PaDiMConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
         self.register_buffer("channel_idx", torch.empty(0, dtype=torch.int64))
         self.register_buffer("mean", torch.empty(0, dtype=torch.float32))
         self.register_buffer("precision", torch.empty(0, dtype=torch.float32))

@@ -46,8 +46,8 @@ class PatchCore(Detector[PatchCoreConfig]):
     name = "patchcore"
     config_class = PatchCoreConfig
 
-    def __init__(self, config: PatchCoreConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: PatchCoreConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
         self.register_buffer("memory", torch.empty(0, dtype=torch.float32))
         self.register_buffer("n_patches_seen", torch.tensor(0, dtype=torch.int64))
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pretrain.data.folders import Sample
 from evaluation import bench, datasets, runner
+from pretrain.data.folders import Sample
 
 HEADLINE = (
     "image_auroc",
