@@ -64,7 +64,9 @@ def product_add(
     target_far: float = typer.Option(
         DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
     ),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    detector: str = typer.Option(
+        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
+    ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
@@ -75,14 +77,15 @@ def product_add(
     """Onboard a product from K good images: reference pool + calibrated threshold."""
     with _clean_errors():
         from inference.engines.local import LocalEngine
-        from inference.onboarding import onboard, resolve_inputs
+        from inference.onboarding import DETECTOR_CHOICES, onboard, resolve_inputs
         from inference.records import check_product_name
         from inference.store import open_store
 
         # cheap checks first: a typo should not wait for the model to load
         check_product_name(name)
-        if detector not in ("featurenorm", "patchcore"):
-            raise ValueError(f"--detector must be featurenorm or patchcore, got {detector!r}")
+        if detector not in DETECTOR_CHOICES:
+            choices = ", ".join(DETECTOR_CHOICES)
+            raise ValueError(f"--detector must be one of {choices}, got {detector!r}")
         inputs = resolve_inputs(images, shots, calibration_images)
         with open_store(_store_url(store)) as opened:
             engine = LocalEngine(checkpoint, backbone)
@@ -200,7 +203,9 @@ def demo(
         help="Batches scored at once, one torch thread each [default: cores, max 4].",
     ),
     shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    detector: str = typer.Option(
+        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
+    ),
 ) -> None:
     """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
     from inference.demo import DEFAULT_LIMIT, DemoError, run_demo

@@ -51,7 +51,6 @@ from inference.calibration import DEFAULT_TARGET_FAR
 from inference.onboarding import find_images, onboard
 from inference.scorer import Scorer, ScoreResult, heatmap_png
 from inference.store import open_store
-from evaluation.metrics import auroc
 from pretrain.preprocess import ImageLoadError, load_image
 
 PRODUCT = "pv-cell"
@@ -379,9 +378,9 @@ def run_demo(
         label_array, score_array, kind_array = np.array(labels), np.array(scores), np.array(kinds)
         alarmed = score_array > calibration.threshold
         summary.update(
-            auroc=auroc(score_array, label_array),  # raw scores; None unless both classes
+            auroc=_auroc(score_array, label_array),  # raw scores; None unless both classes
             auroc_by_cell_type={
-                kind: auroc(score_array[kind_array == kind], label_array[kind_array == kind])
+                kind: _auroc(score_array[kind_array == kind], label_array[kind_array == kind])
                 for kind in sorted({k for k in kinds if k})
             },
             defective=int(label_array.sum()),
@@ -392,6 +391,16 @@ def run_demo(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(console, summary)
     return summary
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC of raw scores against 0/1 labels (ties as in scikit-learn, which computes it);
+    None unless both classes are present."""
+    from sklearn.metrics import roc_auc_score
+
+    if np.unique(labels).size < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
 
 
 def _rate(values: np.ndarray) -> float | None:
