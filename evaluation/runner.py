@@ -20,6 +20,7 @@ Nothing is tuned on test images: every hyper-parameter is fixed in code and docu
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -411,10 +412,8 @@ def run_method(
 
 
 def _versions() -> dict[str, str]:
-    import adqc
-
     return {
-        "adqc": getattr(adqc, "__version__", "unknown"),
+        "adqc": importlib.metadata.version("adqc"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
