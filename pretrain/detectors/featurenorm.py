@@ -1,4 +1,4 @@
-"""FeatureNorm: the training-free ADPretrain detector (docs/METHOD.md, "Scoring")."""
+"""FeatureNorm: the training-free ADPretrain detector (docs/METHOD.md section 6)."""
 
 from __future__ import annotations
 
