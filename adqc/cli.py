@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",
+    "adqc.demo_cli",
 )
 
 GROUPS = {

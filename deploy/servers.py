@@ -357,8 +357,15 @@ class RedisServer(_ManagedServer):
 
 # ---------------------------------------------------------------------------------------------
 def _kafka_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like random-uuid).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with "-": the storage tool
+    would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker(_ManagedServer):

@@ -30,11 +30,12 @@ import torch
 
 from inference.calibration import DEFAULT_TARGET_FAR, calibrate
 from inference.engines.local import LocalEngine
+from inference.frames import load_frame
 from inference.records import DetectorName, ProductRecord, check_product_name
 from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
 from pretrain.detectors import leave_one_out_scores, make_detector
-from pretrain.preprocess import load_image, resize_uint8
+from pretrain.preprocess import resize_uint8
 from pretrain.residual import ReferencePool, leave_one_out_residuals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -76,8 +77,9 @@ def find_images(spec: str | Path) -> list[Path]:
 
 
 def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
-    """uint8 [N,S,S,3]; an unreadable file raises ImageLoadError naming it."""
-    return np.stack([resize_uint8(load_image(p), size) for p in paths])
+    """uint8 [N,S,S,3], each file through the frame decoder (:func:`inference.frames.load_frame`,
+    as serve decodes frames); an unreadable file raises ImageLoadError naming it."""
+    return np.stack([resize_uint8(load_frame(p), size) for p in paths])
 
 
 def build_record(

@@ -9,7 +9,8 @@ upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Score
 raw, so the product's calibrated threshold applies to every frame and batch alike.
 
 Regions are the connected components (8-connectivity) of ``anomaly_map > threshold``; their
-boxes are in the input image's pixel coordinates (x0, y0 inclusive; x1, y1 exclusive).
+boxes and areas are in the input image's pixels (x0, y0 inclusive; x1, y1 exclusive): the
+:class:`~inference.results.Region` the alarm message carries unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import io
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from inference.engines.base import Engine, InvalidImageError
 from inference.records import ProductRecord
+from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
 from pretrain.detectors import Detector, image_scores, load_detector
@@ -36,36 +37,6 @@ from pretrain.preprocess import resize_uint8
 MIN_IMAGE_SIDE = 16
 #: at most this many regions per frame are reported (highest peaks first)
 MAX_REGIONS = 32
-
-
-@dataclass(frozen=True)
-class Region:
-    """A connected area of the anomaly map above the threshold."""
-
-    bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1) in input-image pixels, x1/y1 exclusive
-    area: int  # pixels of the (resized) anomaly map above the threshold
-    peak: float  # highest anomaly score inside the region
-
-
-@dataclass
-class ScoreResult:
-    product: str
-    score: float
-    threshold: float
-    is_defective: bool
-    anomaly_map: np.ndarray  # [S,S] float32, S = the record's image size
-    regions: list[Region]
-    model_id: str
-    reference_version: int
-    timings: dict[str, float] = field(default_factory=dict)  # ms, this frame's share of its batch
-    image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input image
-
-    def to_dict(self) -> dict:
-        """JSON-friendly view without the anomaly map."""
-        out = asdict(self)
-        del out["anomaly_map"]
-        out["regions"] = [asdict(r) for r in self.regions]
-        return out
 
 
 def detector_for(record: ProductRecord) -> Detector:
@@ -96,7 +67,9 @@ def find_regions(
     anomaly_map: np.ndarray, threshold: float, image_shape: tuple[int, int] | None = None
 ) -> list[Region]:
     """Connected components of ``anomaly_map > threshold``, highest peak first (at most
-    MAX_REGIONS); boxes scaled to ``image_shape`` (H, W) when given."""
+    MAX_REGIONS); boxes and areas scaled to ``image_shape`` (H, W) when given, so regions
+    are in frame pixels (area: the map's pixels above threshold times the frame/map pixel
+    ratio, rounded)."""
     mask = anomaly_map > threshold
     if not mask.any():
         return []
@@ -107,6 +80,7 @@ def find_regions(
     height, width = anomaly_map.shape
     out_h, out_w = image_shape or (height, width)
     sy, sx = out_h / height, out_w / width
+    area_scale = (out_h * out_w) / float(height * width)
     regions = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         ys, xs = box
@@ -116,7 +90,8 @@ def find_regions(
             min(out_w, int(math.ceil(xs.stop * sx))),
             min(out_h, int(math.ceil(ys.stop * sy))),
         )
-        regions.append(Region(bbox, int(areas[label - 1]), float(peaks[label - 1])))
+        area = int(round(float(areas[label - 1]) * area_scale))
+        regions.append(Region(bbox=bbox, area=area, peak=float(peaks[label - 1])))
     regions.sort(key=lambda r: r.peak, reverse=True)
     return regions[:MAX_REGIONS]
 

@@ -8,11 +8,11 @@ MES keeps the ids it has seen and drops repeats, which is what :class:`AlarmTail
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import cachetools
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
@@ -21,20 +21,18 @@ from ingest.schemas import AlarmMessage
 
 
 class SeenIds:
-    """A bounded set of recently seen ids (oldest forgotten first)."""
+    """A bounded set of recently seen ids (least recently seen forgotten first)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: cachetools.LRUCache[str, None] = cachetools.LRUCache(maxsize=capacity)
 
     def add(self, key: str) -> bool:
         """Remember ``key``; True if it is new."""
         if key in self._ids:
-            self._ids.move_to_end(key)
+            self._ids[key] = None  # refresh: seen again, forgotten last
             return False
         self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
         return True
 
     def __len__(self) -> int:

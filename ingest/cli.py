@@ -50,7 +50,7 @@ def serve_command(
         typer.echo(f"{config or 'environment'}: settings OK")
         return
     _configure_logging(settings.log_level)
-    from ingest.serve import serve
+    from ingest.runtime import serve
 
     serve(settings)
 

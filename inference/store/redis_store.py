@@ -24,7 +24,7 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from inference.store.base import BaseStore, StoreUnavailableError
@@ -101,28 +101,29 @@ class RedisStore(BaseStore):
             urlunsplit(parts._replace(query=urlencode(query))),
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),  # retries happen here, bounded, with backoff
+            # redis-py's own bounded retries: waits backoff_s, 2x, 4x, ... (``retries`` times)
+            retry=Retry(
+                ExponentialBackoff(cap=30.0, base=self.backoff_s / 2),
+                self.retries,
+                supported_errors=(redis.ConnectionError, redis.TimeoutError),
+            ),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self._publish = self._client.register_script(_PUBLISH)
         self._remove = self._client.register_script(_REMOVE)
 
     # ---------------------------------------------------------------- connection handling
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``; on connection errors retry with exponential backoff, then give up."""
+        """Run ``fn`` (redis-py retries connection errors, bounded, with backoff); an error that
+        outlasts those retries becomes StoreUnavailableError (a TransientError)."""
         started = time.monotonic()
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt == self.retries:
-                    raise StoreUnavailableError(
-                        f"Redis at {self.url} is unreachable ({what}; {attempt + 1} attempts "
-                        f"in {time.monotonic() - started:.1f} s): {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self.url} is unreachable ({what}; {self.retries + 1} attempts "
+                f"in {time.monotonic() - started:.1f} s): {exc}"
+            ) from exc
 
     def ping(self) -> None:
         """Raise StoreUnavailableError unless Redis answers."""

@@ -119,8 +119,10 @@ def test_find_regions_separates_components_and_orders_by_peak():
     anomaly[10:15, 10:12] = 3.0
     regions = find_regions(anomaly, 0.5, image_shape=(40, 40))
     assert [r.peak for r in regions] == [3.0, 1.0]
-    assert regions[0].bbox == (20, 20, 24, 30) and regions[0].area == 10
-    assert regions[1].bbox == (4, 4, 10, 8) and regions[1].area == 6
+    # boxes and areas in frame pixels: the 20x20 map covers a 40x40 frame (4 pixels each)
+    assert regions[0].bbox == (20, 20, 24, 30) and regions[0].area == 40
+    assert regions[1].bbox == (4, 4, 10, 8) and regions[1].area == 24
+    assert find_regions(anomaly, 0.5)[0].area == 10  # no frame shape: map pixels
     assert find_regions(anomaly, 5.0) == []
 
 
