@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,13 +16,10 @@ DEFAULT_BOOTSTRAP = os.environ.get("ADQC_KAFKA__BOOTSTRAP", "127.0.0.1:9092")
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from ingest.logs import configure_logging
+
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 def serve_command(
@@ -49,7 +45,7 @@ def serve_command(
     if check:
         typer.echo(f"{config or 'environment'}: settings OK")
         return
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     from ingest.runtime import serve
 
     serve(settings)

@@ -218,6 +218,24 @@ class TelemetrySettings(_Section):
         default=9464, ge=0, le=65535, description="/metrics port; None disables, 0 = any free"
     )
     prometheus_addr: str = "0.0.0.0"
+    stall_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="/healthz fails when the loop has not beaten for this long with partitions "
+        "assigned (keep it above retry.drain_timeout_s and retry.max_backoff_s)",
+    )
+    max_products: int = Field(
+        default=100, ge=1, description="distinct product label values; later ones are 'other'"
+    )
+    max_lines: int = Field(
+        default=50, ge=1, description="distinct line label values; later ones are 'other'"
+    )
+    max_cameras: int = Field(
+        default=200, ge=1, description="distinct camera label values; later ones are 'other'"
+    )
+    alarm_rate_window: int = Field(
+        default=1000, ge=10, description="frames per product behind the observed alarm rate"
+    )
 
 
 class FrameLimits(_Section):
@@ -275,6 +293,9 @@ class ServeSettings(BaseSettings):
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or one JSON object per line (env ADQC_LOG_FORMAT)"
+    )
 
     @classmethod
     def settings_customise_sources(
