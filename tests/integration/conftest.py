@@ -1,24 +1,13 @@
-"""Shared pytest fixtures: dataset location and real local servers (see deploy/servers.py)."""
+"""Integration fixtures: real local servers (see deploy/servers.py) started on free ports."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-
-
-@pytest.fixture(scope="session")
-def datasets_dir() -> Path:
-    """The shared real datasets; tests that need them skip cleanly when absent."""
-    if not DATASETS.is_dir():
-        pytest.skip(f"real datasets not found at {DATASETS}")
-    return DATASETS
-
 
 # -- real local servers ---------------------------------------------------------------------------
 # Started from deploy/servers.py on free 127.0.0.1 ports, installed by `make servers`. They never
@@ -63,6 +52,12 @@ def redis_server_factory() -> Iterator[Callable[..., Any]]:
 def redis_server(redis_server_factory: Callable[..., Any]) -> Any:
     """A Redis shared by the session (`.url`, `.port`, `.client()`); flush keys you rely on."""
     return redis_server_factory()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session Redis with a key prefix of its own, so tests do not see each other's keys."""
+    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
