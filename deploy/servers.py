@@ -1,7 +1,8 @@
 """Start and stop real local servers (Redis, Apache Kafka in KRaft mode, Triton) on loopback.
 
-Used by the test fixtures (tests/conftest.py) and by ``adqc bench pipeline``. Each server binds
-127.0.0.1 on free ports, waits until it really answers (with a timeout and an error that quotes
+Used by the test fixtures (tests/integration/conftest.py) and by ``adqc bench pipeline``. Each
+server binds 127.0.0.1 on free ports, waits until it really answers (with a timeout and an error
+that quotes
 the tail of the server's log), exposes its address, and stops cleanly. The binaries come from
 ``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from Maven
 Central in ``.cache/kafka/libs``, and tritonserver from nvidia-pytriton in ``.cache/triton``.

@@ -18,3 +18,15 @@ def datasets_dir() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {DATASETS}")
     return DATASETS
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test under tests/unit must not need a server: its place is tests/integration."""
+    unit = Path(__file__).parent / "unit"
+    wrong = [
+        item.nodeid
+        for item in items
+        if unit in Path(str(item.path)).parents and item.get_closest_marker("integration")
+    ]
+    if wrong:
+        raise pytest.UsageError(f"integration tests under tests/unit (move them): {wrong}")

@@ -15,6 +15,14 @@ import pytest
 # machine where `make servers` was not run gets a failure that says so.
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is an integration test (`-m "not integration"`)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
 def _start_server(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Construct and start a server, turning start-up problems into loud test failures."""
     from deploy.servers import ServersNotInstalledError, ServerStartError
