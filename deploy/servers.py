@@ -2,10 +2,9 @@
 
 Used by the test fixtures (tests/integration/conftest.py) and by ``adqc bench pipeline``. Each
 server binds 127.0.0.1 on free ports, waits until it really answers (with a timeout and an error
-that quotes
-the tail of the server's log), exposes its address, and stops cleanly. The binaries come from
-``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from Maven
-Central in ``.cache/kafka/libs``, and tritonserver from nvidia-pytriton in ``.cache/triton``.
+that quotes the tail of the server's log), exposes its address, and stops cleanly. The binaries
+come from ``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from
+Maven Central in ``.cache/kafka/libs``, and tritonserver from nvidia-pytriton in ``.cache/triton``.
 
 Every class works as a context manager (``with RedisServer() as redis: ...``); ``start()`` and
 ``stop()`` may be called repeatedly on one object (restart tests keep the data and the ports),
