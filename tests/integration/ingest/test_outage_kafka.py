@@ -1,4 +1,5 @@
-"""Transient outages: the loop retries with back-off, commits nothing meanwhile, recovers."""
+"""Transient outages on real Kafka + Redis: the loop retries with back-off, commits nothing
+meanwhile, recovers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transient outages: the loop retries with back-off, commits nothing meanwhile, recovers."""
+"""Outage classification without servers: what is transient, what is bad input; engine settings."""
 
 from __future__ import annotations
 

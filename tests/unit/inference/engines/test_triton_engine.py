@@ -1,9 +1,6 @@
-"""TritonEngine against a real tritonserver + Redis: parity with LocalEngine and per-request errors.
-
-One model repository and one server for the module (the python-backend stub imports torch:
-start-up dominates the time). A product is onboarded with the LocalEngine into Redis, then the
-same images are scored by the Scorer over LocalEngine and over TritonEngine.
-"""
+"""TritonEngine without a server: retries when unavailable, URL forms, server errors mapped to
+the local exception types. The served path (parity with LocalEngine, per-request errors) is in
+tests/integration/inference/engines/test_triton_served.py."""
 
 from __future__ import annotations
 
@@ -16,9 +13,6 @@ from inference.engines.triton import (
 )
 from inference.records import ModelMismatchError
 from inference.store import ProductNotFoundError
-
-BACKBONE = "mobilenet_v2"
-MAP_TOL = 1e-4
 
 
 def test_unavailable_server_retries_with_backoff():
