@@ -86,7 +86,10 @@ def elpv_root() -> Path:
     try:
         import elpv_dataset
     except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise DemoError("the elpv-dataset package is not installed: run `make setup`") from exc
+        raise DemoError(
+            "the elpv-dataset package is not installed: pip install 'adqc[demo]' "
+            "(`make setup` installs it)"
+        ) from exc
     root = Path(elpv_dataset.__file__).resolve().parent / "data"
     if not (root / "labels.csv").is_file():
         raise DemoError(f"elpv-dataset has no labels.csv under {root}")

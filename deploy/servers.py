@@ -1,11 +1,12 @@
 """Start and stop real local servers (Redis, Kafka in KRaft mode, Triton, Jaeger) on loopback.
 
-Used by the test fixtures (tests/conftest.py) and by ``adqc bench pipeline``. Each server binds
-127.0.0.1 on free ports, waits until it really answers (with a timeout and an error that quotes
-the tail of the server's log), exposes its address, and stops cleanly. The binaries come from
-``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from Maven
-Central in ``.cache/kafka/libs``, tritonserver from nvidia-pytriton in ``.cache/triton`` and
-Jaeger v2 built from the Go module proxy in ``.cache/bin/jaeger``.
+Used by the test fixtures (tests/integration/conftest.py), ``adqc stack`` and ``adqc bench
+pipeline``. Each server binds 127.0.0.1 on free ports, waits until it really answers (with a
+timeout and an error that quotes the tail of the server's log), exposes its address, and stops
+cleanly. The binaries come from ``make servers`` (deploy/scripts/install_all.sh): Debian's
+redis-server, Kafka jars from Maven Central in ``.cache/kafka/libs``, tritonserver from
+nvidia-pytriton in ``.cache/triton`` and Jaeger v2 built from the Go module proxy in
+``.cache/bin/jaeger``.
 
 Every class works as a context manager (``with RedisServer() as redis: ...``); ``start()`` and
 ``stop()`` may be called repeatedly on one object (restart tests keep the data and the ports),

@@ -52,10 +52,10 @@ def elpv_data_dir() -> Path:
     """The installed ``elpv_dataset/data`` folder (labels.csv + images/)."""
     try:
         import elpv_dataset
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise DatasetError(
             "the ELPV solar-cell images come from the PyPI package elpv-dataset: "
-            "pip install elpv-dataset==1.0.0.post1 (`make setup` installs it)"
+            "pip install 'adqc[demo]' (`make setup` installs it)"
         ) from exc
     data = Path(elpv_dataset.__file__).resolve().parent / "data"
     if not (data / "labels.csv").is_file():

@@ -23,8 +23,9 @@ N_EXAMPLES = 4
 
 
 def _figure():
-    import matplotlib
+    from pretrain.extras import require
 
+    matplotlib = require("matplotlib", "eval", why="evaluation reports draw figures")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -203,20 +203,41 @@ class Scorer:
         return results
 
 
+# matplotlib's "jet" (its segment data), so serving needs no plotting library.
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+_JET_N = 256
+_JET_LUT = np.stack(
+    [
+        np.interp(np.linspace(0.0, 1.0, _JET_N), *np.array(_JET[channel]).T)
+        for channel in ("red", "green", "blue")
+    ],
+    axis=-1,
+)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """RGB in 0..1 (shape ``values.shape + (3,)``) of values in 0..1 under the jet colormap,
+    quantised to 256 levels exactly as ``matplotlib.colormaps["jet"]`` does."""
+    index = np.clip((np.asarray(values, dtype=np.float64) * _JET_N).astype(np.int64), 0, _JET_N - 1)
+    return _JET_LUT[index]
+
+
 def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
     """PNG of ``image`` overlaid with ``anomaly_map`` (jet), outlined where above threshold.
 
     Colours are on a fixed scale, 0 .. 2 x threshold (the threshold is the middle of the
     colour bar), never per-image min-max, so heatmaps of different frames compare directly.
     """
-    from matplotlib import colormaps
-
     image = check_image(image)
     height, width = image.shape[:2]
     float_map = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32))  # mode F
     resized = np.asarray(float_map.resize((width, height), Image.BILINEAR))
     scale = 2.0 * threshold if threshold > 0 else max(float(resized.max()), 1e-6)
-    colours = colormaps["jet"](np.clip(resized / scale, 0.0, 1.0))[..., :3] * 255.0
+    colours = jet(np.clip(resized / scale, 0.0, 1.0)) * 255.0
     blended = 0.55 * image.astype(np.float32) + 0.45 * colours
     mask = resized > threshold
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(height, width) // 150))

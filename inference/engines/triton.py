@@ -80,9 +80,9 @@ class TritonEngine:
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        import tritonclient.grpc as grpcclient
+        from pretrain.extras import require
 
-        self._grpc = grpcclient
+        self._grpc = grpcclient = require("tritonclient.grpc", "triton", why="the Triton engine")
         self.url = _strip_url(url)
         self.model = model
         self.timeout_s = float(timeout_s)

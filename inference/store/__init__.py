@@ -82,6 +82,9 @@ def open_store(url: str, **options: object) -> BaseStore:
     merged.update(options)
     bare = url.split("?", 1)[0]
     if redis_like:
+        from pretrain.extras import require
+
+        require("redis", "serve", why="a redis:// reference store")
         from inference.store.redis_store import RedisStore  # redis client only when used
 
         durable_url = merged.pop("durable", None)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from pretrain.backbones.base import read_state_dict
 from pretrain.backbones.cnn import (
@@ -29,6 +28,7 @@ from pretrain.backbones.cnn import (
     MOBILENET_V2_PACKAGE,
     _package_file,
 )
+from pretrain.extras import require
 from pretrain.preprocess import load_batch, load_image, resize_uint8, to_model_input
 
 CATEGORIES = ("mvtec_ad/bottle", "magnetic_tile/tile")
@@ -39,6 +39,12 @@ TAP_SETS = [
     (6, 10, 13, 16), (6, 10, 13, 17), (13, 17), (6, 13),
 ]  # fmt: skip
 IMAGES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def roc_auc_score(labels: object, scores: object) -> float:
+    """scikit-learn's AUROC (a training/measurement tool: scikit-learn comes with adqc[train])."""
+    metrics = require("sklearn.metrics", "train", why="measuring backbone levels")
+    return float(metrics.roc_auc_score(labels, scores))
 
 
 def _images(folder: Path) -> list[Path]:

@@ -1,20 +1,17 @@
-"""ReferenceStore contract on every backend (memory, file, and the real Redis)."""
+"""ReferenceStore contract shared by every backend: imported by the unit (memory, file) and
+integration (Redis, tiered) store tests, which choose the backends through `store_url`."""
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from inference.records import ModelMismatchError, RecordFormatError
+from inference.records import ModelMismatchError
 from inference.store import (
     ProductNotFoundError,
     RecordTooLargeError,
-    StoreUnavailableError,
     open_store,
 )
 
@@ -141,87 +138,3 @@ def test_readers_never_see_half_a_record(store_url, record_factory):
         thread.join(10)
     assert not errors, errors
     assert seen == sorted(seen) and len(set(seen)) > 1
-
-
-def test_file_store_reports_corrupt_records(tmp_path, record_factory):
-    store = open_store(f"file://{tmp_path}")
-    store.publish(record_factory())
-    (tmp_path / "products" / "widget" / "v000001" / "meta.json").write_text("{broken")
-    with pytest.raises(RecordFormatError, match="not valid JSON"):
-        open_store(f"file://{tmp_path}").get("widget")
-
-
-def test_shared_memory_space_and_private_memory_store(record_factory):
-    a, b = open_store("memory://shared-test-space"), open_store("memory://shared-test-space")
-    a.publish(record_factory())
-    assert b.get("widget").version == 1
-    assert open_store("memory://").list_products() == []
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("ftp://x", "unsupported store URL"),
-        ("memory://?colour=red", "unknown store option"),
-        ("memory://?max_bytes=lots", "not a number"),
-    ],
-)
-def test_bad_urls(url, message):
-    with pytest.raises(ValueError, match=message):
-        open_store(url)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_unreachable_redis_retries_with_backoff_then_names_the_url():
-    port = _closed_port()
-    store = open_store(f"redis://:secret@127.0.0.1:{port}/0?retries=3&backoff=0.05")
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailableError) as info:
-        store.get("widget")
-    elapsed = time.monotonic() - started
-    message = str(info.value)
-    assert f"127.0.0.1:{port}" in message and "4 attempts" in message
-    assert "secret" not in message  # the password is redacted
-    assert 0.05 + 0.1 + 0.2 <= elapsed < 5.0  # three backoff sleeps, bounded
-
-
-@pytest.mark.integration
-def test_redis_key_layout(redis_server, redis_url, record_factory):
-    import redis
-
-    prefix = redis_url.rsplit("prefix=", 1)[1]
-    store = open_store(redis_url)
-    client = redis.Redis.from_url(redis_server.url)
-    events = client.pubsub(ignore_subscribe_messages=True)
-    events.subscribe(f"{prefix}:events")
-    store.publish(record_factory(detector="patchcore"))
-    deadline, message = time.monotonic() + 5.0, None
-    while message is None and time.monotonic() < deadline:
-        message = events.get_message(timeout=0.5)
-    assert json.loads(message["data"]) == {"event": "published", "product": "widget", "version": 1}
-    assert client.get(f"{prefix}:product:widget:latest") == b"1"
-    assert client.smembers(f"{prefix}:products") == {b"widget"}
-    blobs = client.hgetall(f"{prefix}:product:widget:v1:arrays")
-    assert sorted(blobs) == [b"detector.memory", b"detector.n_patches_seen", b"pool.0", b"pool.1"]
-    assert all(blob.startswith(b"\x93NUMPY") for blob in blobs.values())
-    assert b'"product": "widget"' in client.get(f"{prefix}:product:widget:v1:meta")
-
-
-@pytest.mark.integration
-def test_redis_outage_then_recovery(redis_server_factory, record_factory):
-    server = redis_server_factory(appendonly=True)
-    store = open_store(f"{server.url}?retries=2&backoff=0.02")
-    store.publish(record_factory())
-    server.stop()
-    with pytest.raises(StoreUnavailableError, match=f"Redis at {server.url}.*3 attempts"):
-        store.get("widget")
-    with pytest.raises(StoreUnavailableError):
-        store.publish(record_factory())
-    server.start()  # same port, data kept (append-only file): the store reconnects by itself
-    assert store.get("widget").version == 1
-    assert store.publish(record_factory()) == 2

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from deploy.servers import (
-    KafkaBroker,
     RedisServer,
-    ServersNotInstalledError,
     ServerStartError,
     TritonServer,
     port_open,
@@ -76,19 +74,6 @@ def _read(consumer, n: int, timeout_s: float = 30.0) -> list[bytes]:
 @pytest.fixture(scope="module")
 def add_one_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _python_model(tmp_path_factory.mktemp("triton_repo"), "add_one", ADD_ONE_MODEL)
-
-
-def test_missing_install_says_run_make_servers(tmp_path, monkeypatch):
-    monkeypatch.setenv("ADQC_CACHE_DIR", str(tmp_path / "empty-cache"))
-    with pytest.raises(ServersNotInstalledError, match="make servers"):
-        KafkaBroker()
-    with pytest.raises(ServersNotInstalledError, match="make servers"):
-        TritonServer(tmp_path)
-
-
-def test_triton_rejects_missing_repository(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no-such-repo"):
-        TritonServer(tmp_path / "no-such-repo")
 
 
 # -- Redis ----------------------------------------------------------------------------------------
@@ -307,13 +292,7 @@ def test_triton_start_failure_reports_the_model_error(tmp_path):
     server.close()
 
 
-def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch) -> None:
-    """The storage tool reads an id starting with "-" as an option; such ids are redrawn."""
-    import uuid
-
-    from deploy import servers
-
-    dash_first = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # base64 "-A..."
-    draws = iter([dash_first, uuid.UUID(int=1)])
-    monkeypatch.setattr(servers.uuid, "uuid4", lambda: next(draws))
-    assert servers._kafka_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
+@pytest.mark.integration
+def test_triton_rejects_missing_repository(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-repo"):
+        TritonServer(tmp_path / "no-such-repo")

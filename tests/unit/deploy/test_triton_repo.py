@@ -1,7 +1,8 @@
 """Triton model repository builder and the python-backend model code, without a server.
 
 The served path is checked end to end against a real tritonserver in
-tests/inference/engines/test_triton_engine.py; here: the files written, the configs (parsed
+tests/integration/inference/engines/test_triton_served.py;
+here: the files written, the configs (parsed
 back with Triton's own protobuf schema), and FeaturesService (the code behind adqc_features)
 in process against an in-memory store.
 """

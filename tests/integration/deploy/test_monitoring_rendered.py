@@ -14,14 +14,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import promql_parser
 import pytest
 import yaml
+from monitoring_testkit import dashboard_exprs, exported, metric_names  # noqa: F401
 
-from ingest.settings import TelemetrySettings
-from ingest.telemetry import Telemetry
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "helm" / "adqc"
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 DASHBOARD = CHART / "dashboards" / "adqc-overview.json"
@@ -30,56 +27,7 @@ GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 #: label_values(<metric or selector>, <label>) in dashboard variable queries
 LABEL_VALUES = re.compile(r"^label_values\((.+),\s*\w+\)$")
 
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names selected anywhere in PromQL ``expr`` (raises on a syntax error)."""
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                found.add(node.name)
-            for matcher in node.matchers.matchers:
-                if matcher.name == "__name__":
-                    found.add(matcher.value)
-            return
-        for attr in ("lhs", "rhs", "expr", "param", "vector_selector"):
-            child = getattr(node, attr, None)
-            if child is not None:
-                walk(child)
-        for child in getattr(node, "args", None) or ():
-            walk(child)
-
-    walk(promql_parser.parse(expr))
-    return found
-
-
-def _grafana(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    return expr
-
-
-def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    """PromQL of every panel target and every query variable of a dashboard."""
-    exprs = [
-        _grafana(target["expr"])
-        for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
-    ]
-    for var in dashboard["templating"]["list"]:
-        if var["type"] != "query":
-            continue
-        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-        match = LABEL_VALUES.match(query)
-        assert match, f"dashboard variable {var['name']}: unexpected query {query!r}"
-        exprs.append(_grafana(match[1]))
-    return exprs
-
-
-@pytest.fixture(scope="module")
-def exported() -> set[str]:
-    return Telemetry(TelemetrySettings(prometheus_port=None)).metrics.series_names()
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +43,6 @@ def rendered() -> list[dict[str, Any]]:
     )
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-def test_the_extractor_finds_every_selector() -> None:
-    expr = (
-        'histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="1"}[5m]))) > on (p) '
-        '(2 * max by (p) (b)) and time() - {__name__="c"} unless -d offset 5m'
-    )
-    assert metric_names(expr) == {"a_bucket", "b", "c", "d"}
-    with pytest.raises(ValueError):
-        metric_names("sum(rate(a[5m])")
 
 
 def test_alert_rules_query_exported_metrics(rendered, exported) -> None:
@@ -155,8 +93,3 @@ def test_dashboard_queries_exported_metrics(rendered, exported) -> None:
         assert needed in used
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-
-
-def test_an_unknown_metric_would_be_caught(exported) -> None:
-    bad = 'sum(rate(adqc_frames_processed_total{job="x"}[5m]))'
-    assert not metric_names(bad) <= exported

@@ -19,7 +19,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Fixtures for the inference tests: small records and every store backend."""
+"""Shared inference fixtures: small records, a store on `store_url`, stand-in and local engines.
+
+Imported by tests/unit/inference/conftest.py and tests/integration/inference/conftest.py; each
+conftest defines `store_url` with its own backends (memory/file there, Redis/tiered here)."""
 
 from __future__ import annotations
-
-import uuid
 
 import numpy as np
 import pytest
@@ -50,30 +51,6 @@ def make_record(
 @pytest.fixture
 def record_factory():
     return make_record
-
-
-@pytest.fixture
-def redis_url(redis_server) -> str:
-    """The session Redis with a key prefix of its own, so tests do not see each other's keys."""
-    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(
-    params=[
-        "memory",
-        "file",
-        pytest.param("redis", marks=pytest.mark.integration),
-        pytest.param("tiered", marks=pytest.mark.integration),  # Redis cache + durable dir
-    ]
-)
-def store_url(request, tmp_path) -> str:
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    if request.param == "file":
-        return f"file://{tmp_path / 'store'}"
-    if request.param == "tiered":
-        return f"{request.getfixturevalue('redis_url')}&durable=file://{tmp_path / 'durable'}"
-    return request.getfixturevalue("redis_url")
 
 
 @pytest.fixture

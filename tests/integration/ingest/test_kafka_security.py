@@ -1,6 +1,6 @@
 """Kafka over TLS and SASL for every tool (camera simulate, alarms tail, serve start-up), on a
 real KRaft broker with SSL (mutual TLS), SASL_SSL and SASL_PLAINTEXT listeners and
-certificates generated for the test session (tests/conftest.py `tls_material`)."""
+certificates generated for the test session (tests/integration/conftest.py `tls_material`)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 BOTTLE = REPO_ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
 SHOTS = 4
 
