@@ -112,6 +112,7 @@ class Work:
     error: MessageError | None = None
     decode_start_ns: int = 0
     decode_end_ns: int = 0
+    lost: bool = False  # its partition was revoked: never published or committed by us
 
     @property
     def source(self) -> Source:
@@ -200,7 +201,7 @@ class ServeLoop:
         self._pending: deque[Work] = deque()  # polled, decoding (poll order)
         self._ready: deque[Work] = deque()  # decoded and valid, not yet batched
         self._batches: deque[tuple[list[Work], Future]] = deque()
-        self._building: deque[Future] = deque()  # batches whose messages are being built
+        self._building: deque[tuple[list[Work], Future]] = deque()  # messages being built
         self._outboxes: deque[Outbox] = deque()
         self._decoder = ThreadPoolExecutor(settings.batch.decode_workers, "adqc-decode")
         self._inference = ThreadPoolExecutor(1, "adqc-infer")
@@ -211,6 +212,8 @@ class ServeLoop:
         self._last_commit = 0.0
         self._last_poll = 0.0
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
+        # Rebalance events recorded by the listener (any thread); applied by the main thread.
+        self._revocations: deque[set[TopicPartition]] = deque()
         self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
@@ -280,6 +283,8 @@ class ServeLoop:
             self._pause_assigned()  # polling paused partitions keeps the membership alive
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, capacity))
         self._last_poll = time.monotonic()
+        # Records of this poll were fetched after any rebalance it ran: apply revocations first.
+        self._apply_revocations()
         now = time.time_ns()
         for tp, records in polled.items():
             for record in records:
@@ -494,15 +499,19 @@ class ServeLoop:
             )
             built = self._post.submit(self._build_job, outcome)
             built.add_done_callback(self._wakeup)
-            self._building.append(built)
+            self._building.append((batch, built))
 
     def _collect_built(self) -> None:
-        while self._building and self._building[0].done():
-            outcome: BatchOutcome = self._building.popleft().result()
-            dlq = [(s.work, s.error) for s in outcome.items if s.error is not None]
+        while self._building and self._building[0][1].done():
+            outcome: BatchOutcome = self._building.popleft()[1].result()
+            for item in outcome.items:
+                if item.work.lost:
+                    _end_span(item.work.span, error="partition revoked during processing")
+            items = [s for s in outcome.items if not s.work.lost]
+            dlq = [(s.work, s.error) for s in items if s.error is not None]
             if dlq:
                 self._send_dlq(dlq)
-            ok = [s for s in outcome.items if s.error is None]
+            ok = [s for s in items if s.error is None]
             if ok:
                 self._send_results(ok, outcome)
 
@@ -559,6 +568,8 @@ class ServeLoop:
         while self._outboxes and self._outboxes[0].done():
             box = self._outboxes[0]
             failed = box.failed()
+            if failed and all(w.lost for w in box.works):
+                failed = []  # nobody will commit these frames here: no point resending
             if failed:
                 self._resend(box, failed)
                 return
@@ -582,6 +593,9 @@ class ServeLoop:
         self.metrics.stage_seconds.labels(stage="publish").observe(publish_s)
         scored = {id(s.work): s for s in box.scored}
         for work in box.works:
+            if work.lost:  # revoked after it was sent: the new owner re-reads and commits it
+                _end_span(work.span, error="partition revoked before commit", end_ns=acked_ns)
+                continue
             self.tracker.done(work.tp, work.record.offset)
             tel = self.telemetry
             tel.child_span(work.span, "consume", work.received_ns, work.decode_start_ns)
@@ -692,20 +706,40 @@ class ServeLoop:
         return True
 
     def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance: finish what is in flight, commit, drop undispatched frames of ``revoked``."""
-        if not revoked:
-            return
-        log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
-        self._settle(self.settings.retry.drain_timeout_s)
-        self._commit(force=True)
-        for queue in (self._pending, self._ready):
-            keep = [w for w in queue if w.tp not in revoked]
-            for work in queue:
-                if work.tp in revoked:
-                    _end_span(work.span, error="partition revoked before processing")
-            queue.clear()
-            queue.extend(keep)
-        self.tracker.forget(revoked)
+        """Rebalance listener (kafka-python may call it on its IO thread): only record the
+        revocation. No Kafka call here: the main loop applies it (:meth:`_apply_revocations`)
+        after the poll returns."""
+        if revoked:
+            self._revocations.append(set(revoked))
+            self._wake.set()
+
+    def _apply_revocations(self) -> None:
+        """Mark every frame of a revoked partition as lost: undispatched ones are dropped,
+        batches in flight finish but publish nothing, sent ones are never committed (the new
+        owner re-reads from the last commit; a re-published result keeps its ids)."""
+        while self._revocations:
+            revoked = self._revocations.popleft()
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+            lost = 0
+            for queue in (self._pending, self._ready):
+                keep = [w for w in queue if w.tp not in revoked]
+                for work in queue:
+                    if work.tp in revoked:
+                        work.lost = True
+                        lost += 1
+                        _end_span(work.span, error="partition revoked before processing")
+                queue.clear()
+                queue.extend(keep)
+            works = [w for batch, _ in (*self._batches, *self._building) for w in batch]
+            works += [w for box in self._outboxes for w in box.works]
+            for work in works:
+                if work.tp in revoked and not work.lost:
+                    work.lost = True
+                    lost += 1
+            self.tracker.forget(revoked)
+            if lost:
+                self.metrics.retries.labels(cause="rebalance").inc(lost)
+                log.info("%d frame(s) of revoked partitions dropped (the new owner re-reads)", lost)
 
     def _drain(self) -> None:
         log.info("stopping: finishing %d batch(es) in flight", len(self._batches))
@@ -743,11 +777,16 @@ class ServeLoop:
 
 
 class _Listener(ConsumerRebalanceListener):
+    """kafka-python runs these on its IO thread: they only record, never call the client."""
+
     def __init__(self, loop: ServeLoop) -> None:
         self.loop = loop
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.loop.on_revoked(set(revoked))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.loop.on_revoked(set(lost))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
