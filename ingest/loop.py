@@ -44,15 +44,17 @@ from tenacity import RetryCallState
 from inference.errors import Backoff, TransientError, retrying
 from inference.results import ScoreResult
 from ingest.consumer import OffsetTracker, commit_map, create_consumer
-from ingest.decode import decode_frame
+from ingest.decode import decode_sized
 from ingest.messages import (
+    DlqRecord,
     build_alarm,
-    build_dlq_info,
+    build_dlq_record,
     build_heatmap,
     build_result,
     frame_timings,
+    metadata_only,
 )
-from ingest.publisher import Publisher
+from ingest.publisher import Publisher, unsendable
 from ingest.schemas import (
     AlarmMessage,
     DlqReason,
@@ -108,7 +110,8 @@ class Work:
     span: Span
     decoded: Future | None = None
     frame: FrameHeaders | None = None
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # decoded, downscaled to limits.decode_max_side
+    frame_shape: tuple[int, int] = (0, 0)  # the frame's full (H, W)
     error: MessageError | None = None
     decode_start_ns: int = 0
     decode_end_ns: int = 0
@@ -144,11 +147,21 @@ class BatchOutcome:
 
 
 @dataclass
+class Send:
+    """One record on its way to the broker: how to (re)send it, its future, and smaller
+    replacements to send instead when the broker can never take it (too large)."""
+
+    make: Callable[[], Any]
+    future: Any
+    fallbacks: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+
+
+@dataclass
 class Outbox:
     """Sends of a group of frames awaiting broker acknowledgement."""
 
     works: list[Work]
-    sends: list[tuple[Callable[[], Any], Any]]  # (resend, future)
+    sends: list[Send]
     sent_ns: int
     outcome: BatchOutcome | None = None
     scored: list[Scored] = field(default_factory=list)
@@ -157,10 +170,14 @@ class Outbox:
     attempts: int = 1
 
     def done(self) -> bool:
-        return all(f.is_done for _, f in self.sends)
+        return all(s.future.is_done for s in self.sends)
 
     def failed(self) -> list[int]:
-        return [i for i, (_, f) in enumerate(self.sends) if f.is_done and f.exception is not None]
+        return [
+            i
+            for i, s in enumerate(self.sends)
+            if s.future.is_done and s.future.exception is not None
+        ]
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -215,6 +232,8 @@ class ServeLoop:
         # Rebalance events recorded by the listener (any thread); applied by the main thread.
         self._revocations: deque[set[TopicPartition]] = deque()
         self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
+        self._decoded_lock = threading.Lock()
+        self._decoded_bytes = 0  # decoded pixels held by frames in flight
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
 
@@ -277,6 +296,8 @@ class ServeLoop:
 
     def _poll(self, timeout_ms: int) -> None:
         capacity = self.settings.batch.max_in_flight - self.tracker.in_flight()
+        if self._over_budget():
+            capacity = 0
         if capacity <= 0 and not self._paused:
             self._paused = True
         if self._paused:
@@ -320,7 +341,15 @@ class ServeLoop:
             frame = FrameHeaders.from_kafka(work.record.headers)
             work.frame = frame
             _check_product(frame.product)
-            work.image = decode_frame(work.record.value, frame, self.settings.limits)
+            limits = self.settings.limits
+            image, work.frame_shape = decode_sized(
+                work.record.value, frame, limits, limits.decode_max_side
+            )
+            work.image = image
+            with self._decoded_lock:
+                self._decoded_bytes += image.nbytes
+            if work.lost:  # revoked while decoding: nobody will batch it
+                self._release(work)
         except MessageError as exc:
             work.error = exc
         except Exception as exc:  # a decoder bug must not stop the loop: DLQ it
@@ -330,6 +359,16 @@ class ServeLoop:
         self.metrics.stage_seconds.labels(stage="decode").observe(
             (work.decode_end_ns - work.decode_start_ns) / 1e9
         )
+
+    def _release(self, work: Work) -> None:
+        """Drop a frame's decoded pixels (once its messages are built or it is dropped)."""
+        image, work.image = work.image, None
+        if image is not None:
+            with self._decoded_lock:
+                self._decoded_bytes -= image.nbytes
+
+    def _over_budget(self) -> bool:
+        return self._decoded_bytes >= self.settings.batch.max_decoded_mib * 1024 * 1024
 
     def _take_decoded(self) -> None:
         while self._pending and self._pending[0].decoded.done():
@@ -393,6 +432,7 @@ class ServeLoop:
         n = len(outcome.items)
         for i, item in enumerate(outcome.items):
             if item.raw is None:
+                self._release(item.work)
                 continue
             try:
                 outcome.items[i] = self._build(item.work, item.raw, n)
@@ -400,6 +440,8 @@ class ServeLoop:
                 log.exception("building the result of offset %s failed", item.work.record.offset)
                 error = MessageError(DlqReason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")
                 outcome.items[i] = Scored(item.work, error=error)
+            finally:
+                self._release(item.work)
         outcome.built_ns = time.time_ns()
         return outcome
 
@@ -458,7 +500,13 @@ class ServeLoop:
             batch_size=batch_n,
             now=now,
         )
-        shape = (int(work.image.shape[0]), int(work.image.shape[1]))
+        shape = work.frame_shape
+        if res.is_defective and shape != tuple(work.image.shape[:2]):
+            # scored on the downscaled frame: regions in the frame's own pixels
+            from inference.scorer import find_regions
+
+            res.regions = find_regions(res.anomaly_map, float(res.threshold), shape)
+            res.image_shape = shape
         result = build_result(
             frame,
             res,
@@ -476,6 +524,7 @@ class ServeLoop:
                 result.alarm_id,
                 self.settings.alarms.heatmap,
                 self.settings.alarms.heatmap_dir,
+                max_side=self.settings.alarms.heatmap_max_side,
             )
             alarm = build_alarm(
                 frame, res, source=work.source, detected_at=now, heatmap=heatmap, trace_id=trace_id
@@ -492,6 +541,7 @@ class ServeLoop:
             except Aborted as exc:
                 log.warning("%s; its %d frames stay uncommitted", exc, len(batch))
                 for work in batch:
+                    self._release(work)
                     _end_span(work.span, error="not processed: shutdown")
                 continue
             self.metrics.stage_seconds.labels(stage="infer").observe(
@@ -524,29 +574,68 @@ class ServeLoop:
             def send_result(item=item, key=key, th=trace_headers) -> Any:
                 return self.publisher.send_result(item.result, key, th)
 
-            sends.append((send_result, self._acked(send_result())))
+            unpublishable = self._unpublishable_dlq(item.work, "result")
+            sends.append(self._send(send_result, [("DLQ metadata", unpublishable)]))
             if item.alarm is not None:
 
-                def send_alarm(item=item, key=key, th=trace_headers) -> Any:
-                    return self.publisher.send_alarm(item.alarm, key, th)
+                def send_alarm(item=item, key=key, th=trace_headers, heatmap=True) -> Any:
+                    alarm = (
+                        item.alarm if heatmap else item.alarm.model_copy(update={"heatmap": None})
+                    )
+                    return self.publisher.send_alarm(alarm, key, th)
 
-                sends.append((send_alarm, self._acked(send_alarm())))
+                fallbacks = [
+                    ("the alarm without its heatmap", lambda f=send_alarm: f(heatmap=False)),
+                    ("DLQ metadata", self._unpublishable_dlq(item.work, "alarm")),
+                ]
+                sends.append(self._send(send_alarm, fallbacks))
         box = Outbox([s.work for s in scored], sends, time.time_ns(), outcome=outcome)
         box.scored = scored
         self._outboxes.append(box)
+
+    def _send(self, make: Callable[[], Any], fallbacks: list[tuple[str, Any]]) -> Send:
+        return Send(make, self._acked(make()), list(fallbacks))
+
+    def _dlq_record(self, work: Work, error: MessageError) -> DlqRecord:
+        limits = self.settings.limits
+        record = work.record
+        return build_dlq_record(
+            record.key,
+            record.value,
+            record.headers,
+            error,
+            work.source,
+            self.settings.group,
+            value_max_bytes=limits.dlq_value_max_bytes,
+            claim_root=limits.claim_check_roots[0] if limits.claim_check_roots else None,
+        )
+
+    def _unpublishable_dlq(self, work: Work, what: str) -> Callable[[], Any]:
+        """A send of the frame's DLQ metadata: its ``what`` could not be published."""
+
+        def send() -> Any:
+            error = MessageError(
+                DlqReason.UNPUBLISHABLE, f"the frame's {what} was refused by the broker"
+            )
+            record = metadata_only(self._dlq_record(work, error), f"{what} unpublishable")
+            return self.publisher.send_dlq(record)
+
+        return send
 
     def _send_dlq(self, failures: list[tuple[Work, MessageError]]) -> None:
         sends = []
         reasons = {}
         for work, error in failures:
             record = work.record
-            info = build_dlq_info(error, work.source, self.settings.group)
-            headers = list(record.headers or [])
+            dlq = self._dlq_record(work, error)
 
-            def send(record=record, headers=headers, info=info) -> Any:
-                return self.publisher.send_dlq(record.key, record.value, headers, info)
+            def send(dlq=dlq) -> Any:
+                return self.publisher.send_dlq(dlq)
 
-            sends.append((send, self._acked(send())))
+            def bare(dlq=dlq) -> Any:
+                return self.publisher.send_dlq(metadata_only(dlq, "record refused by the broker"))
+
+            sends.append(self._send(send, [("the DLQ metadata only", bare)]))
             reasons[id(work)] = error.reason.value
             log.info(
                 "frame %s/%d@%d -> DLQ (%s: %s)",
@@ -554,7 +643,7 @@ class ServeLoop:
                 record.partition,
                 record.offset,
                 error.reason.value,
-                error.detail,
+                error.detail[:500],
             )
         box = Outbox([w for w, _ in failures], sends, time.time_ns(), dlq_reasons=reasons)
         self._outboxes.append(box)
@@ -577,15 +666,33 @@ class ServeLoop:
             self._finish(box, time.time_ns())
 
     def _resend(self, box: Outbox, failed: list[int]) -> None:
-        errors = {type(box.sends[i][1].exception).__name__ for i in failed}
+        """Replace records the broker can never take by their fallback (at once); resend the
+        others (an outage) with back-off."""
+        outage = []
+        for i in failed:
+            send = box.sends[i]
+            exc = send.future.exception
+            if unsendable(exc) and send.fallbacks:
+                what, make = send.fallbacks.pop(0)
+                log.warning(
+                    "a record was refused (%s: %s); sending %s", type(exc).__name__, exc, what
+                )
+                self.metrics.retries.labels(cause="unpublishable").inc()
+                send.make = make
+                send.future = self._acked(make())
+            else:
+                outage.append(i)
+        if not outage:
+            return
+        errors = {type(box.sends[i].future.exception).__name__ for i in outage}
         delay = self._backoff(box.attempts)
-        log.warning("%d publish(es) failed (%s); resending in %.1fs", len(failed), errors, delay)
+        log.warning("%d publish(es) failed (%s); resending in %.1fs", len(outage), errors, delay)
         self.metrics.retries.labels(cause="publish").inc()
         if self._abort.wait(delay):
             return
-        for i in failed:
-            resend, _ = box.sends[i]
-            box.sends[i] = (resend, self._acked(resend()))
+        for i in outage:
+            send = box.sends[i]
+            send.future = self._acked(send.make())
         box.attempts += 1
 
     def _finish(self, box: Outbox, acked_ns: int) -> None:
@@ -671,10 +778,11 @@ class ServeLoop:
         held = self.tracker.in_flight()
         self.metrics.in_flight.set(held)
         limit = self.settings.batch.max_in_flight
-        if not self._paused and held >= limit:
+        budget = self.settings.batch.max_decoded_mib * 1024 * 1024
+        if not self._paused and (held >= limit or self._over_budget()):
             self._paused = True
             self._pause_assigned()
-        elif self._paused and held <= limit // 2:
+        elif self._paused and held <= limit // 2 and self._decoded_bytes <= budget // 2:
             self._paused = False
             paused = self.consumer.paused()
             if paused:
@@ -727,6 +835,7 @@ class ServeLoop:
                     if work.tp in revoked:
                         work.lost = True
                         lost += 1
+                        self._release(work)
                         _end_span(work.span, error="partition revoked before processing")
                 queue.clear()
                 queue.extend(keep)

@@ -8,15 +8,43 @@ once all of that frame's futures have succeeded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaProducer
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from kafka.future import Future
 from kafka.producer.future import FutureRecordMetadata
 
-from ingest.schemas import AlarmMessage, DlqInfo, HeaderList, ResultMessage
+from ingest.schemas import AlarmMessage, HeaderList, ResultMessage
 from ingest.settings import KafkaSettings, TopicsSettings
 
+if TYPE_CHECKING:
+    from ingest.messages import DlqRecord
+
 JSON = b"application/json"
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: errors that sending the same record again cannot fix (the record must change)
+UNSENDABLE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+
+def unsendable(exc: BaseException | None) -> bool:
+    """True when ``exc`` (a send's failure) means this record can never be published: too
+    large, refused as invalid, or not even serialisable; other errors are outages."""
+    if exc is None:
+        return False
+    return isinstance(exc, UNSENDABLE) or not isinstance(exc, KafkaError)
+
+
+def failed(exc: BaseException) -> Future:
+    """A send future that already failed with ``exc`` (a send that raised at once)."""
+    future = Future()
+    future.failure(exc)
+    return future
 
 
 class Publisher:
@@ -35,18 +63,26 @@ class Publisher:
             "enable_idempotence": True,
             "linger_ms": 2,
             "max_in_flight_requests_per_connection": 5,
-            "max_request_size": 16 * 1024 * 1024,
+            "max_request_size": MAX_REQUEST_BYTES,
             "delivery_timeout_ms": 120_000,
         }
         config.update(overrides)
         self.topics = topics
         self.producer = KafkaProducer(**config)
 
+    def _send(self, topic: str, **kwargs: Any) -> FutureRecordMetadata | Future:
+        """``producer.send``; a record refused at once (too large, not serialisable) comes
+        back as a failed future, like a record the broker refuses."""
+        try:
+            return self.producer.send(topic, **kwargs)
+        except (KafkaError, ValueError, TypeError, AssertionError) as exc:
+            return failed(exc)  # an outage is resent with back-off, a bad record replaced
+
     def send_result(
         self, result: ResultMessage, key: bytes | None, trace_headers: dict[str, str]
-    ) -> FutureRecordMetadata:
+    ) -> FutureRecordMetadata | Future:
         """Publish a frame's result (key = camera id)."""
-        return self.producer.send(
+        return self._send(
             self.topics.results,
             key=key,
             value=result.to_bytes(),
@@ -55,25 +91,17 @@ class Publisher:
 
     def send_alarm(
         self, alarm: AlarmMessage, key: bytes | None, trace_headers: dict[str, str]
-    ) -> FutureRecordMetadata:
+    ) -> FutureRecordMetadata | Future:
         """Publish an alarm (key = camera id, so a camera's alarms stay in order)."""
         headers = _headers(alarm.frame_id, alarm.product, trace_headers)
         headers.append(("alarm_id", alarm.alarm_id.encode()))
-        return self.producer.send(
-            self.topics.alarms, key=key, value=alarm.to_bytes(), headers=headers
-        )
+        return self._send(self.topics.alarms, key=key, value=alarm.to_bytes(), headers=headers)
 
-    def send_dlq(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        original_headers: HeaderList,
-        info: DlqInfo,
-    ) -> FutureRecordMetadata:
-        """Dead-letter a frame: original key, value and headers plus ``dlq.*`` headers."""
-        headers = [(k, v if v is not None else b"") for k, v in original_headers]
-        headers += info.to_kafka()
-        return self.producer.send(self.topics.dlq, key=key, value=value, headers=headers)
+    def send_dlq(self, record: DlqRecord) -> FutureRecordMetadata | Future:
+        """Dead-letter a frame (:func:`ingest.messages.build_dlq_record` made it fit)."""
+        return self._send(
+            self.topics.dlq, key=record.key, value=record.value, headers=list(record.headers)
+        )
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send everything buffered and wait for the acknowledgements."""

@@ -62,6 +62,7 @@ class DlqReason(StrEnum):
     UNKNOWN_PRODUCT = "unknown_product"
     MODEL_MISMATCH = "model_mismatch"
     SCORING_FAILED = "scoring_failed"
+    UNPUBLISHABLE = "unpublishable"  # an output the broker refused (too large): metadata only
 
 
 class _Message(BaseModel):
@@ -270,6 +271,17 @@ class DlqInfo(_Message):
     source_partition: int
     source_offset: int
     consumer_group: str | None = None
+    value_kept: Literal["full", "excerpt", "none"] | None = Field(
+        default=None,
+        description="the record's value: the original (absent = full), its first bytes, or none",
+    )
+    value_bytes: int | None = Field(default=None, ge=0, description="size of the original value")
+    claim_check: str | None = Field(
+        default=None, description="file:// URI of the full original value, when it was saved"
+    )
+    headers_truncated: bool | None = Field(
+        default=None, description="original headers were shortened or dropped to fit"
+    )
 
     def to_kafka(self) -> HeaderList:
         """``dlq.<field>`` headers (UTF-8)."""
