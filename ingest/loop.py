@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, RetriableError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import TopicPartition
 from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import RetryCallState
@@ -669,6 +670,10 @@ class ServeLoop:
         """Replace records the broker can never take by their fallback (at once); resend the
         others (an outage) with back-off."""
         outage = []
+        refused = [box.sends[i].future for i in failed if unsendable(box.sends[i].future.exception)]
+        if any(isinstance(f, FutureRecordMetadata) for f in refused):
+            log.warning("the broker refused a record; starting a new producer")
+            self.publisher.reset()
         for i in failed:
             send = box.sends[i]
             exc = send.future.exception

@@ -242,7 +242,7 @@ def metadata_only(record: DlqRecord, why: str) -> DlqRecord:
         }
     )
     frame_id = [(k, v) for k, v in record.headers if k == "frame_id"][:1]
-    return DlqRecord(record.key, None, frame_id + info.to_kafka(), info)
+    return DlqRecord(record.key, b"", frame_id + info.to_kafka(), info)
 
 
 def _bounded_headers(
