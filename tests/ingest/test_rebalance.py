@@ -30,23 +30,32 @@ class Stream:
         self.images = images
         self.sent: list[str] = []
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
-    def start(self, count: int, fps: float) -> None:
+    def start(self, count: int | None, fps: float) -> None:
+        """Publish ``count`` frames (None: until :meth:`join`) at ``fps``."""
+        self._stop.clear()
+
         def run() -> None:
-            start = len(self.sent)
-            for i in range(start, start + count):
+            i = len(self.sent)
+            end = None if count is None else i + count
+            while (end is None or i < end) and not self._stop.is_set():
                 _f, headers = self.cams[i % len(self.cams)].publish(
                     self.images[i % len(self.images)], i
                 )
                 self.sent.append(headers.frame_id)
                 self.prod.flush()
+                i += 1
                 time.sleep(1.0 / fps)
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
     def join(self) -> None:
+        """Stop an open-ended stream; wait for the publisher thread."""
         if self._thread is not None:
+            if self._thread.is_alive():
+                self._stop.set()
             self._thread.join(300)
 
     def close(self) -> None:
@@ -71,8 +80,20 @@ def _worker(path: Path, tmp: Path, name: str) -> ServeProcess:
     return ServeProcess(path, tmp / f"{name}.log")
 
 
+def _serving(worker: ServeProcess, timeout_s: float = 180.0) -> None:
+    """Wait until the worker's loop runs (its signal handlers are installed)."""
+    deadline = time.monotonic() + timeout_s
+    while "serving " not in worker.output():
+        assert worker.proc.poll() is None, worker.output()[-3000:]
+        assert time.monotonic() < deadline, f"worker not serving after {timeout_s} s"
+        time.sleep(0.5)
+
+
 def _stop_all(workers: list[ServeProcess]) -> list[int]:
     """SIGTERM every worker still running; their exit codes."""
+    for w in workers:
+        if w.proc.poll() is None:
+            _serving(w)
     for w in workers:
         if w.proc.poll() is None:
             w.signal(signal.SIGTERM)
@@ -94,16 +115,21 @@ def test_two_and_three_live_workers_join_and_leave_under_load(
     )
     workers = [_worker(path, tmp_path, "w1")]
     try:
-        stream.start(70, fps=2.0)
+        _serving(workers[0])
+        stream.start(None, fps=3.0)  # frames keep coming through every membership change
         answered(kafka_broker.bootstrap, topics, lambda a: len(a.frame_ids()) >= 4, 180)
         workers.append(_worker(path, tmp_path, "w2"))  # 2 live members, under load
-        time.sleep(12)
+        _serving(workers[1])
+        time.sleep(8)
         workers.append(_worker(path, tmp_path, "w3"))  # 3 live members
-        time.sleep(12)
+        _serving(workers[2])
+        time.sleep(8)
         workers[1].signal(signal.SIGTERM)  # one leaves cleanly: 2 live members again
         assert workers[1].wait(90) == 0, workers[1].output()[-3000:]
-        time.sleep(6)
-        workers.append(_worker(path, tmp_path, "w4"))  # and another joins
+        time.sleep(5)
+        workers.append(_worker(path, tmp_path, "w4"))  # and another joins: 3 again
+        _serving(workers[3])
+        time.sleep(8)
         stream.join()
         sent = list(stream.sent)
         result = answered(
@@ -121,6 +147,8 @@ def test_two_and_three_live_workers_join_and_leave_under_load(
     log = "\n".join(w.output() for w in workers)
     assert "Cannot block on net.run()" not in log
     assert "partitions revoked" in log
+    for w in workers:  # every worker was a live member that got partitions
+        assert "partitions assigned: [(" in w.output(), w.output()[-2000:]
 
 
 def test_broker_restart_under_load_keeps_workers_alive(
@@ -140,11 +168,14 @@ def test_broker_restart_under_load_keeps_workers_alive(
     )
     workers = [_worker(path, tmp_path, "w1"), _worker(path, tmp_path, "w2")]
     try:
-        stream.start(12, fps=2.0)
-        stream.join()
+        for w in workers:
+            _serving(w)
+        stream.start(None, fps=2.0)
         answered(broker.bootstrap, topics, lambda a: len(a.frame_ids()) >= 6, 180)
-        broker.restart()  # SIGTERM + start on the same data directory and port
-        stream.start(12, fps=2.0)
+        broker.kill()  # SIGKILL under load, down for a few seconds, back on the same port/data
+        time.sleep(4)
+        broker.start()
+        time.sleep(10)
         stream.join()
         sent = list(stream.sent)
         result = answered(broker.bootstrap, topics, lambda a: set(a.frame_ids()) >= set(sent), 240)
