@@ -259,7 +259,7 @@ def decode_scaled(
                         UNDECODABLE_IMAGE, f"content_type {content_type} but the data is {fmt}"
                     )
                 full_w, full_h = image.size
-                _check_size(full_w, full_h, width, height, limits)
+                _check_size(full_w, full_h, width, height, limits, name)
                 target = scaled_size(full_w, full_h, max_side, limits.min_side)
                 if target != (full_w, full_h) and fmt == "JPEG":
                     image.draft("RGB", target)  # DCT scaling: decodes at >= target size
@@ -305,18 +305,24 @@ def _names(formats: Sequence[str]) -> str:
 
 
 def _check_size(
-    width: int, height: int, declared_w: int | None, declared_h: int | None, limits: Limits
+    width: int,
+    height: int,
+    declared_w: int | None,
+    declared_h: int | None,
+    limits: Limits,
+    name: str = "frame",
 ) -> None:
+    which = "image" if name == "frame" else f"image {name}"
     if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
         raise FrameError(
             WRONG_SIZE,
-            f"image is {width}x{height}; sides must be within "
+            f"{which} is {width}x{height}; sides must be within "
             f"[{limits.min_side}, {limits.max_side}]",
         )
     max_pixels = int(getattr(limits, "max_pixels", DEFAULT_MAX_PIXELS))
     if width * height > max_pixels:
         raise FrameError(
-            WRONG_SIZE, f"image is {width}x{height} = {width * height} pixels > {max_pixels}"
+            WRONG_SIZE, f"{which} is {width}x{height} = {width * height} pixels > {max_pixels}"
         )
     if (declared_w, declared_h) != (None, None) and (declared_w, declared_h) != (width, height):
         raise FrameError(

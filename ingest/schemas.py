@@ -127,10 +127,14 @@ class FrameHeaders(_Message):
         """Parse Kafka headers; raises :class:`MessageError` naming the header at fault."""
         raw: dict[str, str] = {}
         for name, value in headers or ():
+            if name in raw and name in cls.model_fields:
+                # two values for one frame header: which is right is unknowable (no last-wins)
+                detail = f"header {name!r} appears more than once"
+                raise MessageError(DlqReason.INVALID_HEADER, detail)
             try:
                 raw[name] = (value or b"").decode("utf-8")
             except UnicodeDecodeError as exc:
-                detail = f"header {name!r} is not UTF-8"
+                detail = f"header {name[:100]!r} is not UTF-8"
                 raise MessageError(DlqReason.INVALID_HEADER, detail) from exc
         missing = [name for name in REQUIRED_FRAME_HEADERS if not raw.get(name)]
         if missing:
