@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup servers test test-unit lint pretrain demo clean
+.PHONY: setup servers test test-unit test-faults lint pretrain demo clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,20 @@ lint: setup
 
 test: setup servers
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not faults"
+
+# Fault injection on real servers (docs/RELIABILITY.md): rebalances under load, broker
+# SIGKILL, hostile frames, slow/overloaded engine (marker `faults`), then worker SIGKILL and the
+# Redis outage (also in `make test`). FAULT_REPORT collects the measured outcomes (JSON lines).
+FAULT_REPORT ?= .cache/fault-report.jsonl
+test-faults: setup servers
+	rm -f $(FAULT_REPORT)
+	ADQC_FAULT_REPORT=$(CURDIR)/$(FAULT_REPORT) $(BIN)/python -m pytest tests -m faults -v
+	$(BIN)/python -m pytest -v tests/ingest/test_serve_process.py::test_hard_kill_and_restart_loses_no_frame \
+		tests/ingest/test_outage.py::test_store_outage_is_retried_without_committing
 
 test-unit: setup
-	$(BIN)/python -m pytest tests -m "not integration"
+	$(BIN)/python -m pytest tests -m "not integration and not faults"
 
 # The shipped projector: ~26 min on 2 CPU cores (see
 # pretrain/checkpoints/MODEL_CARD.md). Never add mvtec_ad: it is the unseen evaluation class.

@@ -232,6 +232,7 @@ class ServeLoop:
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
         # Rebalance events recorded by the listener (any thread); applied by the main thread.
         self._revocations: deque[set[TopicPartition]] = deque()
+        self._rewind: set[TopicPartition] = set()  # revoked; rewind to the commit if ours again
         self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
         self._decoded_lock = threading.Lock()
         self._decoded_bytes = 0  # decoded pixels held by frames in flight
@@ -305,10 +306,17 @@ class ServeLoop:
             self._pause_assigned()  # polling paused partitions keeps the membership alive
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, capacity))
         self._last_poll = time.monotonic()
-        # Records of this poll were fetched after any rebalance it ran: apply revocations first.
+        # A rebalance runs on kafka-python's IO thread, concurrently with this thread: records of
+        # this poll may have been fetched before it. Apply revocations first, then rewind every
+        # partition that was revoked and is ours again to its committed offset, dropping what
+        # was fetched for it (else a stale fetch could start the partition past frames that
+        # were dropped as lost, and the commit would skip them).
         self._apply_revocations()
+        skip = self._rewind | self._rewind_reassigned()
         now = time.time_ns()
         for tp, records in polled.items():
+            if tp in skip:
+                continue  # fetched before the rebalance: re-read from the commit
             for record in records:
                 self._accept(tp, record, now)
 
@@ -851,9 +859,34 @@ class ServeLoop:
                     work.lost = True
                     lost += 1
             self.tracker.forget(revoked)
+            self._rewind |= revoked
             if lost:
                 self.metrics.retries.labels(cause="rebalance").inc(lost)
                 log.info("%d frame(s) of revoked partitions dropped (the new owner re-reads)", lost)
+
+    def _rewind_reassigned(self) -> set[TopicPartition]:
+        """Seek revoked partitions that are assigned to us again to their committed offset
+        (main thread: this asks the broker); returns those rewound. Those not assigned stay
+        pending until they are."""
+        rewound: set[TopicPartition] = set()
+        if not self._rewind:
+            return rewound
+        assigned = set(self.consumer.assignment())
+        for tp in sorted(self._rewind & assigned):
+            try:
+                offset = self.consumer.committed(tp)
+                if offset is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+            except (KafkaError, AssertionError, ValueError) as exc:  # retried at the next poll
+                log.warning("rewinding %s:%d failed (%s); retrying", tp.topic, tp.partition, exc)
+                continue
+            self._rewind.discard(tp)
+            rewound.add(tp)
+        if rewound and self._paused:  # a pause does not survive a rebalance: re-apply it
+            self._pause_assigned()
+        return rewound
 
     def _drain(self) -> None:
         log.info("stopping: finishing %d batch(es) in flight", len(self._batches))

@@ -16,7 +16,7 @@ from ingest_testkit import ServeProcess, Topics, answered, producer, serve_confi
 
 from ingest.camera import CameraSimulator
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
 CAMERAS = ("cam-a", "cam-b", "cam-c", "cam-d", "cam-e", "cam-f")
 
