@@ -39,11 +39,14 @@ def _store_url(store: str | None) -> str:
 
 @contextlib.contextmanager
 def _clean_errors() -> Iterator[None]:
-    """Turn the expected failures into `error: ...` + exit code 2."""
-    from inference.store import ProductNotFoundError, StoreUnavailableError
+    """Turn the expected failures into `error: ...` + exit code 2 (3: credentials refused)."""
+    from inference.store import ProductNotFoundError, StoreAuthError, StoreUnavailableError
 
     try:
         yield
+    except StoreAuthError as exc:  # same exit code as serve/camera/alarms (docs/OPERATIONS.md)
+        err.print(f"[red]fatal:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     except (ProductNotFoundError, StoreUnavailableError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -36,6 +36,7 @@ class ScoreResult:
     reference_version: int
     timings: dict[str, float] = field(default_factory=dict)  # ms, this frame's share of its batch
     image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input image
+    target_far: float | None = None  # the record's calibrated false-alarm rate on good parts
 
     def to_dict(self) -> dict:
         """JSON-friendly view without the anomaly map."""

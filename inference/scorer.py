@@ -215,6 +215,7 @@ class Scorer:
                         reference_version=record.version,
                         timings=dict(timings),
                         image_shape=(int(image.shape[0]), int(image.shape[1])),
+                        target_far=record.calibration.target_far,
                     )
                 )
         return results

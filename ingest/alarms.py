@@ -18,6 +18,7 @@ from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from ingest.schemas import AlarmMessage
+from ingest.settings import KafkaSettings
 
 
 class SeenIds:
@@ -64,22 +65,29 @@ class AlarmTail:
 
     Without ``group`` it reads like ``kafka-console-consumer``: all partitions, from the
     beginning or only new records, nothing committed. With ``group`` it joins that consumer
-    group and commits what it has handed out.
+    group and commits what it has handed out. ``kafka`` brings the security settings (TLS
+    files, SASL) and, unless ``bootstrap`` is given, the bootstrap servers.
     """
 
     def __init__(
         self,
-        bootstrap: str | list[str],
+        bootstrap: str | list[str] | None = None,
         topic: str = "alarms",
         from_beginning: bool = False,
         group: str | None = None,
+        *,
+        kafka: KafkaSettings | None = None,
         **overrides: Any,
     ) -> None:
         self.topic = topic
         self.seen = SeenIds()
         self.stats = TailStats()
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+        config: dict[str, Any] = kafka.client_config() if kafka is not None else {}
+        if bootstrap is not None:
+            config["bootstrap_servers"] = bootstrap
+        if "bootstrap_servers" not in config:
+            raise ValueError("AlarmTail needs bootstrap or kafka settings")
+        config |= {
             "client_id": "adqc-alarms-tail",
             "group_id": group,
             "enable_auto_commit": group is not None,

@@ -74,6 +74,7 @@ COMMIT_INTERVAL_S = 0.2
 INFERENCE_QUEUE_DEPTH = 2  # batches handed to the inference thread ahead of time
 BUSY_POLL_S = 0.01  # while busy, look at Kafka at least this often
 PAUSED_POLL_S = 0.1  # while paused, poll this often (keeps rebalances and the group moving)
+LAG_INTERVAL_S = 5.0  # how often the consumer-lag gauges are refreshed
 
 
 class ScorerLike(Protocol):
@@ -134,6 +135,7 @@ class Scored:
     alarm: AlarmMessage | None = None
     error: MessageError | None = None
     raw: ScoreResult | None = None  # the scorer's result, until the messages are built
+    target_far: float | None = None  # the product's calibrated false-alarm rate
 
 
 @dataclass
@@ -229,6 +231,7 @@ class ServeLoop:
         self._paused = False
         self._last_commit = 0.0
         self._last_poll = 0.0
+        self._last_lag = 0.0
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
         # Rebalance events recorded by the listener (any thread); applied by the main thread.
         self._revocations: deque[set[TopicPartition]] = deque()
@@ -285,6 +288,20 @@ class ServeLoop:
         self._collect_acks()
         self._commit()
         self._backpressure()
+        self._report_health()
+
+    def _report_health(self) -> None:
+        """Heartbeat for /healthz; consumer lag every LAG_INTERVAL_S (from cached watermarks)."""
+        assigned = self.consumer.assignment()
+        self.telemetry.heartbeat(len(assigned))
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_S:
+            return
+        self._last_lag = now
+        ends = {tp: self.consumer.highwater(tp) for tp in assigned}
+        # position() answers from memory once a fetch has set the high watermark
+        positions = {tp: self.consumer.position(tp) for tp, end in ends.items() if end is not None}
+        self.telemetry.set_consumer_lag(ends, positions)
 
     def _wait_s(self) -> float:
         wait = PAUSED_POLL_S if self._paused else BUSY_POLL_S
@@ -538,7 +555,7 @@ class ServeLoop:
             alarm = build_alarm(
                 frame, res, source=work.source, detected_at=now, heatmap=heatmap, trace_id=trace_id
             )
-        return Scored(work, result=result, alarm=alarm)
+        return Scored(work, result=result, alarm=alarm, target_far=res.target_far)
 
     # -- publishing (main thread) --
 
@@ -739,20 +756,33 @@ class ServeLoop:
             )
             if reason is not None:
                 self.stats["dlq"] += 1
-                self.metrics.frames_failed.labels(reason=reason).inc()
+                tel.observe_failure(reason, work.frame.product if work.frame else None)
                 work.span.set_attribute("adqc.dlq.reason", reason)
                 _end_span(work.span, error=f"dead-lettered: {reason}", end_ns=acked_ns)
                 continue
             result = item.result
             self.stats["results"] += 1
-            self.metrics.frames_out.labels(decision=result.decision).inc()
-            latency = acked_ns / 1e9 - result.capture_time.timestamp()
-            self.metrics.e2e_latency.observe(max(latency, 0.0))
+            tel.observe_result(
+                product=result.product,
+                line=result.line,
+                camera=result.camera,
+                decision=result.decision,
+                score=result.score,
+                threshold=result.threshold,
+                latency_s=acked_ns / 1e9 - result.capture_time.timestamp(),
+                target_far=item.target_far,
+            )
             work.span.set_attribute("adqc.decision", result.decision)
             work.span.set_attribute("adqc.score", result.score)
             if item.alarm is not None:
                 self.stats["alarms"] += 1
-                self.metrics.alarms.labels(severity=item.alarm.severity).inc()
+                alarm = item.alarm
+                tel.observe_alarm(
+                    product=alarm.product,
+                    line=alarm.line,
+                    camera=alarm.camera,
+                    severity=alarm.severity,
+                )
                 work.span.set_attribute("adqc.alarm_id", item.alarm.alarm_id)
             _end_span(work.span, end_ns=acked_ns)
 
@@ -920,6 +950,7 @@ class ServeLoop:
                 self.consumer.close(autocommit=False)
         finally:
             self.publisher.close()
+            self.telemetry.heartbeat(0)  # a closed loop holds no partitions: nothing to stall
             self.running.clear()
 
 

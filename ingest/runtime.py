@@ -107,7 +107,8 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
     try:
         port = telemetry.start_metrics_server()
         if port is not None:
-            log.info("metrics: http://127.0.0.1:%d/metrics", port)
+            addr = settings.telemetry.prometheus_addr
+            log.info("metrics: http://%s:%d/metrics", addr, port)
         try:
             scorer = _until_stopped(settings, stopping, "engine/store")(build_scorer, settings)
             _until_stopped(settings, stopping, "Kafka")(run_loop, scorer)

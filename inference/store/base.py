@@ -27,6 +27,7 @@ __all__ = [
     "ProductNotFoundError",
     "RecordTooLargeError",
     "ReferenceStore",
+    "StoreAuthError",
     "StoreUnavailableError",
 ]
 
@@ -47,6 +48,11 @@ class ProductNotFoundError(KeyError):
 
 class StoreUnavailableError(TransientError, RuntimeError):
     """The store's backend could not be reached (after its client's bounded retries)."""
+
+
+class StoreAuthError(RuntimeError):
+    """The store's backend refused the credentials (wrong or missing password): fatal, a
+    configuration error that no retry fixes."""
 
 
 class RecordTooLargeError(ValueError):

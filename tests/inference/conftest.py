@@ -49,12 +49,21 @@ def redis_url(redis_server) -> str:
     return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("tiered", marks=pytest.mark.integration),  # Redis cache + durable dir
+    ]
+)
 def store_url(request, tmp_path) -> str:
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex}"
     if request.param == "file":
         return f"file://{tmp_path / 'store'}"
+    if request.param == "tiered":
+        return f"{request.getfixturevalue('redis_url')}&durable=file://{tmp_path / 'durable'}"
     return request.getfixturevalue("redis_url")
 
 
