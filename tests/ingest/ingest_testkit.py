@@ -278,3 +278,13 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any
         return out
     finally:
         consumer.close()
+
+
+def fault_report(scenario: str, **values: Any) -> None:
+    """Append a measured outcome to $ADQC_FAULT_REPORT (JSON lines; ``make test-faults``)."""
+    import json
+
+    path = os.environ.get("ADQC_FAULT_REPORT")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"scenario": scenario, **values}, default=str) + "\n")

@@ -7,7 +7,6 @@ outage in test_outage.py (all part of the suite)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import time
@@ -22,6 +21,7 @@ from ingest_testkit import (
     Topics,
     answered,
     committed,
+    fault_report,
     running_loop,
     serve_config,
     write_config,
@@ -34,13 +34,7 @@ from ingest.telemetry import Telemetry
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-REPORT = os.environ.get("ADQC_FAULT_REPORT")  # a JSON-lines file the measured outcomes go to
-
-
-def _report(scenario: str, **values: Any) -> None:
-    if REPORT:
-        with open(REPORT, "a") as out:
-            out.write(json.dumps({"scenario": scenario, **values}) + "\n")
+_report = fault_report  # measured outcomes -> $ADQC_FAULT_REPORT (docs/RELIABILITY.md)
 
 
 def _headers(product: str, frame_id: str, content_type: str = "image/png") -> list[Any]:

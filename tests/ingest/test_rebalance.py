@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import ServeProcess, Topics, answered, producer, serve_config, write_config
+from ingest_testkit import (
+    ServeProcess,
+    Topics,
+    answered,
+    fault_report,
+    producer,
+    serve_config,
+    write_config,
+)
 
 from ingest.camera import CameraSimulator
 
@@ -60,6 +68,27 @@ class Stream:
 
     def close(self) -> None:
         self.prod.close()
+
+
+def _report(scenario: str, result: Any, sent: list[str], workers: list[ServeProcess]) -> None:
+    ids = result.frame_ids()
+    fault_report(
+        scenario,
+        frames=len(sent),
+        results=len(result.results),
+        unique_results=len({r.frame_id for r in result.results}),
+        dlq=len(result.dlq),
+        missing=len(set(sent) - set(ids)),
+        duplicates=len(ids) - len(set(ids)),
+        revocations=sum(w.output().count("partitions revoked") for w in workers),
+        frames_dropped_as_lost=sum(
+            int(line.split(" frame(s) of revoked")[0].rsplit(" ", 1)[-1])
+            for w in workers
+            for line in w.output().splitlines()
+            if " frame(s) of revoked" in line
+        ),
+        worker_exits=sum(w.proc.returncode not in (0, None) for w in workers),
+    )
 
 
 def _check(result: Any, sent: list[str], workers: list[ServeProcess]) -> None:
@@ -142,6 +171,7 @@ def test_two_and_three_live_workers_join_and_leave_under_load(
         stream.close()
         for w in workers:
             w.stop()
+    _report("2 -> 3 -> 2 -> 3 live workers joining/leaving under load", result, sent, workers)
     assert codes == [0, 0, 0, 0], [w.output()[-2000:] for w in workers]
     _check(result, sent, workers)
     log = "\n".join(w.output() for w in workers)
@@ -186,5 +216,6 @@ def test_broker_restart_under_load_keeps_workers_alive(
         stream.close()
         for w in workers:
             w.stop()
+    _report("broker SIGKILL + restart under load, 2 workers", result, sent, workers)
     assert codes == [0, 0], [w.output()[-2000:] for w in workers]
     _check(result, sent, workers)
