@@ -30,6 +30,7 @@ class IOThreadConsumer:
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.to_poll: dict = {}
         self.committed_offsets = {A: 3, B: 0}
+        self.paused_tps: set = set()
 
     def _check(self) -> None:
         if self.in_listener:
@@ -49,11 +50,13 @@ class IOThreadConsumer:
         return set(self.assigned)
 
     def paused(self) -> set:
-        return set()
+        return set(self.paused_tps)
 
-    def pause(self, *tps: Any) -> None: ...
+    def pause(self, *tps: Any) -> None:
+        self.paused_tps |= set(tps)
 
-    def resume(self, *tps: Any) -> None: ...
+    def resume(self, *tps: Any) -> None:
+        self.paused_tps -= set(tps)
 
     def committed(self, tp: TopicPartition) -> int | None:
         self._check()
@@ -74,8 +77,8 @@ class NoPublisher:
     def close(self) -> None: ...
 
 
-def _loop() -> tuple[ServeLoop, IOThreadConsumer]:
-    settings = load_settings(None, telemetry={"prometheus_port": None})
+def _loop(**sections: Any) -> tuple[ServeLoop, IOThreadConsumer]:
+    settings = load_settings(None, telemetry={"prometheus_port": None}, **sections)
     loop = ServeLoop(
         settings,
         scorer=None,
@@ -141,3 +144,20 @@ def test_a_partition_that_comes_back_is_rewound_to_its_commit() -> None:
     assert [w.record.offset for w in loop._pending] == [3]
     assert loop.tracker.committable() == {A: 3}
     loop._decoder.shutdown(wait=True)
+
+
+def test_decoded_pixels_over_the_budget_pause_the_partitions() -> None:
+    import numpy as np
+
+    loop, consumer = _loop(batch={"max_decoded_mib": 4})
+    held = [_work(loop, A, i) for i in range(3)]
+    for work in held:  # three decoded 1024x1024 RGB frames = 9 MiB > 4 MiB
+        work.image = np.zeros((1024, 1024, 3), np.uint8)
+        loop._decoded_bytes += work.image.nbytes
+    loop._backpressure()
+    assert loop._paused and consumer.paused_tps == {A, B}
+    for work in held:
+        loop._release(work)
+    assert loop._decoded_bytes == 0
+    loop._backpressure()  # in-flight count is still 3 (< half of 64): resumes
+    assert not loop._paused and consumer.paused_tps == set()
