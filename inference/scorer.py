@@ -226,19 +226,33 @@ def jet(values: np.ndarray) -> np.ndarray:
     return _JET_LUT[index]
 
 
-def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
-    """PNG of ``image`` overlaid with ``anomaly_map`` (jet), outlined where above threshold.
+#: the jet colour map as a [256, 3] uint8 table: heatmaps index it with uint8 levels
+_JET_TABLE = np.round(_JET_LUT * 255.0).astype(np.uint8)
+
+
+def heatmap_png(
+    image: np.ndarray, anomaly_map: np.ndarray, threshold: float, max_side: int | None = None
+) -> bytes:
+    """PNG of ``image`` overlaid with ``anomaly_map`` (jet), outlined where above threshold,
+    drawn at most ``max_side`` pixels on its longer side (None: the image's size).
 
     Colours are on a fixed scale, 0 .. 2 x threshold (the threshold is the middle of the
     colour bar), never per-image min-max, so heatmaps of different frames compare directly.
+    The colour map is a 256-entry uint8 table (no float64 image-size colour array).
     """
     image = check_image(image)
     height, width = image.shape[:2]
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     float_map = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32))  # mode F
     resized = np.asarray(float_map.resize((width, height), Image.BILINEAR))
     scale = 2.0 * threshold if threshold > 0 else max(float(resized.max()), 1e-6)
-    colours = jet(np.clip(resized / scale, 0.0, 1.0)) * 255.0
-    blended = 0.55 * image.astype(np.float32) + 0.45 * colours
+    index = np.clip(resized * np.float32(255.0 / scale), 0.0, 255.0).astype(np.uint8)
+    colours = _JET_TABLE[index]
+    blended = 0.55 * image.astype(np.float32) + 0.45 * colours.astype(np.float32)
+    del colours, index
     mask = resized > threshold
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(height, width) // 150))
     blended[edge] = (255.0, 255.0, 255.0)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, RetriableError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import TopicPartition
 from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import RetryCallState
@@ -44,15 +45,17 @@ from tenacity import RetryCallState
 from inference.errors import Backoff, TransientError, retrying
 from inference.results import ScoreResult
 from ingest.consumer import OffsetTracker, commit_map, create_consumer
-from ingest.decode import decode_frame
+from ingest.decode import decode_sized
 from ingest.messages import (
+    DlqRecord,
     build_alarm,
-    build_dlq_info,
+    build_dlq_record,
     build_heatmap,
     build_result,
     frame_timings,
+    metadata_only,
 )
-from ingest.publisher import Publisher
+from ingest.publisher import Publisher, unsendable
 from ingest.schemas import (
     AlarmMessage,
     DlqReason,
@@ -109,10 +112,12 @@ class Work:
     span: Span
     decoded: Future | None = None
     frame: FrameHeaders | None = None
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # decoded, downscaled to limits.decode_max_side
+    frame_shape: tuple[int, int] = (0, 0)  # the frame's full (H, W)
     error: MessageError | None = None
     decode_start_ns: int = 0
     decode_end_ns: int = 0
+    lost: bool = False  # its partition was revoked: never published or committed by us
 
     @property
     def source(self) -> Source:
@@ -145,11 +150,21 @@ class BatchOutcome:
 
 
 @dataclass
+class Send:
+    """One record on its way to the broker: how to (re)send it, its future, and smaller
+    replacements to send instead when the broker can never take it (too large)."""
+
+    make: Callable[[], Any]
+    future: Any
+    fallbacks: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+
+
+@dataclass
 class Outbox:
     """Sends of a group of frames awaiting broker acknowledgement."""
 
     works: list[Work]
-    sends: list[tuple[Callable[[], Any], Any]]  # (resend, future)
+    sends: list[Send]
     sent_ns: int
     outcome: BatchOutcome | None = None
     scored: list[Scored] = field(default_factory=list)
@@ -158,10 +173,14 @@ class Outbox:
     attempts: int = 1
 
     def done(self) -> bool:
-        return all(f.is_done for _, f in self.sends)
+        return all(s.future.is_done for s in self.sends)
 
     def failed(self) -> list[int]:
-        return [i for i, (_, f) in enumerate(self.sends) if f.is_done and f.exception is not None]
+        return [
+            i
+            for i, s in enumerate(self.sends)
+            if s.future.is_done and s.future.exception is not None
+        ]
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -202,7 +221,7 @@ class ServeLoop:
         self._pending: deque[Work] = deque()  # polled, decoding (poll order)
         self._ready: deque[Work] = deque()  # decoded and valid, not yet batched
         self._batches: deque[tuple[list[Work], Future]] = deque()
-        self._building: deque[Future] = deque()  # batches whose messages are being built
+        self._building: deque[tuple[list[Work], Future]] = deque()  # messages being built
         self._outboxes: deque[Outbox] = deque()
         self._decoder = ThreadPoolExecutor(settings.batch.decode_workers, "adqc-decode")
         self._inference = ThreadPoolExecutor(1, "adqc-infer")
@@ -214,7 +233,12 @@ class ServeLoop:
         self._last_poll = 0.0
         self._last_lag = 0.0
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
+        # Rebalance events recorded by the listener (any thread); applied by the main thread.
+        self._revocations: deque[set[TopicPartition]] = deque()
+        self._rewind: set[TopicPartition] = set()  # revoked; rewind to the commit if ours again
         self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
+        self._decoded_lock = threading.Lock()
+        self._decoded_bytes = 0  # decoded pixels held by frames in flight
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
 
@@ -291,14 +315,25 @@ class ServeLoop:
 
     def _poll(self, timeout_ms: int) -> None:
         capacity = self.settings.batch.max_in_flight - self.tracker.in_flight()
+        if self._over_budget():
+            capacity = 0
         if capacity <= 0 and not self._paused:
             self._paused = True
         if self._paused:
             self._pause_assigned()  # polling paused partitions keeps the membership alive
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, capacity))
         self._last_poll = time.monotonic()
+        # A rebalance runs on kafka-python's IO thread, concurrently with this thread: records of
+        # this poll may have been fetched before it. Apply revocations first, then rewind every
+        # partition that was revoked and is ours again to its committed offset, dropping what
+        # was fetched for it (else a stale fetch could start the partition past frames that
+        # were dropped as lost, and the commit would skip them).
+        self._apply_revocations()
+        skip = self._rewind | self._rewind_reassigned()
         now = time.time_ns()
         for tp, records in polled.items():
+            if tp in skip:
+                continue  # fetched before the rebalance: re-read from the commit
             for record in records:
                 self._accept(tp, record, now)
 
@@ -332,7 +367,15 @@ class ServeLoop:
             frame = FrameHeaders.from_kafka(work.record.headers)
             work.frame = frame
             _check_product(frame.product)
-            work.image = decode_frame(work.record.value, frame, self.settings.limits)
+            limits = self.settings.limits
+            image, work.frame_shape = decode_sized(
+                work.record.value, frame, limits, limits.decode_max_side
+            )
+            work.image = image
+            with self._decoded_lock:
+                self._decoded_bytes += image.nbytes
+            if work.lost:  # revoked while decoding: nobody will batch it
+                self._release(work)
         except MessageError as exc:
             work.error = exc
         except Exception as exc:  # a decoder bug must not stop the loop: DLQ it
@@ -342,6 +385,16 @@ class ServeLoop:
         self.metrics.stage_seconds.labels(stage="decode").observe(
             (work.decode_end_ns - work.decode_start_ns) / 1e9
         )
+
+    def _release(self, work: Work) -> None:
+        """Drop a frame's decoded pixels (once its messages are built or it is dropped)."""
+        image, work.image = work.image, None
+        if image is not None:
+            with self._decoded_lock:
+                self._decoded_bytes -= image.nbytes
+
+    def _over_budget(self) -> bool:
+        return self._decoded_bytes >= self.settings.batch.max_decoded_mib * 1024 * 1024
 
     def _take_decoded(self) -> None:
         while self._pending and self._pending[0].decoded.done():
@@ -405,6 +458,7 @@ class ServeLoop:
         n = len(outcome.items)
         for i, item in enumerate(outcome.items):
             if item.raw is None:
+                self._release(item.work)
                 continue
             try:
                 outcome.items[i] = self._build(item.work, item.raw, n)
@@ -412,6 +466,8 @@ class ServeLoop:
                 log.exception("building the result of offset %s failed", item.work.record.offset)
                 error = MessageError(DlqReason.SCORING_FAILED, f"{type(exc).__name__}: {exc}")
                 outcome.items[i] = Scored(item.work, error=error)
+            finally:
+                self._release(item.work)
         outcome.built_ns = time.time_ns()
         return outcome
 
@@ -470,7 +526,13 @@ class ServeLoop:
             batch_size=batch_n,
             now=now,
         )
-        shape = (int(work.image.shape[0]), int(work.image.shape[1]))
+        shape = work.frame_shape
+        if res.is_defective and shape != tuple(work.image.shape[:2]):
+            # scored on the downscaled frame: regions in the frame's own pixels
+            from inference.scorer import find_regions
+
+            res.regions = find_regions(res.anomaly_map, float(res.threshold), shape)
+            res.image_shape = shape
         result = build_result(
             frame,
             res,
@@ -488,6 +550,7 @@ class ServeLoop:
                 result.alarm_id,
                 self.settings.alarms.heatmap,
                 self.settings.alarms.heatmap_dir,
+                max_side=self.settings.alarms.heatmap_max_side,
             )
             alarm = build_alarm(
                 frame, res, source=work.source, detected_at=now, heatmap=heatmap, trace_id=trace_id
@@ -504,6 +567,7 @@ class ServeLoop:
             except Aborted as exc:
                 log.warning("%s; its %d frames stay uncommitted", exc, len(batch))
                 for work in batch:
+                    self._release(work)
                     _end_span(work.span, error="not processed: shutdown")
                 continue
             self.metrics.stage_seconds.labels(stage="infer").observe(
@@ -511,15 +575,19 @@ class ServeLoop:
             )
             built = self._post.submit(self._build_job, outcome)
             built.add_done_callback(self._wakeup)
-            self._building.append(built)
+            self._building.append((batch, built))
 
     def _collect_built(self) -> None:
-        while self._building and self._building[0].done():
-            outcome: BatchOutcome = self._building.popleft().result()
-            dlq = [(s.work, s.error) for s in outcome.items if s.error is not None]
+        while self._building and self._building[0][1].done():
+            outcome: BatchOutcome = self._building.popleft()[1].result()
+            for item in outcome.items:
+                if item.work.lost:
+                    _end_span(item.work.span, error="partition revoked during processing")
+            items = [s for s in outcome.items if not s.work.lost]
+            dlq = [(s.work, s.error) for s in items if s.error is not None]
             if dlq:
                 self._send_dlq(dlq)
-            ok = [s for s in outcome.items if s.error is None]
+            ok = [s for s in items if s.error is None]
             if ok:
                 self._send_results(ok, outcome)
 
@@ -532,29 +600,68 @@ class ServeLoop:
             def send_result(item=item, key=key, th=trace_headers) -> Any:
                 return self.publisher.send_result(item.result, key, th)
 
-            sends.append((send_result, self._acked(send_result())))
+            unpublishable = self._unpublishable_dlq(item.work, "result")
+            sends.append(self._send(send_result, [("DLQ metadata", unpublishable)]))
             if item.alarm is not None:
 
-                def send_alarm(item=item, key=key, th=trace_headers) -> Any:
-                    return self.publisher.send_alarm(item.alarm, key, th)
+                def send_alarm(item=item, key=key, th=trace_headers, heatmap=True) -> Any:
+                    alarm = (
+                        item.alarm if heatmap else item.alarm.model_copy(update={"heatmap": None})
+                    )
+                    return self.publisher.send_alarm(alarm, key, th)
 
-                sends.append((send_alarm, self._acked(send_alarm())))
+                fallbacks = [
+                    ("the alarm without its heatmap", lambda f=send_alarm: f(heatmap=False)),
+                    ("DLQ metadata", self._unpublishable_dlq(item.work, "alarm")),
+                ]
+                sends.append(self._send(send_alarm, fallbacks))
         box = Outbox([s.work for s in scored], sends, time.time_ns(), outcome=outcome)
         box.scored = scored
         self._outboxes.append(box)
+
+    def _send(self, make: Callable[[], Any], fallbacks: list[tuple[str, Any]]) -> Send:
+        return Send(make, self._acked(make()), list(fallbacks))
+
+    def _dlq_record(self, work: Work, error: MessageError) -> DlqRecord:
+        limits = self.settings.limits
+        record = work.record
+        return build_dlq_record(
+            record.key,
+            record.value,
+            record.headers,
+            error,
+            work.source,
+            self.settings.group,
+            value_max_bytes=limits.dlq_value_max_bytes,
+            claim_root=limits.claim_check_roots[0] if limits.claim_check_roots else None,
+        )
+
+    def _unpublishable_dlq(self, work: Work, what: str) -> Callable[[], Any]:
+        """A send of the frame's DLQ metadata: its ``what`` could not be published."""
+
+        def send() -> Any:
+            error = MessageError(
+                DlqReason.UNPUBLISHABLE, f"the frame's {what} was refused by the broker"
+            )
+            record = metadata_only(self._dlq_record(work, error), f"{what} unpublishable")
+            return self.publisher.send_dlq(record)
+
+        return send
 
     def _send_dlq(self, failures: list[tuple[Work, MessageError]]) -> None:
         sends = []
         reasons = {}
         for work, error in failures:
             record = work.record
-            info = build_dlq_info(error, work.source, self.settings.group)
-            headers = list(record.headers or [])
+            dlq = self._dlq_record(work, error)
 
-            def send(record=record, headers=headers, info=info) -> Any:
-                return self.publisher.send_dlq(record.key, record.value, headers, info)
+            def send(dlq=dlq) -> Any:
+                return self.publisher.send_dlq(dlq)
 
-            sends.append((send, self._acked(send())))
+            def bare(dlq=dlq) -> Any:
+                return self.publisher.send_dlq(metadata_only(dlq, "record refused by the broker"))
+
+            sends.append(self._send(send, [("the DLQ metadata only", bare)]))
             reasons[id(work)] = error.reason.value
             log.info(
                 "frame %s/%d@%d -> DLQ (%s: %s)",
@@ -562,7 +669,7 @@ class ServeLoop:
                 record.partition,
                 record.offset,
                 error.reason.value,
-                error.detail,
+                error.detail[:500],
             )
         box = Outbox([w for w, _ in failures], sends, time.time_ns(), dlq_reasons=reasons)
         self._outboxes.append(box)
@@ -576,6 +683,8 @@ class ServeLoop:
         while self._outboxes and self._outboxes[0].done():
             box = self._outboxes[0]
             failed = box.failed()
+            if failed and all(w.lost for w in box.works):
+                failed = []  # nobody will commit these frames here: no point resending
             if failed:
                 self._resend(box, failed)
                 return
@@ -583,15 +692,37 @@ class ServeLoop:
             self._finish(box, time.time_ns())
 
     def _resend(self, box: Outbox, failed: list[int]) -> None:
-        errors = {type(box.sends[i][1].exception).__name__ for i in failed}
+        """Replace records the broker can never take by their fallback (at once); resend the
+        others (an outage) with back-off."""
+        outage = []
+        refused = [box.sends[i].future for i in failed if unsendable(box.sends[i].future.exception)]
+        if any(isinstance(f, FutureRecordMetadata) for f in refused):
+            log.warning("the broker refused a record; starting a new producer")
+            self.publisher.reset()
+        for i in failed:
+            send = box.sends[i]
+            exc = send.future.exception
+            if unsendable(exc) and send.fallbacks:
+                what, make = send.fallbacks.pop(0)
+                log.warning(
+                    "a record was refused (%s: %s); sending %s", type(exc).__name__, exc, what
+                )
+                self.metrics.retries.labels(cause="unpublishable").inc()
+                send.make = make
+                send.future = self._acked(make())
+            else:
+                outage.append(i)
+        if not outage:
+            return
+        errors = {type(box.sends[i].future.exception).__name__ for i in outage}
         delay = self._backoff(box.attempts)
-        log.warning("%d publish(es) failed (%s); resending in %.1fs", len(failed), errors, delay)
+        log.warning("%d publish(es) failed (%s); resending in %.1fs", len(outage), errors, delay)
         self.metrics.retries.labels(cause="publish").inc()
         if self._abort.wait(delay):
             return
-        for i in failed:
-            resend, _ = box.sends[i]
-            box.sends[i] = (resend, self._acked(resend()))
+        for i in outage:
+            send = box.sends[i]
+            send.future = self._acked(send.make())
         box.attempts += 1
 
     def _finish(self, box: Outbox, acked_ns: int) -> None:
@@ -599,6 +730,9 @@ class ServeLoop:
         self.metrics.stage_seconds.labels(stage="publish").observe(publish_s)
         scored = {id(s.work): s for s in box.scored}
         for work in box.works:
+            if work.lost:  # revoked after it was sent: the new owner re-reads and commits it
+                _end_span(work.span, error="partition revoked before commit", end_ns=acked_ns)
+                continue
             self.tracker.done(work.tp, work.record.offset)
             tel = self.telemetry
             tel.child_span(work.span, "consume", work.received_ns, work.decode_start_ns)
@@ -687,10 +821,11 @@ class ServeLoop:
         held = self.tracker.in_flight()
         self.metrics.in_flight.set(held)
         limit = self.settings.batch.max_in_flight
-        if not self._paused and held >= limit:
+        budget = self.settings.batch.max_decoded_mib * 1024 * 1024
+        if not self._paused and (held >= limit or self._over_budget()):
             self._paused = True
             self._pause_assigned()
-        elif self._paused and held <= limit // 2:
+        elif self._paused and held <= limit // 2 and self._decoded_bytes <= budget // 2:
             self._paused = False
             paused = self.consumer.paused()
             if paused:
@@ -722,20 +857,66 @@ class ServeLoop:
         return True
 
     def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance: finish what is in flight, commit, drop undispatched frames of ``revoked``."""
-        if not revoked:
-            return
-        log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
-        self._settle(self.settings.retry.drain_timeout_s)
-        self._commit(force=True)
-        for queue in (self._pending, self._ready):
-            keep = [w for w in queue if w.tp not in revoked]
-            for work in queue:
-                if work.tp in revoked:
-                    _end_span(work.span, error="partition revoked before processing")
-            queue.clear()
-            queue.extend(keep)
-        self.tracker.forget(revoked)
+        """Rebalance listener (kafka-python may call it on its IO thread): only record the
+        revocation. No Kafka call here: the main loop applies it (:meth:`_apply_revocations`)
+        after the poll returns."""
+        if revoked:
+            self._revocations.append(set(revoked))
+            self._wake.set()
+
+    def _apply_revocations(self) -> None:
+        """Mark every frame of a revoked partition as lost: undispatched ones are dropped,
+        batches in flight finish but publish nothing, sent ones are never committed (the new
+        owner re-reads from the last commit; a re-published result keeps its ids)."""
+        while self._revocations:
+            revoked = self._revocations.popleft()
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+            lost = 0
+            for queue in (self._pending, self._ready):
+                keep = [w for w in queue if w.tp not in revoked]
+                for work in queue:
+                    if work.tp in revoked:
+                        work.lost = True
+                        lost += 1
+                        self._release(work)
+                        _end_span(work.span, error="partition revoked before processing")
+                queue.clear()
+                queue.extend(keep)
+            works = [w for batch, _ in (*self._batches, *self._building) for w in batch]
+            works += [w for box in self._outboxes for w in box.works]
+            for work in works:
+                if work.tp in revoked and not work.lost:
+                    work.lost = True
+                    lost += 1
+            self.tracker.forget(revoked)
+            self._rewind |= revoked
+            if lost:
+                self.metrics.retries.labels(cause="rebalance").inc(lost)
+                log.info("%d frame(s) of revoked partitions dropped (the new owner re-reads)", lost)
+
+    def _rewind_reassigned(self) -> set[TopicPartition]:
+        """Seek revoked partitions that are assigned to us again to their committed offset
+        (main thread: this asks the broker); returns those rewound. Those not assigned stay
+        pending until they are."""
+        rewound: set[TopicPartition] = set()
+        if not self._rewind:
+            return rewound
+        assigned = set(self.consumer.assignment())
+        for tp in sorted(self._rewind & assigned):
+            try:
+                offset = self.consumer.committed(tp)
+                if offset is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+            except (KafkaError, AssertionError, ValueError) as exc:  # retried at the next poll
+                log.warning("rewinding %s:%d failed (%s); retrying", tp.topic, tp.partition, exc)
+                continue
+            self._rewind.discard(tp)
+            rewound.add(tp)
+        if rewound and self._paused:  # a pause does not survive a rebalance: re-apply it
+            self._pause_assigned()
+        return rewound
 
     def _drain(self) -> None:
         log.info("stopping: finishing %d batch(es) in flight", len(self._batches))
@@ -774,11 +955,16 @@ class ServeLoop:
 
 
 class _Listener(ConsumerRebalanceListener):
+    """kafka-python runs these on its IO thread: they only record, never call the client."""
+
     def __init__(self, loop: ServeLoop) -> None:
         self.loop = loop
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.loop.on_revoked(set(revoked))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.loop.on_revoked(set(lost))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,7 @@ from ingest.schemas import (
     AlarmMessage,
     DlqInfo,
     FrameHeaders,
+    HeaderList,
     Heatmap,
     MessageError,
     ResultMessage,
@@ -32,6 +35,7 @@ from ingest.schemas import (
 log = logging.getLogger("adqc.serve")
 
 HeatmapMode = Literal["inline", "uri", "none"]
+HEATMAP_MAX_SIDE = 1024
 
 
 def frame_timings(
@@ -133,16 +137,19 @@ def build_heatmap(
     alarm_id: str,
     mode: HeatmapMode,
     directory: str | Path | None = None,
+    max_side: int = HEATMAP_MAX_SIDE,
 ) -> Heatmap | None:
     """The alarm's heatmap: inline base64 PNG, a ``file://`` URI of a PNG written under
     ``directory`` (named ``<alarm_id>.png``, written atomically), or None for mode ``none``
-    or when drawing fails (the alarm matters more than its picture)."""
+    or when drawing fails (the alarm matters more than its picture). It is drawn at most
+    ``max_side`` pixels on its longer side, so an inline heatmap stays far below the
+    producer's record limit whatever the frame size."""
     if mode == "none":
         return None
     from inference.scorer import heatmap_png
 
     try:
-        png = heatmap_png(image, result.anomaly_map, float(result.threshold))
+        png = heatmap_png(image, result.anomaly_map, float(result.threshold), max_side=max_side)
     except Exception:
         log.exception("heatmap failed; alarm %s goes out without one", alarm_id)
         return None
@@ -161,8 +168,11 @@ def build_heatmap(
     return Heatmap(encoding="uri", uri=path.resolve().as_uri(), width=width, height=height)
 
 
-def build_dlq_info(error: MessageError, source: Source, group: str | None) -> DlqInfo:
-    """The ``dlq.*`` headers of a frame dead-lettered for ``error``."""
+def build_dlq_info(
+    error: MessageError, source: Source, group: str | None, **extra: object
+) -> DlqInfo:
+    """The ``dlq.*`` headers of a frame dead-lettered for ``error`` (``extra``: the value and
+    header fields of :class:`~ingest.schemas.DlqInfo`)."""
     return DlqInfo(
         reason=error.reason,
         detail=error.detail[:2000],
@@ -171,7 +181,104 @@ def build_dlq_info(error: MessageError, source: Source, group: str | None) -> Dl
         source_partition=source.partition,
         source_offset=source.offset,
         consumer_group=group,
+        **extra,
     )
+
+
+#: a DLQ record keeps at most this much of each original header value / key, and of all
+#: original headers together (so the record always fits the producer's request limit)
+DLQ_FIELD_MAX = 1024
+DLQ_HEADERS_MAX = 32 * 1024
+
+
+@dataclass(frozen=True)
+class DlqRecord:
+    """A dead-letter record, bounded: key, value (whole, an excerpt or none), headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: HeaderList  # the original headers kept + the dlq.* headers
+    info: DlqInfo
+
+
+def build_dlq_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    error: MessageError,
+    source: Source,
+    group: str | None,
+    *,
+    value_max_bytes: int,
+    claim_root: Path | None = None,
+) -> DlqRecord:
+    """The DLQ record of a failed frame, made to fit: a value over ``value_max_bytes`` is
+    cut to an excerpt of that size (the whole value saved under ``claim_root``/dlq/ as a
+    claim check when a root is configured), long header values and keys are shortened."""
+    extra: dict[str, object] = {}
+    size = len(value or b"")
+    if value is not None and size > value_max_bytes:
+        extra.update(value_kept="excerpt", value_bytes=size)
+        if claim_root is not None:
+            extra["claim_check"] = _save_claim_check(claim_root, source, value)
+        value = value[:value_max_bytes]
+    kept, truncated = _bounded_headers(headers)
+    if truncated or (key is not None and len(key) > DLQ_FIELD_MAX):
+        extra["headers_truncated"] = True
+    info = build_dlq_info(error, source, group, **{k: v for k, v in extra.items() if v})
+    key = key[:DLQ_FIELD_MAX] if key is not None else None
+    return DlqRecord(key, value, kept + info.to_kafka(), info)
+
+
+def metadata_only(record: DlqRecord, why: str) -> DlqRecord:
+    """The last resort for a record the broker refused: no value, no original headers but
+    ``frame_id``, and ``why`` appended to the detail."""
+    info = record.info.model_copy(
+        update={
+            "detail": f"{record.info.detail} | {why}"[:2000],
+            "value_kept": "none",
+            "value_bytes": record.info.value_bytes or len(record.value or b""),
+            "headers_truncated": True,
+        }
+    )
+    frame_id = [(k, v) for k, v in record.headers if k == "frame_id"][:1]
+    return DlqRecord(record.key, b"", frame_id + info.to_kafka(), info)
+
+
+def _bounded_headers(
+    headers: Sequence[tuple[str, bytes | None]] | None,
+) -> tuple[HeaderList, bool]:
+    kept: HeaderList = []
+    total = 0
+    truncated = False
+    for name, value in headers or ():
+        if name.startswith("dlq."):
+            continue  # a replayed record's old dlq.* headers: the new ones replace them
+        name = name[:DLQ_FIELD_MAX]
+        data = value if value is not None else b""
+        if len(data) > DLQ_FIELD_MAX:
+            data, truncated = data[:DLQ_FIELD_MAX], True
+        if total + len(name) + len(data) > DLQ_HEADERS_MAX:
+            truncated = True
+            continue
+        total += len(name) + len(data)
+        kept.append((name, data))
+    return kept, truncated
+
+
+def _save_claim_check(root: Path, source: Source, value: bytes) -> str | None:
+    """Write a dead-lettered value under ``root``/dlq/ (atomically); its file:// URI."""
+    folder = Path(root) / "dlq" / source.topic / str(source.partition)
+    path = folder / f"{source.offset}.bin"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(value)
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not save the DLQ value of %s as a claim check: %s", source, exc)
+        return None
+    return path.resolve().as_uri()
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -62,6 +62,7 @@ class DlqReason(StrEnum):
     UNKNOWN_PRODUCT = "unknown_product"
     MODEL_MISMATCH = "model_mismatch"
     SCORING_FAILED = "scoring_failed"
+    UNPUBLISHABLE = "unpublishable"  # an output the broker refused (too large): metadata only
 
 
 class _Message(BaseModel):
@@ -126,10 +127,14 @@ class FrameHeaders(_Message):
         """Parse Kafka headers; raises :class:`MessageError` naming the header at fault."""
         raw: dict[str, str] = {}
         for name, value in headers or ():
+            if name in raw and name in cls.model_fields:
+                # two values for one frame header: which is right is unknowable (no last-wins)
+                detail = f"header {name!r} appears more than once"
+                raise MessageError(DlqReason.INVALID_HEADER, detail)
             try:
                 raw[name] = (value or b"").decode("utf-8")
             except UnicodeDecodeError as exc:
-                detail = f"header {name!r} is not UTF-8"
+                detail = f"header {name[:100]!r} is not UTF-8"
                 raise MessageError(DlqReason.INVALID_HEADER, detail) from exc
         missing = [name for name in REQUIRED_FRAME_HEADERS if not raw.get(name)]
         if missing:
@@ -270,6 +275,17 @@ class DlqInfo(_Message):
     source_partition: int
     source_offset: int
     consumer_group: str | None = None
+    value_kept: Literal["full", "excerpt", "none"] | None = Field(
+        default=None,
+        description="the record's value: the original (absent = full), its first bytes, or none",
+    )
+    value_bytes: int | None = Field(default=None, ge=0, description="size of the original value")
+    claim_check: str | None = Field(
+        default=None, description="file:// URI of the full original value, when it was saved"
+    )
+    headers_truncated: bool | None = Field(
+        default=None, description="original headers were shortened or dropped to fit"
+    )
 
     def to_kafka(self) -> HeaderList:
         """``dlq.<field>`` headers (UTF-8)."""

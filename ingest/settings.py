@@ -152,6 +152,11 @@ class BatchSettings(_Section):
         description="frames held (decoding, queued, scoring, publishing) before partitions pause",
     )
     decode_workers: int = Field(default=2, ge=1, le=64)
+    max_decoded_mib: int = Field(
+        default=256,
+        ge=1,
+        description="decoded pixels held by frames in flight (MiB) before partitions pause",
+    )
 
     @model_validator(mode="after")
     def _room_for_a_batch(self) -> BatchSettings:
@@ -282,9 +287,25 @@ class FrameLimits(_Section):
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     min_side: int = Field(default=16, ge=1)
     max_side: int = Field(default=8192, ge=1)
+    max_pixels: int = Field(
+        default=8192 * 8192, ge=1, description="width x height of one frame, checked before decode"
+    )
+    decode_max_side: int = Field(
+        default=1024,
+        ge=64,
+        description="frames are downscaled at decode to this longest side (model input and "
+        "heatmap need no more); results still report the frame's full size",
+    )
     claim_check_roots: list[Path] = Field(
         default_factory=list,
-        description="directories file:// claim checks may point into; empty = anywhere",
+        description="directories file:// claim checks may point into; empty = claim checks off",
+    )
+    claim_check_timeout_s: float = Field(default=5.0, gt=0, description="reading one claim check")
+    dlq_value_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="a dead-lettered value larger than this is replaced by an excerpt of this "
+        "size (the full value saved as a claim check under the first claim-check root)",
     )
 
 
@@ -293,6 +314,9 @@ class AlarmSettings(_Section):
 
     heatmap: Literal["inline", "uri", "none"] = "inline"
     heatmap_dir: Path | None = Field(default=None, description="where 'uri' heatmaps are written")
+    heatmap_max_side: int = Field(
+        default=1024, ge=16, le=4096, description="heatmaps are drawn at most this large"
+    )
 
     @model_validator(mode="after")
     def _dir_for_uri(self) -> AlarmSettings:

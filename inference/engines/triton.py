@@ -5,9 +5,11 @@
 
 - Payloads are the uint8 images (4x smaller than float input); preprocessing runs in the server.
 - Every call has a deadline (``timeout_s``, gRPC ``client_timeout``).
-- UNAVAILABLE (server starting, restarting, or its store unreachable) is retried with
-  exponential backoff (``retries`` times, ``backoff_s`` doubling: ``inference.errors.retrying``)
-  and then raised as TritonUnavailableError, a TransientError; other errors are not retried.
+- UNAVAILABLE (server starting, restarting, or its store unreachable) and overload
+  (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with exponential backoff (``retries``
+  times, ``backoff_s`` doubling: ``inference.errors.retrying``) and then raised as
+  TritonUnavailableError / TritonOverloadedError, TransientErrors (the serve loop waits them
+  out with back-pressure, never dead-letters the frames); other errors are not retried.
 - ``model_id`` comes from the served model's config (parameter ``model_id``, written by
   `adqc export triton`); a record built with another model raises ModelMismatchError before any
   request is sent.
@@ -46,6 +48,11 @@ class TritonEngineError(RuntimeError):
 
 class TritonUnavailableError(TritonEngineError, TransientError):
     """The server stayed unreachable/unavailable after all retries."""
+
+
+class TritonOverloadedError(TritonUnavailableError):
+    """The server is overloaded (deadline exceeded, resource exhausted) after all retries: an
+    outage to wait out with back-pressure, not a fault of the frames."""
 
 
 class ReferenceMismatchError(TritonEngineError):
@@ -224,8 +231,14 @@ class TritonEngine:
             if kind == "ReferenceMismatchError":
                 return ReferenceMismatchError(f"{where}: {detail}", status)
         if "DEADLINE_EXCEEDED" in status:
-            return TritonEngineError(
-                f"{where}: could not {what} within the {self.timeout_s:g} s deadline", status
+            return TritonOverloadedError(
+                f"{where}: could not {what} within the {self.timeout_s:g} s deadline "
+                f"({attempt + 1} attempt(s))",
+                status,
+            )
+        if "RESOURCE_EXHAUSTED" in status:
+            return TritonOverloadedError(
+                f"{where}: overloaded after {attempt + 1} attempt(s) to {what}: {message}", status
             )
         if "UNAVAILABLE" in status:
             return TritonUnavailableError(

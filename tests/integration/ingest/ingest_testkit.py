@@ -211,3 +211,80 @@ def running_loop(settings: Any, scorer: Any, telemetry: Any) -> Iterator[Any]:
         assert not thread.is_alive(), "serve loop did not stop within 60 s"
         if errors:
             raise errors[0]
+
+
+@dataclass
+class Answered:
+    """What the workers produced for the frames: results and DLQ records."""
+
+    results: list[Any]  # ResultMessage
+    dlq: list[Any]  # kafka records of the DLQ topic
+
+    def dlq_frame_ids(self) -> list[str]:
+        out = []
+        for record in self.dlq:
+            ids = [v.decode(errors="replace") for k, v in record.headers if k == "frame_id" and v]
+            out.append(ids[0] if ids else f"@{dict(record.headers).get('dlq.source_offset')}")
+        return out
+
+    def frame_ids(self) -> list[str]:
+        return [r.frame_id for r in self.results] + self.dlq_frame_ids()
+
+
+def answered(
+    bootstrap: str,
+    topics: Topics,
+    done: Callable[[Answered], bool],
+    timeout_s: float = 120.0,
+    quiet_s: float = 2.0,
+) -> Answered:
+    """Results + DLQ records of ``topics`` until ``done`` holds (or the timeout), then a quiet
+    period to catch duplicates."""
+    from ingest.schemas import ResultMessage
+
+    def snapshot() -> Answered:
+        results = read_to_end(bootstrap, topics.results)
+        return Answered(
+            [ResultMessage.from_bytes(r.value) for r in results], read_to_end(bootstrap, topics.dlq)
+        )
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = snapshot()
+        if done(out) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    time.sleep(quiet_s)
+    return snapshot()
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` now (up to the end offsets read first)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def fault_report(scenario: str, **values: Any) -> None:
+    """Append a measured outcome to $ADQC_FAULT_REPORT (JSON lines; ``make test-faults``)."""
+    import json
+
+    path = os.environ.get("ADQC_FAULT_REPORT")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"scenario": scenario, **values}, default=str) + "\n")

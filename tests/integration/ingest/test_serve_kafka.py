@@ -186,8 +186,12 @@ def test_malformed_frames_go_to_the_dlq_and_the_loop_keeps_running(
 ) -> None:
     topics = Topics.unique("dlq")
     kafka_broker.create_topics(topics.names(), partitions=1)
+    roots = {"claim_check_roots": [str(frame_images.good[1].parent.resolve()), "/nonexistent"]}
     settings = load_settings(
-        None, **serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+        None,
+        **serve_config(
+            kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint, limits=roots
+        ),
     )
     telemetry = Telemetry(settings.telemetry)
     good = frame_images.good[0].read_bytes()

@@ -115,3 +115,130 @@ def test_files_may_be_bmp_or_tiff_but_frames_only_jpeg_or_png(tmp_path: Path) ->
     assert np.array_equal(load_frame(path), RGB)
     with pytest.raises(FrameError, match="BMP"):
         decode_frame(path.read_bytes())
+
+
+# --- claim checks: roots required, regular files only, bounded, no escape -------------------
+
+
+def _claim(path: Path | str) -> bytes:
+    return Path(path).as_uri().encode() if Path(path).is_absolute() else str(path).encode()
+
+
+def _claim_error(uri: bytes, limits: FrameLimits) -> MessageError:
+    with pytest.raises(MessageError) as err:
+        decode_kafka_frame(uri, _headers("text/uri-list"), limits)
+    return err.value
+
+
+def test_claim_checks_are_off_without_roots(tmp_path: Path) -> None:
+    path = tmp_path / "f.png"
+    path.write_bytes(_png(Image.fromarray(RGB)))
+    error = _claim_error(_claim(path), FrameLimits())
+    assert error.reason is DlqReason.CLAIM_CHECK_UNREADABLE
+    assert "claim checks are off" in error.detail
+    # the same file is accepted once its directory is a root
+    ok = decode_kafka_frame(
+        _claim(path), _headers("text/uri-list"), FrameLimits(claim_check_roots=[tmp_path])
+    )
+    assert ok.shape == (40, 56, 3)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    out: list[MessageError] = []
+    worker = threading.Thread(
+        target=lambda: out.append(
+            _claim_error(_claim(fifo), FrameLimits(claim_check_roots=[tmp_path]))
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "reading a FIFO claim check blocked"
+    assert out[0].reason is DlqReason.CLAIM_CHECK_UNREADABLE and "a FIFO" in out[0].detail
+
+
+def test_devices_directories_and_files_outside_the_roots_are_refused(tmp_path: Path) -> None:
+    zero = _claim_error(_claim("/dev/zero"), FrameLimits(claim_check_roots=[Path("/dev")]))
+    assert "character device" in zero.detail
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    assert (
+        "a directory"
+        in _claim_error(_claim(folder), FrameLimits(claim_check_roots=[tmp_path])).detail
+    )
+    passwd = _claim_error(_claim("/etc/passwd"), FrameLimits(claim_check_roots=[tmp_path]))
+    assert "outside the allowed roots" in passwd.detail
+
+
+def test_a_symlink_out_of_the_roots_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "frames"
+    root.mkdir()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(_png(Image.fromarray(RGB)))
+    (root / "link.png").symlink_to(outside)
+    (root / "passwd").symlink_to("/etc/passwd")
+    limits = FrameLimits(claim_check_roots=[root])
+    for name in ("link.png", "passwd"):
+        error = _claim_error(_claim(root / name), limits)
+        assert error.reason is DlqReason.CLAIM_CHECK_UNREADABLE
+        assert "outside the allowed roots" in error.detail
+    # a symlink that stays inside the root is fine
+    (root / "real.png").write_bytes(outside.read_bytes())
+    (root / "inside.png").symlink_to(root / "real.png")
+    assert decode_kafka_frame(_claim(root / "inside.png"), _headers("text/uri-list"), limits).shape
+
+
+def test_claim_check_reads_are_bounded_by_max_bytes(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * 5000)
+    error = _claim_error(_claim(big), FrameLimits(max_bytes=4096, claim_check_roots=[tmp_path]))
+    assert error.reason is DlqReason.WRONG_SIZE and "4096" in error.detail
+
+
+# --- decoded-pixel budget -----------------------------------------------------------------------
+
+
+def test_frames_are_downscaled_at_decode_and_keep_their_full_size() -> None:
+    from inference.frames import decode_scaled
+
+    big = Image.fromarray(np.tile(RGB, (40, 40, 1)))  # 2240 x 1600
+    for fmt in ("PNG", "JPEG"):
+        buffer = io.BytesIO()
+        big.save(buffer, format=fmt)
+        image, size = decode_scaled(buffer.getvalue(), max_side=512)
+        assert size == (1600, 2240)
+        assert max(image.shape[:2]) <= 512 and image.shape[2] == 3
+        assert abs(image.shape[1] / image.shape[0] - 2240 / 1600) < 0.02
+    small, size = decode_scaled(_png(Image.fromarray(RGB)), max_side=512)
+    assert size == (40, 56) and np.array_equal(small, RGB)  # small frames are untouched
+
+
+def test_16_bit_and_palette_frames_downscale_too() -> None:
+    from inference.frames import decode_scaled
+
+    grey16 = Image.fromarray(np.tile(GREY16, (30, 30)))
+    palette = Image.fromarray(np.tile(RGB, (30, 30, 1))).quantize(colors=16)
+    for img in (grey16, palette):
+        image, size = decode_scaled(_png(img), max_side=256)
+        assert size == (1200, 1680) and max(image.shape[:2]) == 256
+    assert decode_scaled(_png(grey16), max_side=256)[0].max() > 200  # still rescaled
+
+
+def test_a_pixel_limit_refuses_a_frame_before_decoding_it() -> None:
+    data = _png(Image.new("L", (600, 600)))
+    with pytest.raises(FrameError) as err:
+        decode_frame(data, limits=FrameLimits(max_pixels=100_000))
+    assert err.value.reason == "wrong_size" and "360000 pixels" in err.value.detail
+
+
+def test_a_long_thin_frame_keeps_its_minimum_side() -> None:
+    from inference.frames import scaled_size
+
+    assert scaled_size(8192, 16, 1024, 16) == (8192, 16)
+    assert scaled_size(4000, 100, 1000, 16) == (1000, 25)
+    assert scaled_size(900, 900, 1024, 16) == (900, 900)

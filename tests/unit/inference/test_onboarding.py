@@ -129,3 +129,13 @@ def test_onboarding_refusals(local_engine, good_dir, tmp_path):
 def test_find_images_accepts_globs(good_dir):
     assert len(find_images(good_dir / "good_*.png")) == 5
     assert len(find_images(str(good_dir / "good_1.png"))) == 1
+
+
+def test_onboarding_refuses_images_serve_would_reject_naming_the_file(tmp_path):
+    """A 1x1 (or 8x8) reference is below serve's minimum side: refused, the file named."""
+    from inference.onboarding import load_images
+
+    tiny = tmp_path / "tiny-ref.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    with pytest.raises(ImageLoadError, match=r"tiny-ref\.png is 1x1; sides must be within"):
+        load_images([tiny], 32)

@@ -117,14 +117,14 @@ def test_claim_check_reads_the_file(tmp_path: Path) -> None:
         (
             b"http://example.com/x.png",
             _headers("text/uri-list"),
-            FrameLimits(),
+            FrameLimits(claim_check_roots=[Path("/srv/frames")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "file://",
         ),
         (
             b"file:///nonexistent/x.png",
             _headers("text/uri-list"),
-            FrameLimits(),
+            FrameLimits(claim_check_roots=[Path("/nonexistent")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "/nonexistent/x.png",
         ),
@@ -134,6 +134,13 @@ def test_claim_check_reads_the_file(tmp_path: Path) -> None:
             FrameLimits(claim_check_roots=[Path("/srv/frames")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "outside the allowed roots",
+        ),
+        (
+            b"file:///etc/hostname",
+            _headers("text/uri-list"),
+            FrameLimits(),
+            DlqReason.CLAIM_CHECK_UNREADABLE,
+            "claim checks are off",
         ),
     ],
 )

@@ -115,3 +115,45 @@ def test_demo_alarms_are_serve_alarms(tmp_path: Path) -> None:
     assert alarm.alarm_id == serve_alarm.alarm_id  # the id serve gives the same frame
     assert alarm.regions == serve_alarm.regions and alarm.severity == serve_alarm.severity
     assert (tmp_path / f"{alarm.alarm_id}.png").is_file()
+
+
+# --- outputs made to fit --------------------------------------------------------------------
+
+
+def test_a_large_dlq_value_becomes_an_excerpt_and_a_claim_check(tmp_path: Path) -> None:
+    from ingest.messages import build_dlq_record, metadata_only
+    from ingest.schemas import DlqInfo, DlqReason, MessageError
+
+    value = bytes(range(256)) * 8192  # 2 MiB
+    headers = [("frame_id", b"f1"), ("junk", b"x" * 5000), ("dlq.reason", b"old")]
+    source = Source(topic="frames", partition=2, offset=7)
+    error = MessageError(DlqReason.UNDECODABLE_IMAGE, "bad")
+    record = build_dlq_record(
+        b"cam", value, headers, error, source, "g", value_max_bytes=4096, claim_root=tmp_path
+    )
+    info = DlqInfo.from_kafka(record.headers)
+    assert record.value == value[:4096]
+    assert info.value_kept == "excerpt" and info.value_bytes == len(value)
+    assert info.headers_truncated and ("junk", b"x" * 1024) in record.headers
+    assert [v for k, v in record.headers if k == "dlq.reason"] == [b"undecodable_image"]
+    saved = Path(info.claim_check.removeprefix("file://"))
+    assert saved.is_relative_to(tmp_path) and saved.read_bytes() == value
+    # small values are kept whole, with no claim check
+    small = build_dlq_record(b"cam", b"abc", headers[:1], error, source, "g", value_max_bytes=4096)
+    assert small.value == b"abc" and DlqInfo.from_kafka(small.headers).value_kept is None
+    # the last resort: metadata only
+    bare = metadata_only(record, "refused")
+    bare_info = DlqInfo.from_kafka(bare.headers)
+    assert bare.value == b"" and bare_info.value_kept == "none"
+    assert bare_info.value_bytes == len(value) and bare_info.detail.endswith("refused")
+    assert [k for k, _ in bare.headers if not k.startswith("dlq.")] == ["frame_id"]
+
+
+def test_heatmaps_are_drawn_at_a_bounded_size() -> None:
+    from inference.scorer import heatmap_png
+
+    image = np.zeros((3000, 2000, 3), dtype=np.uint8)
+    anomaly = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    png = heatmap_png(image, anomaly, 0.5, max_side=512)
+    assert png_size(png) == (512, 341)
+    assert png_size(heatmap_png(image[:100, :80], anomaly, 0.5, max_side=512)) == (100, 80)

@@ -51,6 +51,12 @@ def test_server_errors_map_to_the_local_exception_types():
     assert isinstance(mismatch, ModelMismatchError) and "onboarded with model 'a'" in str(mismatch)
     down = translate("StoreUnavailableError: redis down", "StatusCode.UNAVAILABLE")
     assert isinstance(down, StoreUnavailableError)
+    from inference.engines.triton import TritonOverloadedError
+    from inference.errors import TransientError
+
+    for status in ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"):
+        busy = translate("Deadline Exceeded", status)
+        assert isinstance(busy, TritonOverloadedError) and isinstance(busy, TransientError)
     other = translate("in ensemble 'adqc', RuntimeError: boom", "StatusCode.INTERNAL")
     assert type(other) is TritonEngineError and "boom" in str(other)
     assert other.status == "StatusCode.INTERNAL"
