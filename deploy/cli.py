@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from deploy.triton_repo import DEFAULT_REDIS_URL
+#: the store URL `adqc export triton` writes when neither --store nor ADQC_STORE__URL is given
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 BackboneOpt = Annotated[str, typer.Option(help="Backbone name (pretrain.backbones registry).")]
 CheckpointOpt = Annotated[
@@ -40,12 +41,16 @@ def export_triton(
     backbone: BackboneOpt = "mobilenet_v2",
     weights: WeightsOpt = None,
     redis_url: Annotated[
-        str,
+        str | None,
         typer.Option(
+            "--store",
+            "--redis-url",
             help="Reference store URL written into the config WITHOUT its password (tritonserver "
-            "reads ADQC_REDIS_PASSWORD or ADQC_REDIS_PASSWORD_FILE; env ADQC_REDIS_URL wins)."
+            "reads ADQC_REDIS_PASSWORD or ADQC_REDIS_PASSWORD_FILE; env ADQC_STORE__URL of "
+            "the tritonserver process wins).",
+            show_default=f"$ADQC_STORE__URL, else {DEFAULT_REDIS_URL}",
         ),
-    ] = DEFAULT_REDIS_URL,
+    ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
     kind: KindOpt = "auto",
@@ -62,8 +67,10 @@ def export_triton(
 ) -> None:
     """Write a self-contained Triton model repository (ensemble `adqc`)."""
     from deploy.triton_repo import build_model_repository
+    from inference.store.settings import store_url
 
     try:
+        redis_url = store_url(redis_url, DEFAULT_REDIS_URL)
         spec = build_model_repository(
             out,
             backbone=backbone,
@@ -82,14 +89,14 @@ def export_triton(
     typer.echo(
         f"wrote {out}: ensemble 'adqc' for {spec.model_id} ({spec.image_size}px, "
         f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
-        f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_REDIS_URL overrides)"
+        f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_STORE__URL overrides)"
     )
     from inference.store.urls import split_password
 
     if split_password(redis_url)[1] is not None:
         typer.echo(
             "the store password was NOT written into the repository: start tritonserver with "
-            "ADQC_REDIS_PASSWORD, ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_REDIS_URL"
+            "ADQC_REDIS_PASSWORD, ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_STORE__URL"
         )
 
 
