@@ -386,7 +386,7 @@ def _confirm(question: str) -> bool:
 
     try:
         return bool(typer.confirm(question, default=False))
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):  # typer >= 0.20 has its own Abort
         return False
 
 
