@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,20 +20,28 @@ CheckpointOpt = Annotated[
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="Backbone weights file (backbones that need one).")
 ]
-KindOpt = Annotated[
-    str, typer.Option(help="Instance kind: auto (GPU when torch sees CUDA here), gpu or cpu.")
-]
 
 
-def _fail(message: str) -> None:
+class Kind(StrEnum):
+    """Triton instance kinds."""
+
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+KindOpt = Annotated[Kind, typer.Option(help="Instance kind (auto: GPU when torch sees CUDA).")]
+
+
+def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 def _check_kind(kind: str) -> str:
     if kind not in ("auto", "gpu", "cpu"):
-        _fail(f"--kind must be auto, gpu or cpu, not {kind!r}")
-    return kind
+        _fail(f"--kind must be auto, gpu or cpu, not {kind!r}", 2)
+    return str(kind)
 
 
 def export_triton(
@@ -53,7 +62,7 @@ def export_triton(
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
-    kind: KindOpt = "auto",
+    kind: KindOpt = Kind.auto,
     queue_delay_us: Annotated[
         int, typer.Option(min=0, help="Dynamic batching max queue delay (microseconds).")
     ] = 2000,
@@ -107,7 +116,7 @@ def export_onnx_cmd(
     weights: WeightsOpt = None,
     max_batch: Annotated[int, typer.Option(min=1)] = 16,
     instances: Annotated[int, typer.Option(min=1)] = 1,
-    kind: KindOpt = "auto",
+    kind: KindOpt = Kind.auto,
 ) -> None:
     """Export backbone and projector to ONNX (dynamic batch) with onnxruntime configs."""
     from deploy.export import export_onnx
@@ -144,7 +153,8 @@ def export_torchscript_cmd(
 
 
 def bench_triton(
-    batch: Annotated[int, typer.Option(min=1, help="Images per request.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per request.")] = 8,
+    batch: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,
     requests: Annotated[int, typer.Option(min=1, help="Timed requests.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed requests first.")] = 5,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
@@ -165,10 +175,11 @@ def bench_triton(
 ) -> None:
     """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
     from deploy.triton_bench import run_bench
+    from inference.cli_conventions import pick
 
     try:
         result = run_bench(
-            batch=batch,
+            batch=pick(None, batch, "--batch-size", "--batch", batch_size),
             requests=requests,
             warmup=warmup,
             concurrency=concurrency,
