@@ -111,3 +111,19 @@ def test_recalibrate_keeps_pool_and_detector_and_sets_a_held_out_threshold(
         record.calibration.normal_scores, [r.score for r in served], rtol=1e-5
     )
     assert all(r.threshold == record.calibration.threshold for r in served)
+
+
+def test_the_scorer_serves_the_pinned_version(store, record_factory, brightness_engine):
+    for seed in range(2):
+        store.publish(record_factory(seed=seed))
+    scorer = Scorer(brightness_engine, store)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    assert scorer.score([image], "widget")[0].reference_version == 2
+    store.pin("widget", 1)
+    assert scorer.score([image], "widget")[0].reference_version == 1  # its next batch
+    override_threshold(store, "widget", 9.0, "test")  # v3 published while pinned: not served
+    result = scorer.score([image], "widget")[0]
+    assert result.reference_version == 1 and result.threshold != 9.0
+    store.unpin("widget")
+    result = scorer.score([image], "widget")[0]
+    assert result.reference_version == 3 and result.threshold == 9.0
