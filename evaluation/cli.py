@@ -66,7 +66,12 @@ def eval_command(
     image_size: int | None = typer.Option(
         None, "--image-size", help="square input size; resize without crop (default: backbone's)"
     ),
-    json_out: Path = typer.Option(..., "--json", help="write the metrics JSON here"),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="write the metrics JSON here",
+        show_default="DIR/metrics.json with --report",
+    ),
     report: Path | None = typer.Option(None, "--report", help="write an HTML report into DIR"),
     weights: Path | None = typer.Option(None, "--weights", help="backbone weights file"),
     max_test: int | None = typer.Option(
@@ -83,6 +88,11 @@ def eval_command(
     chosen = pick(detector.value if detector else None, method, "--detector", "--method", None)
     if chosen is None:
         raise typer.BadParameter("--detector is required", param_hint="--detector")
+    if json_out is None and report is None:
+        raise typer.BadParameter("give --json FILE, --report DIR, or both", param_hint="--json")
+    if json_out is None:
+        assert report is not None
+        json_out = report / "metrics.json"
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

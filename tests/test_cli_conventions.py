@@ -168,6 +168,9 @@ def test_exit_codes(tmp_path):
         runner.invoke(app, ["export", "triton", "--out", str(tmp_path), "--kind", "tpu"]).exit_code
         == 2
     )
+    no_output = ["eval", str(tmp_path), "--features", "raw", "--detector", "padim", "--shots", "2"]
+    result = runner.invoke(app, no_output)  # neither --json nor --report: said before any work
+    assert result.exit_code == 2 and "--json FILE, --report DIR, or both" in result.output
     down = f"redis://127.0.0.1:{_free_port()}/0?retries=0"
     result = runner.invoke(app, ["product", "list", "--store", down])
     assert result.exit_code == 1 and "unreachable" in result.output
