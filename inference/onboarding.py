@@ -31,8 +31,7 @@ import torch
 from inference.calibration import DEFAULT_TARGET_FAR, calibrate
 from inference.engines.local import LocalEngine
 from inference.frames import load_frame
-from inference.lifecycle import current_user
-from inference.records import DetectorName, ProductRecord, Provenance, check_product_name
+from inference.records import DetectorName, ProductRecord, check_product_name
 from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
 from pretrain.detectors import leave_one_out_scores, make_detector
@@ -125,7 +124,6 @@ def build_record(
         detector_config=fitted.config,
         detector_state=fitted.state_dict(),
         calibration=calibrate(scores.tolist(), target_far, method),
-        provenance=Provenance(action="onboard", by=current_user()),
     )
 
 

@@ -278,7 +278,12 @@ def encode_record(record: ProductRecord) -> tuple[bytes, dict[str, bytes]]:
     arrays = {f"pool.{i}": array_to_bytes(a) for i, a in enumerate(record.pool)}
     for key, value in record.detector_state.items():
         arrays[STATE_PREFIX + key] = array_to_bytes(value)
-    meta = record.model_dump(mode="json", exclude={"pool", "detector_state", "version"})
+    exclude = {"pool", "detector_state", "version"}
+    if record.provenance == Provenance():
+        # a plain onboarding stores no provenance: readers older than the product lifecycle
+        # commands (extra fields forbidden) still read it during a rolling upgrade
+        exclude.add("provenance")
+    meta = record.model_dump(mode="json", exclude=exclude)
     meta["format"] = RECORD_FORMAT
     meta["levels"] = len(record.pool)
     meta["arrays"] = sorted(arrays)

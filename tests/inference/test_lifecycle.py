@@ -127,3 +127,18 @@ def test_the_scorer_serves_the_pinned_version(store, record_factory, brightness_
     store.unpin("widget")
     result = scorer.score([image], "widget")[0]
     assert result.reference_version == 3 and result.threshold == 9.0
+
+
+def test_plain_onboarding_records_store_no_provenance(record_factory):
+    """Readers older than the lifecycle commands forbid unknown fields: an onboarded record's
+    metadata stays as it was; only derived versions carry provenance."""
+    import json
+
+    from inference.records import Provenance, decode_record, encode_record
+
+    meta, arrays = encode_record(record_factory())
+    assert "provenance" not in json.loads(meta)
+    derived = record_factory().model_copy(update={"provenance": Provenance(action="recalibrate")})
+    meta, arrays = encode_record(derived)
+    assert json.loads(meta)["provenance"]["action"] == "recalibrate"
+    assert decode_record(meta, arrays, 2).provenance.action == "recalibrate"
