@@ -163,6 +163,12 @@ def simulate_command(
     claim_check: bool = typer.Option(
         False, "--claim-check", help="send file:// URIs instead of image bytes"
     ),
+    otlp_endpoint: str | None = typer.Option(
+        None,
+        "--otlp-endpoint",
+        help="export a 'publish' span per frame to this OTLP/HTTP traces URL "
+        "(e.g. http://127.0.0.1:4318/v1/traces); the frame's traceparent points at it",
+    ),
 ) -> None:
     """Publish a folder's images to Kafka as frames of one camera."""
     from kafka.errors import KafkaError
@@ -191,7 +197,20 @@ def simulate_command(
         producer = make_producer(kafka=kafka)
     except KafkaError as exc:
         _kafka_down(kafka, str(exc))
-    sim = CameraSimulator(producer, topic, product, line, camera, claim_check=claim_check)
+    provider = None
+    if otlp_endpoint:
+        from ingest.tracing import tracer_provider
+
+        provider = tracer_provider("adqc-camera", otlp_endpoint)
+    sim = CameraSimulator(
+        producer,
+        topic,
+        product,
+        line,
+        camera,
+        claim_check=claim_check,
+        tracer=provider.get_tracer("adqc.camera") if provider is not None else None,
+    )
     columns = (
         TextColumn("[bold]camera[/bold] {task.description}"),
         BarColumn(),
@@ -218,6 +237,8 @@ def simulate_command(
         raise typer.Exit(130) from None
     finally:
         producer.close()
+        if provider is not None:
+            provider.shutdown()  # flush the spans still queued
     err.print(f"published {len(sent)} frame(s) of {product!r} to {topic!r}")
 
 
