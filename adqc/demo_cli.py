@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from inference.cli import _clean_errors, err, out
+from inference.cli import Detector, _clean_errors, err, out
 
 
 def demo(
@@ -21,27 +21,32 @@ def demo(
     limit: int | None = typer.Option(
         None,
         "--limit",
-        help="Frames to stream, evenly spaced; 0 = all [default: 1200 for the elpv cells, "
-        "all for --source].",
+        help="Frames to stream, evenly spaced; 0 = all.",
+        show_default="1200 for the elpv cells, all for --source",
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),
-    store: str = typer.Option("memory://", "--store", help="Reference store URL."),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Reference store URL.",
+        show_default="$ADQC_STORE__URL, else memory://",
+    ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
+        None, "--checkpoint", help="Projector checkpoint.", show_default="the shipped one"
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Frames per scored batch."),
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Batches scored at once, one torch thread each [default: cores, max 4].",
+        help="Batches scored at once, one torch thread each.",
+        show_default="cores, max 4",
     ),
     shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
-    detector: str = typer.Option(
-        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
-    ),
+    detector: Detector = typer.Option(Detector.featurenorm, "--detector", help="Detector."),
 ) -> None:
     """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
     from adqc.demo import DEFAULT_LIMIT, DemoError, run_demo
+    from inference.store.settings import store_url as _store_url
 
     with _clean_errors():
         try:
@@ -51,11 +56,11 @@ def demo(
                 references=references,
                 limit=limit if limit is not None else (DEFAULT_LIMIT if source is None else 0),
                 checkpoint=checkpoint,
-                store_url=store,
+                store_url=_store_url(store, "memory://"),
                 batch_size=batch_size,
                 workers=workers,
                 shots=shots,
-                detector=detector,
+                detector=detector.value,
                 console=out,
             )
         except DemoError as exc:

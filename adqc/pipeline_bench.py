@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inference.cli_conventions import pick
+
 
 def _serve_argv(config: Path) -> list[str]:
     return [
@@ -61,7 +63,10 @@ def pipeline_command(
     latency_load: float = typer.Option(
         0.7, "--latency-load", help="latency phase rate as a fraction of the measured rate"
     ),
-    batch: int = typer.Option(8, "--batch", help="serve batch size (engine-only uses the same)"),
+    batch_size: int = typer.Option(
+        8, "--batch-size", help="serve batch size (engine-only uses the same)"
+    ),
+    batch: int | None = typer.Option(None, "--batch", hidden=True),
     decode_workers: int = typer.Option(1, "--decode-workers"),
     defect_every: int = typer.Option(5, "--defect-every", help="one defective frame in N"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="default: the shipped one"),
@@ -80,7 +85,7 @@ def pipeline_command(
     console = Console(stderr=True, soft_wrap=True)
     config = BenchConfig(
         frames=frames,
-        batch_size=batch,
+        batch_size=pick(None, batch, "--batch-size", "--batch", batch_size),
         decode_workers=decode_workers,
         defect_every=defect_every,
         latency_frames=latency_frames,

@@ -4,12 +4,14 @@ adqc/cli.py)."""
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from deploy.triton_repo import DEFAULT_REDIS_URL
+#: the store URL `adqc export triton` writes when neither --store nor ADQC_STORE__URL is given
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 BackboneOpt = Annotated[str, typer.Option(help="Backbone name (pretrain.backbones registry).")]
 CheckpointOpt = Annotated[
@@ -19,20 +21,28 @@ CheckpointOpt = Annotated[
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="Backbone weights file (backbones that need one).")
 ]
-KindOpt = Annotated[
-    str, typer.Option(help="Instance kind: auto (GPU when torch sees CUDA here), gpu or cpu.")
-]
 
 
-def _fail(message: str) -> None:
+class Kind(StrEnum):
+    """Triton instance kinds."""
+
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+KindOpt = Annotated[Kind, typer.Option(help="Instance kind (auto: GPU when torch sees CUDA).")]
+
+
+def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 def _check_kind(kind: str) -> str:
     if kind not in ("auto", "gpu", "cpu"):
-        _fail(f"--kind must be auto, gpu or cpu, not {kind!r}")
-    return kind
+        _fail(f"--kind must be auto, gpu or cpu, not {kind!r}", 2)
+    return str(kind)
 
 
 def export_triton(
@@ -41,15 +51,19 @@ def export_triton(
     backbone: BackboneOpt = "mobilenet_v2",
     weights: WeightsOpt = None,
     redis_url: Annotated[
-        str,
+        str | None,
         typer.Option(
+            "--store",
+            "--redis-url",
             help="Reference store URL written into the config WITHOUT its password (tritonserver "
-            "reads ADQC_REDIS_PASSWORD or ADQC_REDIS_PASSWORD_FILE; env ADQC_REDIS_URL wins)."
+            "reads ADQC_REDIS_PASSWORD or ADQC_REDIS_PASSWORD_FILE; env ADQC_STORE__URL of "
+            "the tritonserver process wins).",
+            show_default=f"$ADQC_STORE__URL, else {DEFAULT_REDIS_URL}",
         ),
-    ] = DEFAULT_REDIS_URL,
+    ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
-    kind: KindOpt = "auto",
+    kind: KindOpt = Kind.auto,
     queue_delay_us: Annotated[
         int, typer.Option(min=0, help="Dynamic batching max queue delay (microseconds).")
     ] = 2000,
@@ -63,8 +77,10 @@ def export_triton(
 ) -> None:
     """Write a self-contained Triton model repository (ensemble `adqc`)."""
     from deploy.triton_repo import build_model_repository
+    from inference.store.settings import store_url
 
     try:
+        redis_url = store_url(redis_url, DEFAULT_REDIS_URL)
         spec = build_model_repository(
             out,
             backbone=backbone,
@@ -83,14 +99,14 @@ def export_triton(
     typer.echo(
         f"wrote {out}: ensemble 'adqc' for {spec.model_id} ({spec.image_size}px, "
         f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
-        f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_REDIS_URL overrides)"
+        f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_STORE__URL overrides)"
     )
     from inference.store.urls import split_password
 
     if split_password(redis_url)[1] is not None:
         typer.echo(
             "the store password was NOT written into the repository: start tritonserver with "
-            "ADQC_REDIS_PASSWORD, ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_REDIS_URL"
+            "ADQC_REDIS_PASSWORD, ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_STORE__URL"
         )
 
 
@@ -101,7 +117,7 @@ def export_onnx_cmd(
     weights: WeightsOpt = None,
     max_batch: Annotated[int, typer.Option(min=1)] = 16,
     instances: Annotated[int, typer.Option(min=1)] = 1,
-    kind: KindOpt = "auto",
+    kind: KindOpt = Kind.auto,
 ) -> None:
     """Export backbone and projector to ONNX (dynamic batch) with onnxruntime configs."""
     from deploy.export import export_onnx
@@ -138,7 +154,8 @@ def export_torchscript_cmd(
 
 
 def bench_triton(
-    batch: Annotated[int, typer.Option(min=1, help="Images per request.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per request.")] = 8,
+    batch: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,
     requests: Annotated[int, typer.Option(min=1, help="Timed requests.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed requests first.")] = 5,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
@@ -159,10 +176,11 @@ def bench_triton(
 ) -> None:
     """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
     from deploy.triton_bench import run_bench
+    from inference.cli_conventions import pick
 
     try:
         result = run_bench(
-            batch=batch,
+            batch=pick(None, batch, "--batch-size", "--batch", batch_size),
             requests=requests,
             warmup=warmup,
             concurrency=concurrency,

@@ -497,7 +497,7 @@ class Supervisor:
                 "--fps", str(o.fps), "--bootstrap", kafka.bootstrap,
             )  # fmt: skip
             if o.count:
-                argv += ["--count", str(o.count)]
+                argv += ["--limit", str(o.count)]
             if o.loop:
                 argv += ["--loop"]
             if jaeger is not None:

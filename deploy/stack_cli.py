@@ -59,9 +59,10 @@ def up(
         typer.Option("--camera", help="Folder of images a simulated camera sends as frames."),
     ] = None,
     fps: Annotated[float, typer.Option("--fps", min=0, help="Camera frames per second.")] = 5.0,
-    count: Annotated[
-        int | None, typer.Option("--count", min=1, help="Camera stops after N frames.")
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Camera stops after N frames.")
     ] = None,
+    count: Annotated[int | None, typer.Option("--count", min=1, hidden=True)] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Camera cycles through the images.")] = False,
     alarms: Annotated[
         bool, typer.Option("--alarms/--no-alarms", help="Run an alarm tail (an MES stand-in).")
@@ -98,7 +99,9 @@ def up(
         supervisor_alive,
         wait_up,
     )
+    from inference.cli_conventions import pick
 
+    count = pick(limit, count, "--limit", "--count", None)
     try:
         options = StackOptions(
             state_dir=state_dir, triton=triton, tracing=tracing, product=product,

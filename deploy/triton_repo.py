@@ -53,7 +53,7 @@ INPUT_CREATED = "REFERENCE_CREATED_AT"
 PREPROCESSED = "INPUT"
 CHECKPOINT_FILE = "checkpoint.pt"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_URL_ENV = "ADQC_REDIS_URL"
+REDIS_URL_ENV = "ADQC_STORE__URL"
 
 Kind = Literal["auto", "gpu", "cpu"]
 
@@ -302,7 +302,7 @@ def build_model_repository(
         raise ValueError(f"instances must be >= 1, not {instances}")
     resolved_kind = resolve_kind(kind)
     # never write a password into the repository: the model adds it at start-up from
-    # ADQC_REDIS_PASSWORD / ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_REDIS_URL
+    # ADQC_REDIS_PASSWORD / ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_STORE__URL
     redis_url, _password = split_password(redis_url)
     checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint(backbone)
     if not checkpoint.is_file():

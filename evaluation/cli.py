@@ -9,6 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from inference.cli import Detector
+from inference.cli_conventions import hidden_alias, pick
+
 err = Console(stderr=True)
 
 FEATURES_HELP = (
@@ -49,7 +52,10 @@ def _names(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
 def eval_command(
     category: str = typer.Argument(..., help=CATEGORY_HELP, metavar="CATEGORY_DIR"),
     features: str = typer.Option(..., "--features", help=FEATURES_HELP),
-    method: str = typer.Option(..., "--method", help="featurenorm | patchcore | padim"),
+    detector: Detector | None = typer.Option(
+        None, "--detector", help="Detector (required).", show_default=False
+    ),
+    method: str | None = hidden_alias("--method"),
     shots: str = typer.Option(
         ..., "--shots", help="K (the first K train/good images, sorted) or 'all'"
     ),
@@ -60,7 +66,12 @@ def eval_command(
     image_size: int | None = typer.Option(
         None, "--image-size", help="square input size; resize without crop (default: backbone's)"
     ),
-    json_out: Path = typer.Option(..., "--json", help="write the metrics JSON here"),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="write the metrics JSON here",
+        show_default="DIR/metrics.json with --report",
+    ),
     report: Path | None = typer.Option(None, "--report", help="write an HTML report into DIR"),
     weights: Path | None = typer.Option(None, "--weights", help="backbone weights file"),
     max_test: int | None = typer.Option(
@@ -74,12 +85,21 @@ def eval_command(
     """Evaluate one detector on one category with K-shot references; write metrics JSON."""
     from evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
 
+    chosen = pick(detector.value if detector else None, method, "--detector", "--method", None)
+    if chosen is None:
+        raise typer.BadParameter("--detector is required", param_hint="--detector")
+    if json_out is None and report is None:
+        raise typer.BadParameter("give --json FILE, --report DIR, or both", param_hint="--json")
+    if json_out is None:
+        assert report is not None
+        json_out = report / "metrics.json"
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = EvalConfig(
             category=category,
             features=features,
-            method=method,
+            method=chosen,
             shots=parse_shots(shots),
             backbone=backbone,
             checkpoint=str(checkpoint) if checkpoint else None,
@@ -137,9 +157,13 @@ def accuracy_command(
     features: list[str] = typer.Option(
         ["raw,adpretrain"], "--features", help="comma list of raw, adpretrain, residual"
     ),
-    methods: list[str] = typer.Option(
-        ["featurenorm,patchcore,padim"], "--methods", help="comma list of detectors"
+    detectors: list[str] | None = typer.Option(
+        None,
+        "--detectors",
+        help="comma list of featurenorm, patchcore, padim",
+        show_default="featurenorm,patchcore,padim",
     ),
+    methods: list[str] | None = hidden_alias("--methods"),
     shots: list[str] = typer.Option(["2,4,8,all"], "--shots", help="comma list of K or 'all'"),
     skip: list[str] = typer.Option(
         [], "--skip", help="METHOD:K combinations to leave out, e.g. patchcore:all"
@@ -165,7 +189,11 @@ def accuracy_command(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         kinds = _names(features, FEATURE_KINDS, "features")
-        meths = _names(methods, METHODS, "methods")
+        meths = _names(
+            pick(detectors, methods, "--detectors", "--methods", ["featurenorm,patchcore,padim"]),
+            METHODS,
+            "detectors",
+        )
         ks = _shots_list(shots)
         skips = []
         for item in skip:

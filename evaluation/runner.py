@@ -322,7 +322,7 @@ def feature_set(
             raise ValueError(
                 "residual features of the reference images need at least 2 shots (each "
                 "reference is matched against the others); use --shots 2 or more, or "
-                "--method featurenorm"
+                "--detector featurenorm"
             )
         pool_feats = [f[:n_pool] for f in train_raw]
         pool = ReferencePool.from_features(pool_feats)

@@ -129,6 +129,20 @@ class Calibration(BaseModel):
         return self
 
 
+class Provenance(BaseModel):
+    """How a version came to be: onboarded, recalibrated, or a threshold override; who/why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Literal["onboard", "recalibrate", "threshold-override"] = "onboard"
+    #: the version this one was derived from (recalibrate, threshold override)
+    from_version: int | None = None
+    by: str = ""
+    reason: str = ""
+    #: the threshold before an override
+    previous_threshold: float | None = None
+
+
 class ProductRecord(BaseModel):
     """One published (or about-to-be published) version of a product's references."""
 
@@ -148,6 +162,7 @@ class ProductRecord(BaseModel):
     #: that ``load_detector(detector_config, detector_state)`` rebuilds it exactly
     detector_state: dict[str, np.ndarray] = Field(default_factory=dict)
     calibration: Calibration
+    provenance: Provenance = Field(default_factory=Provenance)
 
     @field_validator("product")
     @classmethod
@@ -229,6 +244,7 @@ class ProductRecord(BaseModel):
             "detector_state": {k: list(a.shape) for k, a in self.detector_state.items()},
             "bytes": self.nbytes,
             "calibration": self.calibration.model_dump(),
+            "provenance": self.provenance.model_dump(),
         }
 
 
@@ -262,7 +278,12 @@ def encode_record(record: ProductRecord) -> tuple[bytes, dict[str, bytes]]:
     arrays = {f"pool.{i}": array_to_bytes(a) for i, a in enumerate(record.pool)}
     for key, value in record.detector_state.items():
         arrays[STATE_PREFIX + key] = array_to_bytes(value)
-    meta = record.model_dump(mode="json", exclude={"pool", "detector_state", "version"})
+    exclude = {"pool", "detector_state", "version"}
+    if record.provenance == Provenance():
+        # a plain onboarding stores no provenance: readers older than the product lifecycle
+        # commands (extra fields forbidden) still read it during a rolling upgrade
+        exclude.add("provenance")
+    meta = record.model_dump(mode="json", exclude=exclude)
     meta["format"] = RECORD_FORMAT
     meta["levels"] = len(record.pool)
     meta["arrays"] = sorted(arrays)

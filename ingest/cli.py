@@ -11,10 +11,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from inference.cli_conventions import EXIT_RUNTIME, hidden_alias, pick
+
 if TYPE_CHECKING:
     from ingest.settings import KafkaSettings
 
 err = Console(stderr=True, soft_wrap=True)
+
+#: how long the Kafka tools wait for a broker before giving up (exit 1)
+CONNECT_TIMEOUT_S = 10.0
 
 # Kafka connection options shared by the tools (each also read from ADQC_KAFKA__<NAME>, the
 # same environment as `adqc serve`; the options win).
@@ -41,11 +46,13 @@ KeyfileOption = typer.Option(None, "--ssl-keyfile", help="client private key (mu
 
 
 def _kafka_or_exit(**options: object) -> KafkaSettings:
-    """KafkaSettings from the environment + options; checks the credentials once.
+    """KafkaSettings from the environment + options; checks the broker once.
 
-    Exits 2 on invalid settings, 3 (EXIT_CREDENTIALS) when the broker refuses the login or
-    TLS cannot verify it.
+    Exits 2 on invalid settings, 1 when no broker answers within CONNECT_TIMEOUT_S, 3
+    (EXIT_CREDENTIALS) when the broker refuses the login or TLS cannot verify it.
     """
+    import logging
+
     from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
     from ingest.settings import SettingsError
 
@@ -56,12 +63,30 @@ def _kafka_or_exit(**options: object) -> KafkaSettings:
     except SettingsError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+    preflight_log = logging.getLogger("ingest.preflight")
+    level = preflight_log.level
+    preflight_log.setLevel(logging.ERROR)  # the outage is reported below, in one line
     try:
-        check_kafka(kafka)
+        reachable = check_kafka(kafka, CONNECT_TIMEOUT_S)
     except CredentialsError as exc:
         err.print(f"[red]fatal:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_CREDENTIALS) from exc
+    finally:
+        preflight_log.setLevel(level)
+    if not reachable:
+        _kafka_down(kafka)
     return kafka
+
+
+def _kafka_down(kafka: KafkaSettings, detail: str = "") -> None:
+    where = ",".join(kafka.bootstrap)
+    err.print(
+        f"[red]error:[/red] no Kafka broker answered at {where} within {CONNECT_TIMEOUT_S:g} s"
+        f"{f' ({detail})' if detail else ''}: start it (`adqc stack up`, or see "
+        "docs/OPERATIONS.md) or point --bootstrap / ADQC_KAFKA__BOOTSTRAP at it",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_RUNTIME)
 
 
 def _configure_logging(level: str, fmt: str = "text") -> None:
@@ -132,7 +157,8 @@ def simulate_command(
     ssl_cafile: Path | None = CafileOption,
     ssl_certfile: Path | None = CertfileOption,
     ssl_keyfile: Path | None = KeyfileOption,
-    count: int | None = typer.Option(None, "--count", help="stop after N frames"),
+    limit: int | None = typer.Option(None, "--limit", help="stop after N frames"),
+    count: int | None = hidden_alias("--count"),
     loop: bool = typer.Option(False, "--loop", help="cycle through the images"),
     claim_check: bool = typer.Option(
         False, "--claim-check", help="send file:// URIs instead of image bytes"
@@ -145,7 +171,11 @@ def simulate_command(
     ),
 ) -> None:
     """Publish a folder's images to Kafka as frames of one camera."""
+    from kafka.errors import KafkaError
+
     from ingest.camera import CameraSimulator, CameraSourceError, list_images, make_producer
+
+    count = pick(limit, count, "--limit", "--count", None)
 
     try:
         paths = list_images(source)
@@ -163,7 +193,10 @@ def simulate_command(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
-    producer = make_producer(kafka=kafka)
+    try:
+        producer = make_producer(kafka=kafka)
+    except KafkaError as exc:
+        _kafka_down(kafka, str(exc))
     provider = None
     if otlp_endpoint:
         from ingest.tracing import tracer_provider
@@ -197,6 +230,8 @@ def simulate_command(
     except CameraSourceError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except KafkaError as exc:
+        _kafka_down(kafka, str(exc))
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -220,7 +255,8 @@ def tail_command(
     from_beginning: bool = typer.Option(False, "--from-beginning"),
     as_json: bool = typer.Option(False, "--json", help="one JSON alarm per line on stdout"),
     group: str | None = typer.Option(None, "--group", help="join a consumer group and commit"),
-    limit: int | None = typer.Option(None, "--max", help="exit after N unique alarms"),
+    limit: int | None = typer.Option(None, "--limit", help="exit after N unique alarms"),
+    max_alias: int | None = hidden_alias("--max"),
     idle_timeout: float | None = typer.Option(
         None, "--idle-timeout", help="exit after this many seconds without alarms"
     ),
@@ -229,7 +265,11 @@ def tail_command(
     ),
 ) -> None:
     """Follow the alarms topic like an MES: validate, drop repeats (by alarm id), print."""
+    from kafka.errors import KafkaError
+
     from ingest.alarms import AlarmTail
+
+    limit = pick(limit, max_alias, "--limit", "--max", None)
 
     out = Console(highlight=False)
     kafka = _kafka_or_exit(
@@ -247,6 +287,8 @@ def tail_command(
     except TimeoutError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except KafkaError as exc:
+        _kafka_down(kafka, str(exc))
     n = 0
     try:
         for event in tail.events(idle_timeout):
@@ -277,6 +319,8 @@ def tail_command(
                 break
     except KeyboardInterrupt:
         pass
+    except KafkaError as exc:
+        _kafka_down(kafka, str(exc))
     finally:
         tail.close()
         s = tail.stats

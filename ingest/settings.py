@@ -32,6 +32,8 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as _SourceError
 from pydantic_settings import YamlConfigSettingsSource as _YamlSource
 
+from inference.store.settings import DeprecatedEnvSource, StoreSettings
+
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "adqc_serve_config", default=None
 )
@@ -229,24 +231,6 @@ def _other_engine_defaults(value: Any) -> Any:
     return kept
 
 
-class StoreSettings(_Section):
-    """Reference store (product records)."""
-
-    url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        description="redis://... | rediss://... | file:///dir | memory://; "
-        "redis://...?durable=file:///dir = Redis as a cache of a durable directory, the source "
-        "of truth, refilled from it on a miss (docs/OPERATIONS.md)",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "file://", "memory://")):
-            raise ValueError(f"{value!r}: expected redis://, rediss://, file:// or memory://")
-        return value
-
-
 class TelemetrySettings(_Section):
     """Traces (OpenTelemetry, OTLP/HTTP) and metrics (Prometheus)."""
 
@@ -373,7 +357,11 @@ class ServeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # the environment with the deprecated store-URL names mapped to ADQC_STORE__URL
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            DeprecatedEnvSource(settings_cls),
+        ]
         path = _CONFIG_FILE.get()
         if path is not None:
             sources.append(_YamlSource(settings_cls, yaml_file=path))

@@ -109,6 +109,14 @@ class ReferenceStore(Protocol):
 
     def latest_version(self, product: str) -> int | None: ...
 
+    def serving_version(self, product: str) -> int | None: ...
+
+    def pinned_version(self, product: str) -> int | None: ...
+
+    def pin(self, product: str, version: int) -> None: ...
+
+    def unpin(self, product: str) -> None: ...
+
     def versions(self, product: str) -> list[int]: ...
 
     def list_products(self) -> list[str]: ...
@@ -119,9 +127,15 @@ class ReferenceStore(Protocol):
 class BaseStore:
     """Everything but the storage: validation, size bound, version lookup, LRU cache.
 
-    Backends implement five primitives on encoded records (metadata JSON + named .npy blobs):
+    Backends implement primitives on encoded records (metadata JSON + named .npy blobs):
     ``_latest``, ``_read``, ``_write`` (allocate the next version, write the blobs, then flip the
-    latest pointer, atomically), ``_delete`` and ``_products``/``_versions``.
+    latest pointer, atomically; never prune the pinned version), ``_delete``,
+    ``_delete_version``, ``_pinned``/``_set_pin`` (the pin pointer) and
+    ``_products``/``_versions``; ``_serving`` (pinned, else latest) may be one round trip.
+
+    Serving reads the *serving* version: the pinned one when the product is pinned
+    (``adqc product pin``/``rollback``), else the latest. A pin survives later publishes (they
+    are kept, not served, until ``unpin`` or another pin) and is never pruned.
     Versions only grow: a removed product's counter survives, so a re-added product never
     reuses a (product, version) pair that some process may still hold in its cache.
     """
@@ -160,6 +174,19 @@ class BaseStore:
     def _delete(self, product: str) -> bool:
         raise NotImplementedError
 
+    def _delete_version(self, product: str, version: int) -> bool:
+        raise NotImplementedError
+
+    def _pinned(self, product: str) -> int | None:
+        raise NotImplementedError
+
+    def _set_pin(self, product: str, version: int | None) -> None:
+        raise NotImplementedError
+
+    def _serving(self, product: str) -> int | None:
+        pinned = self._pinned(product)
+        return pinned if pinned is not None else self._latest(product)
+
     def _products(self) -> list[str]:
         raise NotImplementedError
 
@@ -187,7 +214,8 @@ class BaseStore:
     def get(
         self, product: str, version: int | None = None, *, model_id: str | None = None
     ) -> ProductRecord:
-        """The given (default: latest) version of ``product``, from the cache when possible.
+        """The given (default: the serving: pinned, else latest) version of ``product``, from
+        the cache when possible.
 
         With ``model_id``, a record built with another model raises ModelMismatchError.
         """
@@ -201,7 +229,7 @@ class BaseStore:
         # A latest version can be pruned between reading the pointer and reading its blobs
         # (several newer publishes in between); then read the pointer again.
         for _ in range(3):
-            wanted = self._latest(product) if version is None else version
+            wanted = self._serving(product) if version is None else version
             if wanted is None:
                 raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
             cached = self._cache.get((product, wanted))
@@ -231,6 +259,55 @@ class BaseStore:
         """The latest published version (a cheap pointer read), or None if unknown."""
         check_product_name(product)
         return self._latest(product)
+
+    def serving_version(self, product: str) -> int | None:
+        """The version scorers use: the pinned one, else the latest (None if unknown)."""
+        check_product_name(product)
+        return self._serving(product)
+
+    def pinned_version(self, product: str) -> int | None:
+        """The pinned version, or None when the product follows its latest version."""
+        check_product_name(product)
+        return self._pinned(product)
+
+    def pin(self, product: str, version: int) -> None:
+        """Serve ``version`` of ``product`` until :meth:`unpin` (or another pin), whatever is
+        published later; ProductNotFoundError unless that version is kept."""
+        check_product_name(product)
+        known = self._versions(product)
+        if self._latest(product) is None:
+            raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
+        if version not in known:
+            raise ProductNotFoundError(
+                f"product {product!r} has no version {version} in {self.url} "
+                f"(kept versions: {sorted(known)})"
+            )
+        self._set_pin(product, int(version))
+
+    def unpin(self, product: str) -> None:
+        """Serve the latest version again."""
+        check_product_name(product)
+        if self._latest(product) is None:
+            raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
+        self._set_pin(product, None)
+
+    def remove_version(self, product: str, version: int) -> None:
+        """Delete one kept version; refused (ValueError) for the version being served."""
+        check_product_name(product)
+        serving = self._serving(product)
+        if serving is None:
+            raise ProductNotFoundError(f"unknown product {product!r} in {self.url}")
+        if version == serving:
+            raise ValueError(
+                f"v{version} is the version {product!r} serves; pin another version first "
+                f"(`adqc product pin {product} N`) or remove the whole product"
+            )
+        if not self._delete_version(product, version):
+            raise ProductNotFoundError(
+                f"product {product!r} has no version {version} in {self.url} "
+                f"(kept versions: {self.versions(product)})"
+            )
+        self._cache.evict(lambda key: key == (product, version))
 
     def versions(self, product: str) -> list[int]:
         """Versions still kept for ``product``, oldest first (empty if unknown)."""

@@ -7,7 +7,8 @@ version or the new one, never half of one)::
     DIR/products/<product>/
         .lock              flock(2) taken by writers (publish, remove)
         seq                last version number handed out (kept after remove)
-        latest             the published version (absent once removed)
+        latest             the newest published version (absent once removed)
+        pinned             the version served instead of latest (absent: serve latest)
         v000007/           one version: meta.json, pool.0.npy, pool.1.npy, ..., detector.<key>.npy
 """
 
@@ -35,6 +36,7 @@ class _Space:
         self.lock = threading.Lock()
         self.seq: dict[str, int] = {}
         self.latest: dict[str, int] = {}
+        self.pinned: dict[str, int] = {}
         self.blobs: dict[str, dict[int, tuple[bytes, dict[str, bytes]]]] = {}
 
 
@@ -65,14 +67,31 @@ class MemoryStore(BaseStore):
             kept = space.blobs.setdefault(product, {})
             kept[version] = (meta, dict(arrays))
             space.latest[product] = version
+            pinned = space.pinned.get(product)
             for old in sorted(kept)[: -self.keep_versions]:
-                del kept[old]
+                if old != pinned:
+                    del kept[old]
         return version
 
     def _delete(self, product: str) -> bool:
         with self._space.lock:
             self._space.blobs.pop(product, None)
+            self._space.pinned.pop(product, None)
             return self._space.latest.pop(product, None) is not None
+
+    def _delete_version(self, product: str, version: int) -> bool:
+        with self._space.lock:
+            return self._space.blobs.get(product, {}).pop(version, None) is not None
+
+    def _pinned(self, product: str) -> int | None:
+        return self._space.pinned.get(product)
+
+    def _set_pin(self, product: str, version: int | None) -> None:
+        with self._space.lock:
+            if version is None:
+                self._space.pinned.pop(product, None)
+            else:
+                self._space.pinned[product] = version
 
     def _products(self) -> list[str]:
         return list(self._space.latest)
@@ -157,9 +176,29 @@ class FileStore(BaseStore):
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             self._write_atomic(directory / "latest", str(version).encode())
+            pinned = self._read_int(directory / "pinned")
             for old in sorted(self._versions(product))[: -self.keep_versions]:
-                shutil.rmtree(directory / f"v{old:06d}", ignore_errors=True)
+                if old != pinned:
+                    shutil.rmtree(directory / f"v{old:06d}", ignore_errors=True)
         return version
+
+    def _pinned(self, product: str) -> int | None:
+        return self._read_int(self._dir(product) / "pinned")
+
+    def _set_pin(self, product: str, version: int | None) -> None:
+        with self._locked(product) as directory:
+            if version is None:
+                (directory / "pinned").unlink(missing_ok=True)
+            else:
+                self._write_atomic(directory / "pinned", str(version).encode())
+
+    def _delete_version(self, product: str, version: int) -> bool:
+        with self._locked(product) as directory:
+            path = directory / f"v{version:06d}"
+            if not path.is_dir():
+                return False
+            shutil.rmtree(path, ignore_errors=True)
+        return True
 
     def _delete(self, product: str) -> bool:
         if not self._dir(product).is_dir():
@@ -167,6 +206,7 @@ class FileStore(BaseStore):
         with self._locked(product) as directory:
             existed = (directory / "latest").exists()
             (directory / "latest").unlink(missing_ok=True)
+            (directory / "pinned").unlink(missing_ok=True)
             for version in self._versions(product):
                 shutil.rmtree(directory / f"v{version:06d}", ignore_errors=True)
         return existed

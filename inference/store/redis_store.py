@@ -4,16 +4,18 @@ Key layout (``P`` = prefix, default ``adqc``; ``NAME`` = product name)::
 
     P:products                   SET     names of products with a published version
     P:product:NAME:seq           STRING  last version number handed out (INCR; kept on remove)
-    P:product:NAME:latest        STRING  the published version readers use
+    P:product:NAME:latest        STRING  the newest published version
+    P:product:NAME:pinned        STRING  the version readers use instead (absent: latest)
     P:product:NAME:versions      ZSET    versions still kept (score = version)
     P:product:NAME:v<N>:meta     STRING  record metadata, JSON, no arrays
     P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.<i>", ..., "detector.<key>")
     P:events                     pub/sub {"event": "published"|"removed", "product", "version"}
 
 Publishing is one Lua script (atomic in Redis): allocate the version, write the blobs under the
-versioned keys, flip ``latest``, prune versions beyond ``keep``, publish an event. Readers GET
-``latest`` (cheap; done once per scored batch) and fetch a version's two keys in one MULTI only
-on a cache miss. Single Redis (or a primary with replicas); keys are not laid out for Cluster.
+versioned keys, flip ``latest``, prune versions beyond ``keep`` (never the pinned one),
+publish an event. Readers MGET ``pinned`` and ``latest`` (cheap; once per scored batch) and
+fetch a version's two keys in one MULTI only on a cache miss. Single Redis (or a primary with
+replicas); keys are not laid out for Cluster.
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ end
 redis.call('SET', KEYS[2], v)
 redis.call('ZADD', KEYS[3], v, v)
 redis.call('SADD', KEYS[4], ARGV[1])
+local pinned = redis.call('GET', ARGV[2] .. ':pinned')
 local old = redis.call('ZRANGE', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
 for _, o in ipairs(old) do
-  redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
-  redis.call('ZREM', KEYS[3], o)
+  if o ~= pinned then
+    redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
+    redis.call('ZREM', KEYS[3], o)
+  end
 end
 redis.call('PUBLISH', ARGV[4], cjson.encode({event='published', product=ARGV[1], version=v}))
 return v
@@ -59,7 +64,7 @@ local existed = redis.call('DEL', KEYS[1])
 for _, o in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], ARGV[2] .. ':pinned')
 redis.call('SREM', KEYS[3], ARGV[1])
 if existed == 1 then
   redis.call('PUBLISH', ARGV[3], cjson.encode({event='removed', product=ARGV[1]}))
@@ -84,10 +89,13 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') < latest then
 end
 redis.call('ZADD', KEYS[3], v, v)
 redis.call('SADD', KEYS[4], ARGV[1])
+local pinned = redis.call('GET', ARGV[2] .. ':pinned')
 local old = redis.call('ZRANGE', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
 for _, o in ipairs(old) do
-  redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
-  redis.call('ZREM', KEYS[3], o)
+  if o ~= pinned then
+    redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
+    redis.call('ZREM', KEYS[3], o)
+  end
 end
 if ARGV[6] == '1' then
   redis.call('PUBLISH', KEYS[5], cjson.encode({event='published', product=ARGV[1], version=v}))
@@ -232,6 +240,35 @@ class RedisStore(BaseStore):
         keys.append(f"{self.prefix}:products")
         args = [product, f"{self.prefix}:product:{product}", f"{self.prefix}:events"]
         return bool(self._call(f"remove {product}", lambda: self._remove(keys=keys, args=args)))
+
+    def _delete_version(self, product: str, version: int) -> bool:
+        def delete() -> list:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(self._key(product, "versions"), version)
+            pipe.delete(
+                self._key(product, f"v{version}:meta"), self._key(product, f"v{version}:arrays")
+            )
+            return pipe.execute()
+
+        removed, _ = self._call(f"remove {product} v{version}", delete)
+        return bool(removed)
+
+    def _pinned(self, product: str) -> int | None:
+        value = self._call("read pin", lambda: self._client.get(self._key(product, "pinned")))
+        return None if value is None else int(value)
+
+    def _set_pin(self, product: str, version: int | None) -> None:
+        key = self._key(product, "pinned")
+        if version is None:
+            self._call(f"unpin {product}", lambda: self._client.delete(key))
+        else:
+            self._call(f"pin {product}", lambda: self._client.set(key, int(version)))
+
+    def _serving(self, product: str) -> int | None:
+        keys = [self._key(product, "pinned"), self._key(product, "latest")]
+        pinned, latest = self._call("read serving version", lambda: self._client.mget(keys))
+        value = pinned if pinned is not None else latest
+        return None if value is None else int(value)
 
     def _products(self) -> list[str]:
         members = self._call("list", lambda: self._client.smembers(f"{self.prefix}:products"))

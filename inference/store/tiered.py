@@ -88,6 +88,29 @@ class TieredStore(BaseStore):
             ) from exc
         return version
 
+    def _pinned(self, product: str) -> int | None:
+        # the durable store is the source of truth for the pin (a flushed Redis forgets it)
+        return self.durable._pinned(product)
+
+    def _set_pin(self, product: str, version: int | None) -> None:
+        self.durable._set_pin(product, version)
+        try:
+            self.cache._set_pin(product, version)
+        except StoreUnavailableError as exc:
+            log.warning("reference cache unreachable (%s); pin kept in %s", exc, self.durable)
+
+    def _serving(self, product: str) -> int | None:
+        pinned = self._pinned(product)
+        return pinned if pinned is not None else self._latest(product)
+
+    def _delete_version(self, product: str, version: int) -> bool:
+        existed = self.durable._delete_version(product, version)
+        try:
+            return self.cache._delete_version(product, version) or existed
+        except StoreUnavailableError as exc:
+            log.warning("reference cache unreachable (%s); v%d stays there", exc, version)
+            return existed
+
     def _delete(self, product: str) -> bool:
         existed = self.durable._delete(product)
         return self.cache._delete(product) or existed

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -41,7 +40,7 @@ except ImportError:  # pragma: no cover - exercised only inside tritonserver
     pb_utils = None
 
 LOG = logging.getLogger("adqc.triton.features")
-REDIS_URL_ENV = "ADQC_REDIS_URL"
+REDIS_URL_ENV = "ADQC_STORE__URL"  # the one store-URL name (inference/store/settings.py)
 
 
 class InvalidRequestError(ValueError):
@@ -391,7 +390,10 @@ class TritonPythonModel:
         if threads > 0:
             torch.set_num_threads(threads)
         weights = _param(config, "weights")
-        store_url = os.environ.get(REDIS_URL_ENV) or _param(config, "redis_url")
+        from inference.store.settings import store_url as _store_url
+
+        # ADQC_STORE__URL (or a deprecated ADQC_REDIS_URL) wins over the exported parameter
+        store_url = _store_url(None, _param(config, "redis_url") or "")
         if not store_url:
             raise ValueError(f"no reference store: set {REDIS_URL_ENV} or parameter redis_url")
         # the repository holds no password: it comes from the environment or a mounted secret

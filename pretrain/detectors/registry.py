@@ -52,7 +52,7 @@ def check_supported(method: str, features: str) -> None:
             "anomaly score only for features trained to make normal tokens small (the "
             "ADPretrain projector) or for residuals against normal references. Raw backbone "
             "features carry no such meaning (their norm tracks texture and contrast), so "
-            "'--features raw --method featurenorm' is refused: use --features adpretrain "
+            "'--features raw --detector featurenorm' is refused: use --features adpretrain "
             "(or the 'residual' ablation), or a memory-based method (patchcore, padim) for "
             "the raw baseline."
         )

@@ -260,7 +260,7 @@ def test_default_render_is_valid_and_wired(helm, tmp_path, monkeypatch):
     init = deployments["rel-adqc-triton"]["spec"]["template"]["spec"]["initContainers"][0]
     assert init["args"][:4] == ["export", "triton", "--out", "/models"]
     assert init["args"][init["args"].index("--kind") + 1] == "cpu"
-    assert _resolved_env(triton, docs)["ADQC_REDIS_URL"] == env["ADQC_STORE__URL"]
+    assert _resolved_env(triton, docs)["ADQC_STORE__URL"] == env["ADQC_STORE__URL"]
 
     # The ConfigMap's serve.yaml + the Deployment's env must load with the real settings loader.
     from ingest.settings import load_settings
@@ -473,7 +473,7 @@ def test_external_redis_and_model_pvc_render(helm):
     assert models["persistentVolumeClaim"]["claimName"] == "adqc-models"
     triton = _container(deployments["rel-adqc-triton"], "tritonserver")
     assert "--model-control-mode=explicit" in triton["args"]
-    assert _env(triton)["ADQC_REDIS_URL"] == secret_ref
+    assert _env(triton)["ADQC_STORE__URL"] == secret_ref
 
 
 def test_local_engine_when_triton_disabled(helm):

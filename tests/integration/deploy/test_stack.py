@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from deploy.stack import StackError, StackOptions, follow, read_state
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 BOTTLE = REPO_ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
 
 
@@ -155,7 +155,7 @@ def test_stack_up_runs_the_pipeline_with_tracing_and_down_stops_everything(
     up = run(
         "stack", "up", "--state-dir", str(state_dir), "--tracing",
         "--product", "bottle", "--onboard", str(good), "--shots", "4",
-        "--camera", str(frames), "--count", "3", "--fps", "0",
+        "--camera", str(frames), "--limit", "3", "--fps", "0",
     )  # fmt: skip
     pids = stack_pids(state_dir)
     try:

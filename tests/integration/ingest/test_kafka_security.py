@@ -127,7 +127,7 @@ def test_camera_simulate_and_alarms_tail_over_secure_listeners(
 
     tail = runner.invoke(
         build_app(),
-        ["alarms", "tail", "--topic", alarms, "--from-beginning", "--json", "--max", "2"]
+        ["alarms", "tail", "--topic", alarms, "--from-beginning", "--json", "--limit", "2"]
         + ["--idle-timeout", "20", *options],
         env=env,
     )

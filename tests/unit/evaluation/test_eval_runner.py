@@ -114,7 +114,7 @@ def test_eval_cli_json_report_and_refusal(untrained, bottle, tmp_path):
         "adpretrain",
         "--checkpoint",
         str(untrained),
-        "--method",
+        "--detector",
         "patchcore",
         "--shots",
         "2",
@@ -151,7 +151,7 @@ def test_eval_cli_json_report_and_refusal(untrained, bottle, tmp_path):
 
     refused = CliRunner().invoke(
         app,
-        ["eval", str(bottle), "--features", "raw", "--method", "featurenorm", "--shots", "2"]
+        ["eval", str(bottle), "--features", "raw", "--detector", "featurenorm", "--shots", "2"]
         + ["--json", str(tmp_path / "x.json")],
     )
     assert refused.exit_code == 2

@@ -42,7 +42,7 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
     shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
     assert shown["version"] == 1 and shown["kept_versions"] == [1]
     assert shown["calibration"]["method"] == "leave-one-out"
-    assert _run("product", "remove", "bracket", "--store", store).exit_code == 0
+    assert _run("product", "remove", "bracket", "--store", store, "--yes").exit_code == 0
     assert "no products" in _run("product", "list", "--store", store).output
 
 
@@ -51,9 +51,13 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
     [
         (("product", "show", "ghost"), "unknown product 'ghost'"),
         (("product", "remove", "ghost"), "unknown product 'ghost'"),
+        (("product", "history", "ghost"), "unknown product 'ghost'"),
+        (("product", "pin", "ghost", "1"), "unknown product 'ghost'"),
+        (("product", "rollback", "ghost"), "unknown product 'ghost'"),
+        (("product", "threshold", "set", "ghost", "1.0", "--reason", "r"), "unknown product"),
         (("product", "add", "x", "--images", "/nonexistent/dir"), "no such directory"),
         (("product", "add", "x", "--images", "{good}", "--shots", "5"), "fewer than --shots 5"),
-        (("product", "add", "x", "--images", "{good}", "--detector", "knn"), "--detector"),
+        (("product", "add", "x", "--images", "{good}", "--detector", "knn"), "'knn' is not one of"),
         (("product", "add", "x y", "--images", "{good}"), "invalid product name"),
     ],
 )
@@ -70,7 +74,7 @@ def test_unreachable_redis_is_a_clean_error():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     result = _run("product", "list", "--store", f"redis://127.0.0.1:{port}/0?retries=1")
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a runtime failure, not bad input
     assert (
         f"Redis at redis://127.0.0.1:{port}/0" in result.output and "unreachable" in result.output
     )
@@ -148,3 +152,87 @@ def test_demo_on_a_folder_source_with_a_corrupt_frame(tmp_path, good_dir, untrai
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     (bad,) = [line for line in lines if line["status"] == "error"]
     assert "zz_corrupt.png" in bad["error"]
+
+
+def _published(store_url: str, n: int, make_record) -> None:
+    from inference.store import open_store
+
+    with open_store(store_url) as store:
+        for seed in range(n):
+            store.publish(make_record("bracket", seed=seed))
+
+
+def test_history_pin_rollback_threshold_and_remove(tmp_path, record_factory):
+    store = f"file://{tmp_path / 'store'}"
+    _published(store, 3, record_factory)
+    set_ = _run(
+        "product", "threshold", "set", "bracket", "0.5", "--reason", "glare on line 2",
+        "--by", "ana", "--store", store,
+    )  # fmt: skip
+    assert set_.exit_code == 0, set_.output
+    assert "v4 (threshold-override of v3 by ana): threshold 0.5000" in set_.output
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert shown["calibration"]["threshold"] == 0.5
+    assert shown["provenance"]["by"] == "ana" and shown["provenance"]["reason"] == "glare on line 2"
+    rows = json.loads(_run("product", "history", "bracket", "--store", store, "--json").output)
+    assert [r["version"] for r in rows] == [1, 2, 3, 4] and rows[-1]["marks"] == [
+        "serving",
+        "latest",
+    ]
+    wide = {"COLUMNS": "200"}
+    table = runner.invoke(
+        build_app(), ["product", "history", "bracket", "--store", store], env=wide
+    )
+    table = table.output
+    assert "glare on line 2" in table and "ana" in table
+
+    rolled = _run("product", "rollback", "bracket", "--store", store)
+    assert rolled.exit_code == 0 and "rolled back from v4 to v3" in rolled.output
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert (shown["version"], shown["pinned_version"], shown["latest_version"]) == (3, 3, 4)
+    assert _run("product", "pin", "bracket", "1", "--store", store).exit_code == 0
+    assert json.loads(_run("product", "show", "bracket", "--store", store).output)["version"] == 1
+    refused = _run("product", "rollback", "bracket", "--store", store)
+    assert refused.exit_code == 2 and "nothing to roll back to" in refused.output
+    missing = _run("product", "pin", "bracket", "9", "--store", store)
+    assert missing.exit_code == 2 and "no version 9" in missing.output
+    # the served (pinned) version cannot be removed alone; another can, after a yes
+    served = _run("product", "remove", "bracket", "--version", "1", "--yes", "--store", store)
+    assert served.exit_code == 2 and "pin another version first" in served.output
+    no = runner.invoke(
+        build_app(),
+        ["product", "remove", "bracket", "--version", "2", "--store", store],
+        input="n\n",
+    )
+    assert no.exit_code == 1 and "not removed" in no.output
+    yes = runner.invoke(
+        build_app(),
+        ["product", "remove", "bracket", "--version", "2", "--store", store],
+        input="y\n",
+    )
+    assert yes.exit_code == 0, yes.output
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert shown["kept_versions"] == [1, 3, 4]
+    assert _run("product", "unpin", "bracket", "--store", store).exit_code == 0
+    assert json.loads(_run("product", "show", "bracket", "--store", store).output)["version"] == 4
+
+
+def test_remove_without_a_terminal_needs_yes(tmp_path, record_factory):
+    store = f"file://{tmp_path / 'store'}"
+    _published(store, 1, record_factory)
+    refused = _run("product", "remove", "bracket", "--store", store)  # no input: no answer
+    assert refused.exit_code == 1 and "--yes" in refused.output
+    assert "bracket" in _run("product", "list", "--store", store).output
+    assert _run("product", "remove", "bracket", "--store", store, "--yes").exit_code == 0
+
+
+def test_recalibrate_from_the_cli(tmp_path, good_dir, untrained_checkpoint):
+    store = f"file://{tmp_path / 'store'}"
+    common = ("--store", store, "--checkpoint", str(untrained_checkpoint))
+    added = _run("product", "add", "bracket", "--images", str(good_dir), "--shots", "2", *common)
+    assert added.exit_code == 0, added.output
+    again = _run("product", "recalibrate", "bracket", "--images", str(good_dir), *common)
+    assert again.exit_code == 0, again.output
+    assert "v2 (recalibrate of v1" in again.output
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert shown["calibration"]["method"] == "held-out" and shown["calibration"]["n_normals"] == 3

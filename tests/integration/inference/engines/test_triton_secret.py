@@ -32,6 +32,7 @@ def test_triton_model_takes_the_redis_password_from_a_secret_file(
     secret_file = tmp_path / "secret" / "redis-password"
     secret_file.parent.mkdir()
     secret_file.write_text(SECRET + "\n")
+    monkeypatch.delenv("ADQC_STORE__URL", raising=False)
     monkeypatch.delenv("ADQC_REDIS_URL", raising=False)
     monkeypatch.delenv("ADQC_REDIS_PASSWORD", raising=False)
     monkeypatch.setenv("ADQC_REDIS_PASSWORD_FILE", str(secret_file))  # tritonserver's env
