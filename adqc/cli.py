@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pretrain.evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",
+    "adqc.peerbench.cli",
 )
 
 GROUPS = {
