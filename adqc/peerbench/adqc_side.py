@@ -19,18 +19,24 @@ import numpy as np
 import torch
 
 from adqc.peerbench.exchange import Inputs
+from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
 from pretrain.evaluation.datasets import Category
-from pretrain.evaluation.detectors import check_supported
+from pretrain.evaluation.detectors import check_supported, make_detector
+from pretrain.evaluation.postprocess import image_scores
 from pretrain.evaluation.runner import (
     EvalConfig,
+    FeatureSet,
     LoadedModel,
     RawFeatures,
     feature_set,
     load_model,
-    run_method,
 )
 
 BATCH = 16
+#: row name -> (detector, constructor arguments); plain names are the detectors' defaults
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "patchcore_n1": ("patchcore", {"neighbourhood": 1}),  # no 3x3 aggregation (side check)
+}
 
 
 @dataclass
@@ -43,7 +49,70 @@ class AdqcOutput:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def loo_normal_scores(fs: FeatureSet, row_method: str) -> np.ndarray:
+    """The K references' normal scores as `adqc product add` computes them without
+    calibration images (inference/onboarding.py): FeatureNorm scores each reference's
+    leave-one-out features; a memory detector is refitted on the other K-1 references' features
+    and scores the held-out one."""
+    method, kwargs = VARIANTS.get(row_method, (row_method, {}))
+    feats = fs.train
+    k = feats[0].shape[0]
+    size = fs.image_size
+    with torch.inference_mode():
+        if method == "featurenorm":
+            det = make_detector(method, **kwargs)
+            return image_scores(det.anomaly_maps(feats, size)).numpy().astype(np.float64)
+        out = np.empty(k)
+        for i in range(k):
+            det = make_detector(method, **kwargs)
+            det.fit([torch.cat([f[:i], f[i + 1 :]]) for f in feats])
+            out[i] = float(image_scores(det.anomaly_maps([f[i : i + 1] for f in feats], size))[0])
+    return out
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    maps: np.ndarray
+    fit_seconds: float
+    score_seconds: float
+    info: dict[str, Any]
+
+
+def score_features(fs: FeatureSet, row_method: str) -> Scored:
+    """Fit the row's detector on the references' features and score the test features."""
+    method, kwargs = VARIANTS.get(row_method, (row_method, {}))
+    det = make_detector(method, **kwargs)
+    t0 = time.perf_counter()
+    if method != "featurenorm":
+        det.fit(fs.train)
+    t1 = time.perf_counter()
+    n = len(fs.samples)
+    maps = np.empty((n, fs.image_size, fs.image_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, n, BATCH):
+            sl = slice(start, min(n, start + BATCH))
+            maps[sl] = det.anomaly_maps([f[sl] for f in fs.test], fs.image_size).numpy()
+    scores = image_scores(torch.from_numpy(maps)).numpy().astype(np.float64)
+    info: dict[str, Any] = {}
+    if method == "patchcore":
+        info = {"bank_size": int(det.memory.shape[0]), "neighbourhood": det.neighbourhood}
+    elif method == "padim":
+        info = {"mean_shrinkage": float(det.shrinkage.mean())}
+    t2 = time.perf_counter()
+    if fs.train is not None and fs.train[0].shape[0] >= 2:
+        try:
+            cal = calibrate(loo_normal_scores(fs, row_method).tolist(), DEFAULT_TARGET_FAR)
+            info["threshold"] = cal.threshold
+            info["threshold_rule"] = cal.rule
+        except CalibrationError as exc:
+            info["threshold_error"] = str(exc)
+    info["calibration_s"] = time.perf_counter() - t2
+    return Scored(scores, maps, t1 - t0, t2 - t1, info)
+
+
 def supported(kind: str, method: str) -> bool:
+    method = VARIANTS.get(method, (method, {}))[0]
     try:
         check_supported(method, kind)
     except ValueError:
@@ -72,15 +141,22 @@ def _backbone(lm: LoadedModel, images: np.ndarray) -> list[torch.Tensor]:
 
 
 def run(
-    lm: LoadedModel, inputs: Inputs, kinds: list[str], methods: list[str]
+    lm: LoadedModel,
+    inputs: Inputs,
+    kinds: list[str],
+    methods: list[str],
+    only: set[tuple[str, str]] | None = None,
 ) -> list[AdqcOutput]:
-    """Every supported (kind, method) row on ``inputs``; scores/maps in group order."""
+    """Every supported (kind, method) row on ``inputs`` (or those in ``only``), in group order."""
     bc = inputs.bench_class
     rows = [(k, m) for k in kinds for m in methods if supported(k, m)]
+    if only is not None:
+        rows = [r for r in rows if r in only]
     scores: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in rows}
     maps: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in rows}
     seconds = dict.fromkeys(rows, 0.0)
     info: dict[tuple[str, str], dict[str, Any]] = {r: {} for r in rows}
+    thresholds: dict[tuple[str, str], list[float]] = {r: [] for r in rows}
     for g, group in enumerate(bc.groups):
         t0 = time.perf_counter()
         train = _backbone(lm, inputs.refs[g])
@@ -104,13 +180,14 @@ def run(
             for k, method in rows:
                 if k != kind:
                     continue
-                out = run_method(fs, method, BATCH, show_progress=False)
+                out = score_features(fs, method)
                 scores[(k, method)].append(out.scores)
                 if inputs.masks is not None:
                     maps[(k, method)].append(out.maps)
                 seconds[(k, method)] += backbone_s + fs.seconds + out.fit_seconds
                 seconds[(k, method)] += out.score_seconds
-                info[(k, method)] = out.detector_info
+                info[(k, method)] = out.info
+                thresholds[(k, method)].append(out.info.get("threshold", float("nan")))
     return [
         AdqcOutput(
             k,
@@ -118,7 +195,7 @@ def run(
             np.concatenate(scores[(k, m)]),
             np.concatenate(maps[(k, m)]) if maps[(k, m)] else None,
             seconds[(k, m)],
-            info[(k, m)],
+            {**info[(k, m)], "group_thresholds": thresholds[(k, m)]},
         )
         for k, m in rows
     ]

@@ -22,8 +22,10 @@ def _split(values: list[str]) -> list[str]:
 
 def anomalib_command(
     data: list[str] = typer.Option(
-        ..., "--data", help="class: MVTec-layout folder (aitex/fabric is grouped per fabric) "
-        "or elpv:mono / elpv:poly; repeatable"
+        ...,
+        "--data",
+        help="class: MVTec-layout folder (aitex/fabric is grouped per fabric) "
+        "or elpv:mono / elpv:poly; repeatable",
     ),
     shots: list[str] = typer.Option(["8"], "--shots", help="K values, e.g. 2,4,8"),
     json_out: Path = typer.Option(DEFAULT_JSON, "--json", help="rows are merged into this JSON"),
@@ -38,15 +40,16 @@ def anomalib_command(
     ),
     checkpoint: str | None = typer.Option(None, "--checkpoint"),
     checkpoint_for: list[str] = typer.Option(
-        [], "--checkpoint-for", help="CLASS=PATH: leave-one-dataset-out checkpoint of a class "
-        "the shipped projector was pretrained on"
+        [],
+        "--checkpoint-for",
+        help="CLASS=PATH: leave-one-dataset-out checkpoint of a class "
+        "the shipped projector was pretrained on",
     ),
     image_size: int = typer.Option(224, "--image-size"),
 ) -> None:
     """Stock anomalib 2.7 PatchCore/PaDiM next to adqc: same weights, images and metric code."""
     from adqc.peerbench import scoring, table
     from adqc.peerbench.runner import PEER_PYTHON, BenchOptions, PeerError, bench_class
-    from pretrain.evaluation.bench import write_markdown
     from pretrain.data.folders import DatasetError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -93,8 +96,40 @@ def anomalib_command(
     doc.setdefault("runs", []).append(run_info)
     scoring.write_doc(json_out, doc)
     if markdown:
-        write_markdown(markdown, table.markdown(doc), section=section)
+        table.write_section(markdown, table.markdown(doc), section)
+
+
+def levels_command(
+    data: list[str] = typer.Option(..., "--data", help="classes, as for `adqc bench anomalib`"),
+    candidates: str = typer.Option("A,B,C,D,E,F,G", "--candidates"),
+    shots: int = typer.Option(8, "--shots"),
+    max_test: int = typer.Option(200, "--max-test", help="test images per class (stratified)"),
+    json_out: Path = typer.Option(Path("docs/results/levels_issue11.json"), "--json"),
+    markdown: Path | None = typer.Option(None, "--markdown", help="e.g. docs/BACKBONES.md"),
+    section: str = typer.Option("levels-issue11", "--section"),
+) -> None:
+    """MobileNetV2 level candidates on raw/residual detectors; the rule of docs/BACKBONES.md."""
+    from adqc.peerbench import levels, scoring, table
+
+    t0 = time.perf_counter()
+    wanted = _split([candidates])
+    chosen = tuple(c for c in levels.CANDIDATES if c.id in wanted)
+    doc = scoring.load_doc(json_out)
+    done = {r["candidate"] for r in doc.get("rows", [])}
+    todo = tuple(c for c in chosen if c.id not in done)
+    rows = levels.measure(data, todo, shots, max_test, log=lambda m: err.print(m, highlight=False))
+    doc["rows"] = doc.get("rows", []) + rows
+    doc["command"] = "adqc bench levels " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    doc["seconds"] = doc.get("seconds", 0.0) + time.perf_counter() - t0
+    doc["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if {r["candidate"] for r in doc["rows"]} >= {c.id for c in levels.CANDIDATES}:
+        doc["decision"] = levels.decide(doc["rows"])
+        err.print(f"decision: {doc['decision']}", highlight=False)
+    scoring.write_doc(json_out, doc)
+    if markdown and "decision" in doc:
+        table.write_section(markdown, levels.markdown(doc), section, "adqc bench levels")
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["bench"].command("anomalib")(anomalib_command)
+    groups["bench"].command("levels")(levels_command)

@@ -42,6 +42,11 @@ class BenchOptions:
     seed: int = 0
 
 
+def peer_ready(python: Path = PEER_PYTHON) -> bool:
+    """True when install.sh finished in the venv of ``python`` (its stamp file exists)."""
+    return (Path(python).parent.parent / ".installed").is_file()
+
+
 def peer_env() -> dict[str, str]:
     """The peer's environment: jemalloc preloaded when present (greedy coreset ~4x faster)."""
     env = dict(os.environ)
@@ -53,7 +58,7 @@ def peer_env() -> dict[str, str]:
 
 def run_peer(inputs: exchange.Inputs, folder: Path, opts: BenchOptions):
     """Write the inputs, run benchmarks/anomalib/run_anomalib.py in the peer venv, read back."""
-    if not Path(opts.peer_python).is_file():
+    if not (Path(opts.peer_python).is_file() and peer_ready(opts.peer_python)):
         raise PeerError(
             f"no anomalib environment at {opts.peer_python}: build it with "
             "`make bench-anomalib-venv` (benchmarks/anomalib/install.sh)"
@@ -124,6 +129,9 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                 "detector": out.info,
                 "backbone": opts.backbone,
                 "checkpoint": lm.checkpoint or None,
+                "calibrated": scoring.operating_point(
+                    out.scores, inputs.labels, out.info.get("group_thresholds", []), sizes
+                ),
             }
             rows.append(
                 scoring.make_row(

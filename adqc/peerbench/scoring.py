@@ -120,3 +120,19 @@ def write_doc(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_clean(doc), indent=2) + "\n")
     tmp.replace(path)
+
+
+def operating_point(
+    scores: np.ndarray, labels: np.ndarray, group_thresholds: list[float], group_sizes: list[int]
+) -> dict[str, Any] | None:
+    """Observed false-alarm and detection rates at each group's calibrated threshold."""
+    if len(group_thresholds) != len(group_sizes) or not np.isfinite(group_thresholds).all():
+        return None
+    thr = np.repeat(np.asarray(group_thresholds, dtype=np.float64), group_sizes)
+    alarm = np.asarray(scores) > thr
+    normal, defective = labels == 0, labels == 1
+    return {
+        "thresholds": [float(t) for t in group_thresholds],
+        "false_alarm_rate": float(alarm[normal].mean()) if normal.any() else None,
+        "detection_rate": float(alarm[defective].mean()) if defective.any() else None,
+    }

@@ -116,15 +116,17 @@ def verdict(rows: list[dict[str, Any]], shots: int) -> str:
     lines = []
     for c in sorted({r["class"] for r in rows}):
         peer = next(
-            (r for r in rows if r["class"] == c and r["source"] == "anomalib"
-             and r["method"] == "patchcore"),
+            (
+                r
+                for r in rows
+                if r["class"] == c and r["source"] == "anomalib" and r["method"] == "patchcore"
+            ),
             None,
         )
         if peer is None:
             continue
         wins = []
-        for r in sorted((r for r in rows if r["class"] == c and r["source"] == "adqc"),
-                        key=_order):
+        for r in sorted((r for r in rows if r["class"] == c and r["source"] == "adqc"), key=_order):
             below = [
                 f"{m.replace('_', ' ')} {r[m] - peer[m]:+.3f}"
                 for m in METRICS
@@ -137,6 +139,37 @@ def verdict(rows: list[dict[str, Any]], shots: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def operating(rows: list[dict[str, Any]], shots: int) -> str:
+    """Observed false-alarm / detection rate at the threshold `adqc product add` would set."""
+    rows = [r for r in rows if str(r["shots"]) == str(shots) and r.get("calibrated")]
+    if not rows:
+        return ""
+    classes = sorted({r["class"] for r in rows})
+    labels = sorted({(row_label(r), _order(r)) for r in rows}, key=lambda t: t[1])
+    by = {(r["class"], row_label(r)): r["calibrated"] for r in rows}
+    lines = [
+        f"Calibrated operating point, {shots} shots (threshold from the {shots} references' "
+        "leave-one-out scores, target false-alarm rate 1 %, no calibration images; "
+        "observed false-alarm rate on good test images / detection rate on defective ones):",
+        "",
+        f"| {shots} shots | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
+    for label, _ in labels:
+        cells = []
+        for c in classes:
+            op = by.get((c, label))
+            if op is None or op.get("false_alarm_rate") is None:
+                cells.append("–")
+            else:
+                dr = op.get("detection_rate")
+                cells.append(
+                    f"{op['false_alarm_rate']:.1%} / " + ("–" if dr is None else f"{dr:.1%}")
+                )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc.get("rows", [])
     out = []
@@ -144,7 +177,25 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(f"Command: `{run['command']}` ({run['created_at']}, {run['seconds']:.0f} s)")
     out.append("")
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
-        out += [overview(rows, k), verdict(rows, k)]
+        out += [overview(rows, k), verdict(rows, k), operating(rows, k)]
     for c in sorted({r["class"] for r in rows}):
         out.append(detail(rows, c))
     return "\n".join(out)
+
+
+def write_section(path, text: str, section: str, command: str = "adqc bench anomalib") -> None:
+    """Replace the generated section ``section`` of the markdown file (append when absent)."""
+    from pathlib import Path
+
+    path = Path(path)
+    begin = f"<!-- {command} {section}: generated, do not edit by hand -->"
+    end = f"<!-- {command} {section}: end -->"
+    block = f"{begin}\n{text}{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        new = head + block + tail.lstrip("\n")
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + block
+    path.write_text(new)

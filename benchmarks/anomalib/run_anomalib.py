@@ -14,7 +14,7 @@ product's: it imports anomalib, timm and torch only, nothing from adqc. Invoked 
   absolute difference is written to the report (the run refuses above 1e-4);
 - PatchCore: layers blocks.2 + blocks.4 (torchvision features.6 + features.13: strides 8 and
   16), 3x3 average pooling, coreset ratio 0.1, 9 neighbours (anomalib's defaults); PaDiM:
-  blocks.1/2/4, 100 random channels (python ``random`` seeded with --seed before the model is
+  blocks.1/2/4, 100 random channels (``torch.randperm`` seeded with --seed before the model is
   built); both fitted on the K references of each group with anomalib's own code, in eval mode
   for scoring, batch 16;
 - writes ``D/peer.npz`` (``patchcore_scores_g``, ``padim_scores_g`` [N] and, when maps are
@@ -111,6 +111,13 @@ def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
+def seed_all(seed: int) -> None:
+    """Seed every generator anomalib draws from (torch, numpy for sklearn's projection)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def build(name: str, seed: int):
     if name == "patchcore":
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
@@ -120,9 +127,11 @@ def build(name: str, seed: int):
         )
     from anomalib.models.image.padim.torch_model import PadimModel
 
-    random.seed(seed)  # PaDiM draws its 100 channels with python's random.sample
+    seed_all(seed)  # PaDiM draws its 100 channels with torch.randperm (2.7.0)
     return PadimModel(
-        backbone=TIMM_NAME, layers=["blocks.1", "blocks.2", "blocks.4"], pre_trained=False,
+        backbone=TIMM_NAME,
+        layers=["blocks.1", "blocks.2", "blocks.4"],
+        pre_trained=False,
         n_features=100,
     )
 
@@ -132,11 +141,11 @@ def fit(name: str, model, refs: torch.Tensor, seed: int) -> dict:
     for start in range(0, len(refs), BATCH):
         model(refs[start : start + BATCH])
     if name == "patchcore":
-        torch.manual_seed(seed)  # k-center greedy picks its first centre at random
-        n_patches = int(model.memory_bank.shape[0])
+        seed_all(seed)  # k-center greedy: random first centre, sparse random projection
+        n_patches = sum(int(e.shape[0]) for e in model.embedding_store)
         model.subsample_embedding(0.1)
         return {"patches_seen": n_patches, "bank_size": int(model.memory_bank.shape[0])}
-    model.fit_gaussian()
+    model.fit()
     return {"channels": int(model.idx.numel()), "channel_idx_head": model.idx[:5].tolist()}
 
 
@@ -148,8 +157,11 @@ def score(model, test: torch.Tensor, want_maps: bool):
             out = model(test[start : start + BATCH])
             scores.append(out.pred_score.reshape(-1).float().numpy())
             if want_maps:
-                maps.append(out.anomaly_map.reshape(out.anomaly_map.shape[0], *test.shape[-2:])
-                            .float().numpy())
+                maps.append(
+                    out.anomaly_map.reshape(out.anomaly_map.shape[0], *test.shape[-2:])
+                    .float()
+                    .numpy()
+                )
     return np.concatenate(scores), (np.concatenate(maps) if want_maps else None)
 
 
