@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pretrain.data.folders import DatasetError, Sample
-from pretrain.evaluation.datasets import Category, load_category
+from pretrain.evaluation.datasets import Category, load_category, subsample_test
 
 #: classes whose test images are scored per group of this key (class name -> key function name)
 GROUPED_CLASSES = ("aitex/fabric",)
@@ -98,3 +98,12 @@ def load_bench_class(spec: str, shots: int) -> BenchClass:
     group = Group("", list(category.train_good), list(category.test))
     group.references(shots)  # fail early with a clear message
     return BenchClass(category.name, spec, [group])
+
+
+def capped(bc: BenchClass, max_test: int | None) -> BenchClass:
+    """The class with its test set capped (stratified per class, then split back per group)."""
+    keep = {s.path for s in subsample_test(bc.test, max_test, seed=0)}
+    for g in bc.groups:
+        g.test = [s for s in g.test if s.path in keep]
+    bc.groups = [g for g in bc.groups if g.test]
+    return bc

@@ -46,6 +46,9 @@ def anomalib_command(
         "the shipped projector was pretrained on",
     ),
     image_size: int = typer.Option(224, "--image-size"),
+    max_test: int | None = typer.Option(
+        None, "--max-test", help="cap each class's test set (stratified by label, seed 0)"
+    ),
 ) -> None:
     """Stock anomalib 2.7 PatchCore/PaDiM next to adqc: same weights, images and metric code."""
     from adqc.peerbench import scoring, table
@@ -74,6 +77,7 @@ def anomalib_command(
             peer_python=peer_python or PEER_PYTHON,
             checkpoint=checkpoint,
             checkpoint_for=pairs,
+            max_test=max_test,
         )
         for spec in data:
             try:
@@ -103,7 +107,7 @@ def levels_command(
     data: list[str] = typer.Option(..., "--data", help="classes, as for `adqc bench anomalib`"),
     candidates: str = typer.Option("A,B,C,D,E,F,G", "--candidates"),
     shots: int = typer.Option(8, "--shots"),
-    max_test: int = typer.Option(200, "--max-test", help="test images per class (stratified)"),
+    max_test: int = typer.Option(100, "--max-test", help="test images per class (stratified)"),
     json_out: Path = typer.Option(Path("docs/results/levels_issue11.json"), "--json"),
     markdown: Path | None = typer.Option(None, "--markdown", help="e.g. docs/BACKBONES.md"),
     section: str = typer.Option("levels-issue11", "--section"),

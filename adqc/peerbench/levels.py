@@ -18,9 +18,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from adqc.peerbench import adqc_side, exchange, scoring
-from adqc.peerbench.cases import BenchClass, load_bench_class
+from adqc.peerbench.cases import capped, load_bench_class
 from pretrain.backbones.cnn import MOBILENET_V2_BLOCKS
-from pretrain.evaluation.datasets import subsample_test
 from pretrain.evaluation.runner import LoadedModel
 
 TIE = 0.10
@@ -49,15 +48,6 @@ CANDIDATES = (
 )
 
 
-def capped(bc: BenchClass, max_test: int | None) -> BenchClass:
-    """The class with its test set capped (stratified per class, then split back per group)."""
-    keep = {s.path for s in subsample_test(bc.test, max_test, seed=0)}
-    for g in bc.groups:
-        g.test = [s for s in g.test if s.path in keep]
-    bc.groups = [g for g in bc.groups if g.test]
-    return bc
-
-
 def candidate_model(c: Candidate) -> LoadedModel:
     from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
     from pretrain.model import FeatureModel
@@ -69,7 +59,7 @@ def measure(
     specs: list[str],
     candidates: tuple[Candidate, ...] = CANDIDATES,
     shots: int = 8,
-    max_test: int | None = 200,
+    max_test: int | None = 100,
     neighbourhood_check: tuple[str, ...] = ("A", "B"),
     log=print,
 ) -> list[dict[str, Any]]:

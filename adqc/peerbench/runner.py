@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adqc.peerbench import adqc_side, exchange, scoring
-from adqc.peerbench.cases import load_bench_class
+from adqc.peerbench.cases import capped, load_bench_class
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class BenchOptions:
     checkpoint: str | None = None
     checkpoint_for: dict[str, str] = field(default_factory=dict)  # class -> LODO checkpoint
     seed: int = 0
+    max_test: int | None = None  # cap per class (stratified by label, seed 0)
 
 
 def peer_ready(python: Path = PEER_PYTHON) -> bool:
@@ -85,6 +86,8 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
     """All rows of one class at K = opts.shots, and a note on what ran."""
     t0 = time.perf_counter()
     bc = load_bench_class(spec, opts.shots)
+    n_all = len(bc.test)
+    bc = capped(bc, opts.max_test)
     inputs = exchange.prepare(bc, opts.shots, opts.image_size)
     decode_s = time.perf_counter() - t0
     sizes = [len(g.test) for g in bc.groups]
@@ -93,7 +96,12 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
         "class": bc.name,
         "shots": opts.shots,
         "groups": [g.name for g in bc.groups],
-        "notes": list(bc.notes),
+        "notes": list(bc.notes)
+        + (
+            [f"test set capped at {len(bc.test)} of {n_all} images (stratified, seed 0)"]
+            if len(bc.test) < n_all
+            else []
+        ),
         "decode_s": round(decode_s, 2),
     }
     common = {"class_name": bc.name, "shots": opts.shots, "labels": inputs.labels}
