@@ -79,7 +79,7 @@ class Scored:
     info: dict[str, Any]
 
 
-def score_features(fs: FeatureSet, row_method: str) -> Scored:
+def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = True) -> Scored:
     """Fit the row's detector on the references' features and score the test features."""
     method, kwargs = VARIANTS.get(row_method, (row_method, {}))
     det = make_detector(method, **kwargs)
@@ -100,7 +100,7 @@ def score_features(fs: FeatureSet, row_method: str) -> Scored:
     elif method == "padim":
         info = {"mean_shrinkage": float(det.shrinkage.mean())}
     t2 = time.perf_counter()
-    if fs.train is not None and fs.train[0].shape[0] >= 2:
+    if calibrate_threshold and fs.train is not None and fs.train[0].shape[0] >= 2:
         try:
             cal = calibrate(loo_normal_scores(fs, row_method).tolist(), DEFAULT_TARGET_FAR)
             info["threshold"] = cal.threshold
@@ -146,6 +146,7 @@ def run(
     kinds: list[str],
     methods: list[str],
     only: set[tuple[str, str]] | None = None,
+    calibrate_threshold: bool = True,
 ) -> list[AdqcOutput]:
     """Every supported (kind, method) row on ``inputs`` (or those in ``only``), in group order."""
     bc = inputs.bench_class
@@ -180,7 +181,7 @@ def run(
             for k, method in rows:
                 if k != kind:
                     continue
-                out = score_features(fs, method)
+                out = score_features(fs, method, calibrate_threshold)
                 scores[(k, method)].append(out.scores)
                 if inputs.masks is not None:
                     maps[(k, method)].append(out.maps)

@@ -105,7 +105,7 @@ def anomalib_command(
 
 def levels_command(
     data: list[str] = typer.Option(..., "--data", help="classes, as for `adqc bench anomalib`"),
-    candidates: str = typer.Option("A,B,D,F", "--candidates"),
+    candidates: str = typer.Option("A,B,D", "--candidates"),
     shots: int = typer.Option(8, "--shots"),
     max_test: int = typer.Option(60, "--max-test", help="test images per class (stratified)"),
     json_out: Path = typer.Option(Path("docs/results/levels_issue11.json"), "--json"),

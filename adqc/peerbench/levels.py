@@ -76,7 +76,9 @@ def measure(
             if c.id in neighbourhood_check:
                 methods.append("patchcore_n1")
             keep = {*ROWS, ("raw", "patchcore_n1")}
-            outs = adqc_side.run(lm, inputs, ["raw", "residual"], methods, only=keep)
+            outs = adqc_side.run(
+                lm, inputs, ["raw", "residual"], methods, only=keep, calibrate_threshold=False
+            )
             for o in outs:
                 m = scoring.metrics_of(o.scores, inputs.labels, o.maps, inputs.masks, sizes)
                 row = scoring.make_row(
