@@ -14,9 +14,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli",
     "deploy.cli",
     "pretrain.cli",
-    "pretrain.evaluation.cli",
+    "evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",
+    "adqc.demo_cli",
     "adqc.peerbench.cli",
 )
 

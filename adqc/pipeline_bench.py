@@ -27,6 +27,33 @@ def _serve_argv(config: Path) -> list[str]:
     ]
 
 
+def _security(protocol: str, directory: Path) -> tuple[dict, dict]:
+    """(client KafkaSettings fields, KafkaBroker arguments) for ``protocol``, with throw-away
+    certificates in ``directory`` and a random SASL password."""
+    import secrets
+
+    from deploy.tls import make_ca
+
+    if protocol == "PLAINTEXT":
+        return {}, {}
+    ca = make_ca(directory)
+    password = secrets.token_urlsafe(16)
+    broker = {"tls": ca.issue("broker"), "tls_ca": ca.cert, "sasl_users": {"bench": password}}
+    client: dict = {}
+    if protocol.endswith("SSL"):
+        client["ssl_cafile"] = ca.cert
+    if protocol == "SSL":
+        pair = ca.issue("bench-client")
+        client |= {"ssl_certfile": pair.cert, "ssl_keyfile": pair.key}
+    if protocol.startswith("SASL"):
+        client |= {
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "bench",
+            "sasl_password": password,
+        }
+    return client, broker
+
+
 def pipeline_command(
     json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
     frames: int = typer.Option(400, "--frames", help="backlog frames for the throughput phase"),
@@ -39,6 +66,12 @@ def pipeline_command(
     defect_every: int = typer.Option(5, "--defect-every", help="one defective frame in N"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="default: the shipped one"),
     data: Path | None = typer.Option(None, "--data", help="MVTec-layout category folder"),
+    security_protocol: str = typer.Option(
+        "PLAINTEXT",
+        "--security-protocol",
+        help="PLAINTEXT, SSL (mutual TLS), SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512): the "
+        "benchmark's own broker serves it with certificates made for the run",
+    ),
 ) -> None:
     """Frames/s and p50/p99 latency through Kafka -> engine -> results/alarms vs engine-only."""
     from deploy.servers import KafkaBroker, RedisServer
@@ -56,12 +89,26 @@ def pipeline_command(
     )
     if data is not None:
         config.data = data
+    if security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        console.print(f"[red]error:[/red] unknown --security-protocol {security_protocol!r}")
+        raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="adqc-bench-") as tmp:
-        console.print("starting Kafka and Redis (deploy.servers)")
-        with KafkaBroker(partitions=config.partitions) as broker, RedisServer() as redis:
+        console.print(f"starting Kafka ({security_protocol}) and Redis (deploy.servers)")
+        security, broker_options = _security(security_protocol, Path(tmp) / "tls")
+        with (
+            KafkaBroker(partitions=config.partitions, **broker_options) as broker,
+            RedisServer() as redis,
+        ):
+            from ingest.settings import KafkaSettings
+
+            kafka = KafkaSettings(
+                bootstrap=[broker.bootstrap_for(security_protocol)],
+                security_protocol=security_protocol,
+                **security,
+            )
             try:
                 result = run_pipeline_bench(
-                    broker.bootstrap, redis.url, _serve_argv, Path(tmp), config, console
+                    kafka, redis.url, _serve_argv, Path(tmp), config, console
                 )
             except BenchError as exc:
                 console.print(f"[red]error:[/red] {exc}")

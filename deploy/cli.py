@@ -41,7 +41,10 @@ def export_triton(
     weights: WeightsOpt = None,
     redis_url: Annotated[
         str,
-        typer.Option(help="Reference store URL baked into the config (env ADQC_REDIS_URL wins)."),
+        typer.Option(
+            help="Reference store URL written into the config WITHOUT its password (tritonserver "
+            "reads ADQC_REDIS_PASSWORD or ADQC_REDIS_PASSWORD_FILE; env ADQC_REDIS_URL wins)."
+        ),
     ] = DEFAULT_REDIS_URL,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
@@ -81,6 +84,13 @@ def export_triton(
         f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
         f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_REDIS_URL overrides)"
     )
+    from inference.store.urls import split_password
+
+    if split_password(redis_url)[1] is not None:
+        typer.echo(
+            "the store password was NOT written into the repository: start tritonserver with "
+            "ADQC_REDIS_PASSWORD, ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_REDIS_URL"
+        )
 
 
 def export_onnx_cmd(

@@ -275,6 +275,11 @@ class RedisServer(_ManagedServer):
         workdir: data + log directory (default: a temporary one removed by ``close()``).
         startup_timeout: seconds to wait for PING.
         maxmemory: optional Redis ``maxmemory`` value (e.g. ``"256mb"``).
+        password: ``requirepass`` (clients must AUTH); ``url`` then carries it.
+        tls: a :class:`deploy.tls.CertPair` (server certificate + key) and ``tls_ca`` (the CA
+            that signed it, also used to verify client certificates when
+            ``tls_client_auth``): Redis then also listens with TLS on ``tls_port``
+            (``tls_url`` is the ``rediss://`` address); the plain port stays for the probes.
     """
 
     name = "redis"
@@ -288,8 +293,15 @@ class RedisServer(_ManagedServer):
         workdir: str | Path | None = None,
         startup_timeout: float | None = None,
         maxmemory: str | None = None,
+        password: str | None = None,
+        tls: Any = None,
+        tls_ca: str | Path | None = None,
+        tls_port: int | None = None,
+        tls_client_auth: bool = False,
     ) -> None:
         super().__init__(workdir, startup_timeout)
+        if (tls is None) != (tls_ca is None):
+            raise ValueError("tls and tls_ca go together (server certificate + its CA)")
         binary = shutil.which("redis-server")
         if binary is None or shutil.which("redis-cli") is None:
             raise ServersNotInstalledError(f"redis-server not found on PATH: {INSTALL_HINT}")
@@ -298,25 +310,45 @@ class RedisServer(_ManagedServer):
         self.port = port or free_port()
         self.appendonly = appendonly
         self.maxmemory = maxmemory
+        self.password = password
+        self.tls = tls
+        self.tls_ca = Path(tls_ca) if tls_ca is not None else None
+        self.tls_client_auth = tls_client_auth
+        self.tls_port = (tls_port or free_port()) if tls is not None else None
 
     @property
     def host(self) -> str:
         """Always 127.0.0.1."""
         return LOOPBACK
 
+    def _auth(self) -> str:
+        from urllib.parse import quote
+
+        return f":{quote(self.password, safe='')}@" if self.password else ""
+
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        """``redis://[:password@]127.0.0.1:<port>/0``."""
+        return f"redis://{self._auth()}{LOOPBACK}:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        """``rediss://[:password@]127.0.0.1:<tls port>/0?ssl_ca_certs=<CA>`` (TLS servers only)."""
+        if self.tls_port is None:
+            raise ValueError("this RedisServer was started without tls")
+        return f"rediss://{self._auth()}{LOOPBACK}:{self.tls_port}/0?ssl_ca_certs={self.tls_ca}"
 
     def client(self, **kwargs: Any) -> Any:
         """A ``redis.Redis`` client for this server (extra keyword arguments are passed on)."""
         import redis
 
+        kwargs.setdefault("password", self.password)
         return redis.Redis(host=LOOPBACK, port=self.port, **kwargs)
 
     def _pick_ports(self) -> None:
         self.port = free_port()
+        if self.tls_port is not None:
+            self.tls_port = free_port()
 
     def _command(self) -> list[str]:
         command = [
@@ -334,6 +366,16 @@ class RedisServer(_ManagedServer):
             command += ["--appendfsync", "always"]
         if self.maxmemory:
             command += ["--maxmemory", self.maxmemory]
+        if self.password:
+            command += ["--requirepass", self.password]
+        if self.tls is not None:
+            command += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls_ca),
+                "--tls-auth-clients", "yes" if self.tls_client_auth else "no",
+            ]  # fmt: skip
         return command
 
     def _ready(self) -> bool:
@@ -347,8 +389,10 @@ class RedisServer(_ManagedServer):
     def _shutdown(self) -> None:
         # redis-cli, not redis-py: redis-py retries (with back-off) the connection that
         # SHUTDOWN closes, which costs seconds.
+        env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None
         subprocess.run(
             ["redis-cli", "-h", LOOPBACK, "-p", str(self.port), "shutdown", "nosave"],
+            env=env,
             capture_output=True,
             timeout=10,
             check=False,
@@ -357,8 +401,15 @@ class RedisServer(_ManagedServer):
 
 # ---------------------------------------------------------------------------------------------
 def _kafka_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like random-uuid).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with "-": the storage tool
+    would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker(_ManagedServer):
@@ -378,6 +429,13 @@ class KafkaBroker(_ManagedServer):
         heap: JVM heap size (``-Xmx``/``-Xms``), e.g. ``"512m"``.
         startup_timeout: seconds to wait until the broker serves metadata.
         overrides: extra ``server.properties`` entries (strings), replacing the template's.
+        tls: a :class:`deploy.tls.CertPair` (broker certificate + key) with ``tls_ca`` (its CA,
+            which also verifies client certificates): adds an ``SSL`` listener
+            (``ssl_port``; mutual TLS when ``ssl_client_auth`` is ``"required"``), and with
+            ``sasl_users`` a ``SASL_SSL`` listener (``sasl_ssl_port``).
+        sasl_users: ``{username: password}`` accepted by SASL/PLAIN (and, created at storage
+            format time, SCRAM-SHA-256/512): adds a ``SASL_PLAINTEXT`` listener
+            (``sasl_plaintext_port``). The PLAINTEXT listener stays for probes and admin.
     """
 
     name = "kafka"
@@ -395,7 +453,13 @@ class KafkaBroker(_ManagedServer):
         heap: str = "512m",
         startup_timeout: float | None = None,
         overrides: Mapping[str, str] | None = None,
+        tls: Any = None,
+        tls_ca: str | Path | None = None,
+        ssl_client_auth: str = "required",
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
+        if (tls is None) != (tls_ca is None):
+            raise ValueError("tls and tls_ca go together (broker certificate + its CA)")
         libs = cache_dir() / "kafka" / "libs"
         if not any(libs.glob("kafka_2.13-*.jar")):
             raise ServersNotInstalledError(f"Kafka jars not found in {libs}: {INSTALL_HINT}")
@@ -414,14 +478,77 @@ class KafkaBroker(_ManagedServer):
         self.overrides = dict(overrides or {})
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "server.properties"
+        self.tls = tls
+        self.tls_ca = Path(tls_ca) if tls_ca is not None else None
+        self.ssl_client_auth = ssl_client_auth
+        self.sasl_users = dict(sasl_users or {})
+        self.secure_ports: dict[str, int] = {}
+        self._pick_secure_ports()
 
     @property
     def bootstrap(self) -> str:
         """Bootstrap servers string: ``127.0.0.1:<port>``."""
         return f"{LOOPBACK}:{self.port}"
 
+    def bootstrap_for(self, protocol: str) -> str:
+        """``127.0.0.1:<port>`` of the listener speaking ``protocol`` (PLAINTEXT, SSL, ...)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap
+        if protocol not in self.secure_ports:
+            known = sorted(self.secure_ports)
+            raise ValueError(f"this broker has no {protocol} listener (has: {known})")
+        return f"{LOOPBACK}:{self.secure_ports[protocol]}"
+
+    def _pick_secure_ports(self) -> None:
+        protocols = []
+        if self.tls is not None:
+            protocols.append("SSL")
+        if self.sasl_users:
+            protocols.append("SASL_PLAINTEXT")
+        if self.tls is not None and self.sasl_users:
+            protocols.append("SASL_SSL")
+        self.secure_ports = {protocol: free_port() for protocol in protocols}
+
     def _pick_ports(self) -> None:
         self.port, self.controller_port = free_port(), free_port()
+        self._pick_secure_ports()
+
+    def _security_config(self) -> dict[str, str]:
+        """server.properties entries for the SSL / SASL listeners (empty without them)."""
+        if not self.secure_ports:
+            return {}
+        listeners = [f"PLAINTEXT://{LOOPBACK}:{self.port}"]
+        listeners += [f"{p}://{LOOPBACK}:{port}" for p, port in self.secure_ports.items()]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+        protocols += [f"{p}:{p}" for p in self.secure_ports]
+        config = {
+            "listeners": ",".join(listeners + [f"CONTROLLER://{LOOPBACK}:{self.controller_port}"]),
+            "advertised.listeners": ",".join(listeners),
+            "listener.security.protocol.map": ",".join(protocols),
+        }
+        if self.tls is not None:
+            config.update(
+                {
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(self.tls.bundle),
+                    "ssl.truststore.type": "PEM",
+                    "ssl.truststore.location": str(self.tls_ca),
+                    "ssl.endpoint.identification.algorithm": "https",
+                    "listener.name.ssl.ssl.client.auth": self.ssl_client_auth,
+                }
+            )
+        if self.sasl_users:
+            config["sasl.enabled.mechanisms"] = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in self.sasl_users.items())
+            plain = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            for protocol in self.secure_ports:
+                if protocol.startswith("SASL"):
+                    prefix = f"listener.name.{protocol.lower()}"
+                    config[f"{prefix}.plain.sasl.jaas.config"] = plain
+                    config[f"{prefix}.scram-sha-256.sasl.jaas.config"] = scram
+                    config[f"{prefix}.scram-sha-512.sasl.jaas.config"] = scram
+        return config
 
     def _java_command(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -448,10 +575,11 @@ class KafkaBroker(_ManagedServer):
             partitions=self.partitions,
             auto_create=str(self.auto_create_topics).lower(),
         )
-        if self.overrides:
-            keys = set(self.overrides)
+        overrides = {**self._security_config(), **self.overrides}
+        if overrides:
+            keys = set(overrides)
             kept = [ln for ln in text.splitlines() if ln.split("=", 1)[0].strip() not in keys]
-            text = "\n".join(kept + [f"{k}={v}" for k, v in self.overrides.items()]) + "\n"
+            text = "\n".join(kept + [f"{k}={v}" for k, v in overrides.items()]) + "\n"
         return text
 
     def _prepare(self) -> None:
@@ -467,6 +595,7 @@ class KafkaBroker(_ManagedServer):
             "-c",
             str(self.config_path),
             "--ignore-formatted",
+            *self._scram_args(),
         )
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
@@ -474,6 +603,14 @@ class KafkaBroker(_ManagedServer):
                 f"kafka storage format failed (status {done.returncode}): {' '.join(command)}\n"
                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             )
+
+    def _scram_args(self) -> list[str]:
+        """``--add-scram`` credentials for every SASL user (KRaft stores them in the metadata)."""
+        args = []
+        for user, password in self.sasl_users.items():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                args += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+        return args
 
     def _command(self) -> list[str]:
         return self._java_command("kafka.Kafka", str(self.config_path))

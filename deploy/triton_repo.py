@@ -39,6 +39,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from inference.store.urls import split_password
 from pretrain.backbones.base import sha256_file
 
 ENSEMBLE = "adqc"
@@ -300,6 +301,9 @@ def build_model_repository(
     if instances < 1:
         raise ValueError(f"instances must be >= 1, not {instances}")
     resolved_kind = resolve_kind(kind)
+    # never write a password into the repository: the model adds it at start-up from
+    # ADQC_REDIS_PASSWORD / ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_REDIS_URL
+    redis_url, _password = split_password(redis_url)
     checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint(backbone)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")

@@ -1,4 +1,4 @@
-"""``adqc product add|list|show|remove`` and ``adqc demo``.
+"""``adqc product add|list|show|remove``.
 
 Every expected failure (unknown product, unreadable image, unreachable store, model mismatch,
 missing checkpoint, bad option) ends with a one-line ``error: ...`` on stderr and exit code 2,
@@ -39,11 +39,14 @@ def _store_url(store: str | None) -> str:
 
 @contextlib.contextmanager
 def _clean_errors() -> Iterator[None]:
-    """Turn the expected failures into `error: ...` + exit code 2."""
-    from inference.store import ProductNotFoundError, StoreUnavailableError
+    """Turn the expected failures into `error: ...` + exit code 2 (3: credentials refused)."""
+    from inference.store import ProductNotFoundError, StoreAuthError, StoreUnavailableError
 
     try:
         yield
+    except StoreAuthError as exc:  # same exit code as serve/camera/alarms (docs/OPERATIONS.md)
+        err.print(f"[red]fatal:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     except (ProductNotFoundError, StoreUnavailableError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -64,7 +67,9 @@ def product_add(
     target_far: float = typer.Option(
         DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
     ),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    detector: str = typer.Option(
+        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
+    ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
@@ -75,14 +80,15 @@ def product_add(
     """Onboard a product from K good images: reference pool + calibrated threshold."""
     with _clean_errors():
         from inference.engines.local import LocalEngine
-        from inference.onboarding import onboard, resolve_inputs
+        from inference.onboarding import DETECTOR_CHOICES, onboard, resolve_inputs
         from inference.records import check_product_name
         from inference.store import open_store
 
         # cheap checks first: a typo should not wait for the model to load
         check_product_name(name)
-        if detector not in ("featurenorm", "patchcore"):
-            raise ValueError(f"--detector must be featurenorm or patchcore, got {detector!r}")
+        if detector not in DETECTOR_CHOICES:
+            choices = ", ".join(DETECTOR_CHOICES)
+            raise ValueError(f"--detector must be one of {choices}, got {detector!r}")
         inputs = resolve_inputs(images, shots, calibration_images)
         with open_store(_store_url(store)) as opened:
             engine = LocalEngine(checkpoint, backbone)
@@ -174,65 +180,10 @@ def product_remove(
         out.print(f"removed {name} from {opened.url}")
 
 
-def demo(
-    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (replaced)."),
-    source: str | None = typer.Option(
-        None, "--source", help="Stream this image folder instead of the elpv cells (no AUROC)."
-    ),
-    references: str | None = typer.Option(
-        None, "--references", help="Onboard from this folder/glob instead of 8 functional cells."
-    ),
-    limit: int | None = typer.Option(
-        None,
-        "--limit",
-        help="Frames to stream, evenly spaced; 0 = all [default: 1200 for the elpv cells, "
-        "all for --source].",
-    ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary here."),
-    store: str = typer.Option("memory://", "--store", help="Reference store URL."),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
-    ),
-    batch_size: int = typer.Option(16, "--batch-size", help="Frames per scored batch."),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        help="Batches scored at once, one torch thread each [default: cores, max 4].",
-    ),
-    shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
-) -> None:
-    """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
-    from inference.demo import DEFAULT_LIMIT, DemoError, run_demo
-
-    with _clean_errors():
-        try:
-            summary = run_demo(
-                out=out_dir,
-                source=source,
-                references=references,
-                limit=limit if limit is not None else (DEFAULT_LIMIT if source is None else 0),
-                checkpoint=checkpoint,
-                store_url=store,
-                batch_size=batch_size,
-                workers=workers,
-                shots=shots,
-                detector=detector,
-                console=out,
-            )
-        except DemoError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(summary, indent=2) + "\n")
-
-
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount ``product add|list|show|remove`` and the top-level ``demo``."""
+    """Mount ``product add|list|show|remove``."""
     product = groups["product"]
     product.command("add")(product_add)
     product.command("list")(product_list)
     product.command("show")(product_show)
     product.command("remove")(product_remove)
-    app.command("demo")(demo)

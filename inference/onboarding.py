@@ -4,14 +4,16 @@
 path) as the shots, builds the record and publishes it as the product's next version:
 
 1. raw backbone features of the K shots -> the reference pool (every patch, every level);
-2. each shot's projected residual against the pool of the *other* K-1 shots (a shot would match
-   itself in the full pool and get a zero residual; leave-one-out gives it what a new frame
-   sees: a pool of other good parts). PatchCore's memory bank is fitted on these features,
-   as in ``adqc eval`` (pretrain/evaluation/runner.py); FeatureNorm needs no memory;
+2. each shot's projected residual against the pool of the *other* K-1 shots
+   (``pretrain.residual.leave_one_out_residuals``: a shot would match itself in the full pool
+   and get a zero residual; leave-one-out gives it what a new frame sees, a pool of other good
+   parts). The detector (``pretrain.detectors``: PatchCore's memory bank, PaDiM's Gaussians)
+   is fitted on these features, as in ``adqc eval`` (evaluation/runner.py); FeatureNorm fits
+   nothing;
 3. normal scores for the threshold: with ``calibration_images`` ("held-out"), those images
-   scored exactly as the scorer will score frames (full pool, full memory); otherwise
-   ("leave-one-out") each shot scored against the other K-1 (FeatureNorm: its leave-one-out
-   features; PatchCore: a bank fitted on the other K-1 shots' features);
+   scored exactly as the scorer will score frames (full pool, fitted detector); otherwise
+   ("leave-one-out", ``pretrain.detectors.leave_one_out_scores``) each shot scored by a
+   detector fitted on the other K-1 shots' features;
 4. threshold from those normal scores (inference/calibration.py; docs/ONBOARDING.md).
 """
 
@@ -28,17 +30,19 @@ import torch
 
 from inference.calibration import DEFAULT_TARGET_FAR, calibrate
 from inference.engines.local import LocalEngine
-from inference.records import Detector as DetectorName
-from inference.records import ProductRecord, check_product_name
-from inference.scorer import detector_fields, maps_and_scores
+from inference.frames import load_frame
+from inference.records import DetectorName, ProductRecord, check_product_name
+from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
-from pretrain.evaluation.detectors import Detector, FeatureNorm, PatchCore
-from pretrain.preprocess import load_image, resize_uint8
-from pretrain.residual import ReferencePool, pool_residuals
+from pretrain.detectors import leave_one_out_scores, make_detector
+from pretrain.preprocess import resize_uint8
+from pretrain.residual import ReferencePool, leave_one_out_residuals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
 MIN_SHOTS = 2
+#: detectors a product can be onboarded with
+DETECTOR_CHOICES: tuple[DetectorName, ...] = ("featurenorm", "patchcore", "padim")
 
 
 class OnboardingError(ValueError):
@@ -73,27 +77,9 @@ def find_images(spec: str | Path) -> list[Path]:
 
 
 def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
-    """uint8 [N,S,S,3]; an unreadable file raises ImageLoadError naming it."""
-    return np.stack([resize_uint8(load_image(p), size) for p in paths])
-
-
-def _leave_one_out_features(engine: LocalEngine, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per level [K,C,h,w]: each shot's projected residual against the other K-1 shots."""
-    model = engine.model
-    shots = raw[0].shape[0]
-    per_shot = []
-    with torch.inference_mode():
-        for i in range(shots):
-            others = ReferencePool.from_features([torch.cat([f[:i], f[i + 1 :]]) for f in raw])
-            residual = pool_residuals([f[i : i + 1] for f in raw], others, model.chunk)
-            per_shot.append(model.projector(residual))
-    return [torch.cat(levels) for levels in zip(*per_shot, strict=True)]
-
-
-def _fit(detector: DetectorName, features: list[torch.Tensor]) -> Detector:
-    fitted = FeatureNorm() if detector == "featurenorm" else PatchCore()
-    fitted.fit(features)
-    return fitted
+    """uint8 [N,S,S,3], each file through the frame decoder (:func:`inference.frames.load_frame`,
+    as serve decodes frames); an unreadable file raises ImageLoadError naming it."""
+    return np.stack([resize_uint8(load_frame(p), size) for p in paths])
 
 
 def build_record(
@@ -107,8 +93,9 @@ def build_record(
 ) -> ProductRecord:
     """An unpublished record (version 0) from uint8 [K,S,S,3] shots (S = engine.image_size)."""
     check_product_name(product)
-    if detector not in ("featurenorm", "patchcore"):
-        raise OnboardingError(f"unknown detector {detector!r}: use featurenorm or patchcore")
+    if detector not in DETECTOR_CHOICES:
+        choices = ", ".join(DETECTOR_CHOICES)
+        raise OnboardingError(f"unknown detector {detector!r}: use one of {choices}")
     k = int(shots.shape[0])
     if k < MIN_SHOTS:
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
@@ -116,21 +103,16 @@ def build_record(
     with torch.inference_mode():
         raw = model.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
-    loo = _leave_one_out_features(engine, raw)
-    fitted = _fit(detector, loo)
+    loo = leave_one_out_residuals(raw, model.projector, model.chunk)
+    fitted = make_detector(detector)
+    fitted.fit(loo)
     if calibration is not None and len(calibration):
         with torch.inference_mode():
             features = model.projected(model.preprocess(torch.from_numpy(calibration)), pool)
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
-    elif detector == "featurenorm":
-        _, scores = maps_and_scores(fitted, loo, size)
-        method = "leave-one-out"
     else:
-        scores = np.empty(k)
-        for i in range(k):
-            rest = _fit(detector, [torch.cat([f[:i], f[i + 1 :]]) for f in loo])
-            scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
+        scores = leave_one_out_scores(fitted.config, loo, size).numpy().astype(np.float64)
         method = "leave-one-out"
     return ProductRecord(
         product=product,
@@ -139,8 +121,9 @@ def build_record(
         image_size=size,
         shots=k,
         pool=pool.numpy(),
+        detector_config=fitted.config,
+        detector_state=fitted.state_dict(),
         calibration=calibrate(scores.tolist(), target_far, method),
-        **detector_fields(fitted),
     )
 
 

@@ -3,13 +3,14 @@
 ``Scorer(engine, store).score(images, product)`` takes uint8 HxWx3 images of any size, reads the
 product's latest record (one cheap version check per call; the record and its detector are
 cached by (product, version)), resizes the images to the record's image size, asks the engine
-for projected features, and applies the record's detector (FeatureNorm, or PatchCore with the
-record's memory bank) through the shared post-processing of ``pretrain.evaluation``:
-bilinear upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
+for projected features, and applies the record's detector (``pretrain.detectors``, rebuilt from
+the record's config and state dict) through the detectors' shared post-processing: bilinear
+upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
 raw, so the product's calibrated threshold applies to every frame and batch alike.
 
 Regions are the connected components (8-connectivity) of ``anomaly_map > threshold``; their
-boxes are in the input image's pixel coordinates (x0, y0 inclusive; x1, y1 exclusive).
+boxes and areas are in the input image's pixels (x0, y0 inclusive; x1, y1 exclusive): the
+:class:`~inference.results.Region` the alarm message carries unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import io
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from scipy import ndimage
 
 from inference.engines.base import Engine, InvalidImageError
 from inference.records import ProductRecord
+from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
-from pretrain.evaluation.detectors import Detector, FeatureNorm
-from pretrain.evaluation.postprocess import image_scores
+from pretrain.detectors import Detector, image_scores, load_detector
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect
@@ -39,55 +39,9 @@ MIN_IMAGE_SIDE = 16
 MAX_REGIONS = 32
 
 
-@dataclass(frozen=True)
-class Region:
-    """A connected area of the anomaly map above the threshold."""
-
-    bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1) in input-image pixels, x1/y1 exclusive
-    area: int  # pixels of the (resized) anomaly map above the threshold
-    peak: float  # highest anomaly score inside the region
-
-
-@dataclass
-class ScoreResult:
-    product: str
-    score: float
-    threshold: float
-    is_defective: bool
-    anomaly_map: np.ndarray  # [S,S] float32, S = the record's image size
-    regions: list[Region]
-    model_id: str
-    reference_version: int
-    timings: dict[str, float] = field(default_factory=dict)  # ms, this frame's share of its batch
-    image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input image
-
-    def to_dict(self) -> dict:
-        """JSON-friendly view without the anomaly map."""
-        out = asdict(self)
-        del out["anomaly_map"]
-        out["regions"] = [asdict(r) for r in self.regions]
-        return out
-
-
 def detector_for(record: ProductRecord) -> Detector:
-    """The record's detector, ready to score (PatchCore rebuilt from its stored memory)."""
-    if record.detector == "featurenorm":
-        return FeatureNorm()
-    state = {key: np.array(value) for key, value in record.detector_options.items()}
-    # a writable copy: torch refuses to wrap the record's read-only array without a warning
-    state.update(method=np.array(record.detector), memory=np.array(record.memory))
-    return Detector.from_state(state)
-
-
-def detector_fields(detector: Detector) -> dict:
-    """Inverse of :func:`detector_for`: the record fields that describe a fitted detector."""
-    state = detector.state()
-    method = str(np.asarray(state.pop("method")).item())
-    memory = state.pop("memory", None)
-    if any(np.asarray(v).ndim for v in state.values()):
-        raise ValueError(f"detector {method!r} keeps arrays other than a memory bank")
-    options = {k: np.asarray(v).item() for k, v in state.items()}
-    return {"detector": method, "memory": memory, "detector_options": options}
+    """The record's detector, ready to score (rebuilt from its config and state dict)."""
+    return load_detector(record.detector_config, record.detector_state)
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -113,7 +67,9 @@ def find_regions(
     anomaly_map: np.ndarray, threshold: float, image_shape: tuple[int, int] | None = None
 ) -> list[Region]:
     """Connected components of ``anomaly_map > threshold``, highest peak first (at most
-    MAX_REGIONS); boxes scaled to ``image_shape`` (H, W) when given."""
+    MAX_REGIONS); boxes and areas scaled to ``image_shape`` (H, W) when given, so regions
+    are in frame pixels (area: the map's pixels above threshold times the frame/map pixel
+    ratio, rounded)."""
     mask = anomaly_map > threshold
     if not mask.any():
         return []
@@ -124,6 +80,7 @@ def find_regions(
     height, width = anomaly_map.shape
     out_h, out_w = image_shape or (height, width)
     sy, sx = out_h / height, out_w / width
+    area_scale = (out_h * out_w) / float(height * width)
     regions = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         ys, xs = box
@@ -133,7 +90,8 @@ def find_regions(
             min(out_w, int(math.ceil(xs.stop * sx))),
             min(out_h, int(math.ceil(ys.stop * sy))),
         )
-        regions.append(Region(bbox, int(areas[label - 1]), float(peaks[label - 1])))
+        area = int(round(float(areas[label - 1]) * area_scale))
+        regions.append(Region(bbox=bbox, area=area, peak=float(peaks[label - 1])))
     regions.sort(key=lambda r: r.peak, reverse=True)
     return regions[:MAX_REGIONS]
 
@@ -239,6 +197,7 @@ class Scorer:
                         reference_version=record.version,
                         timings=dict(timings),
                         image_shape=(int(image.shape[0]), int(image.shape[1])),
+                        target_far=record.calibration.target_far,
                     )
                 )
         return results

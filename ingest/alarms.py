@@ -8,33 +8,32 @@ MES keeps the ids it has seen and drops repeats, which is what :class:`AlarmTail
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import cachetools
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from ingest.schemas import AlarmMessage
+from ingest.settings import KafkaSettings
 
 
 class SeenIds:
-    """A bounded set of recently seen ids (oldest forgotten first)."""
+    """A bounded set of recently seen ids (least recently seen forgotten first)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: cachetools.LRUCache[str, None] = cachetools.LRUCache(maxsize=capacity)
 
     def add(self, key: str) -> bool:
         """Remember ``key``; True if it is new."""
         if key in self._ids:
-            self._ids.move_to_end(key)
+            self._ids[key] = None  # refresh: seen again, forgotten last
             return False
         self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
         return True
 
     def __len__(self) -> int:
@@ -66,22 +65,29 @@ class AlarmTail:
 
     Without ``group`` it reads like ``kafka-console-consumer``: all partitions, from the
     beginning or only new records, nothing committed. With ``group`` it joins that consumer
-    group and commits what it has handed out.
+    group and commits what it has handed out. ``kafka`` brings the security settings (TLS
+    files, SASL) and, unless ``bootstrap`` is given, the bootstrap servers.
     """
 
     def __init__(
         self,
-        bootstrap: str | list[str],
+        bootstrap: str | list[str] | None = None,
         topic: str = "alarms",
         from_beginning: bool = False,
         group: str | None = None,
+        *,
+        kafka: KafkaSettings | None = None,
         **overrides: Any,
     ) -> None:
         self.topic = topic
         self.seen = SeenIds()
         self.stats = TailStats()
-        config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+        config: dict[str, Any] = kafka.client_config() if kafka is not None else {}
+        if bootstrap is not None:
+            config["bootstrap_servers"] = bootstrap
+        if "bootstrap_servers" not in config:
+            raise ValueError("AlarmTail needs bootstrap or kafka settings")
+        config |= {
             "client_id": "adqc-alarms-tail",
             "group_id": group,
             "enable_auto_commit": group is not None,

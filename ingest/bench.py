@@ -44,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ingest.camera import CameraSimulator, list_images
 from ingest.schemas import ResultMessage
+from ingest.settings import KafkaSettings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad" / "bottle"
 
@@ -139,9 +140,9 @@ def process_cpu_s(pid: int) -> float:
 class _ResultReader:
     """Reads the results topic from the beginning; remembers receive times."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, client: dict[str, Any], topic: str, partitions: int) -> None:
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client,
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
@@ -171,16 +172,16 @@ class _ResultReader:
         self.consumer.close()
 
 
-def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="adqc-bench")
+def _create_topics(client: dict[str, Any], names: list[str], partitions: int) -> None:
+    admin = KafkaAdminClient(**client | {"client_id": "adqc-bench"})
     try:
         admin.create_topics([NewTopic(n, partitions, 1) for n in names])
     finally:
         admin.close()
 
 
-def _end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+def _end_offsets(client: dict[str, Any], topic: str, partitions: int) -> int:
+    consumer = KafkaConsumer(**client, group_id=None)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         return int(sum(consumer.end_offsets(tps).values()))
@@ -189,14 +190,19 @@ def _end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
 
 
 def run_pipeline_bench(
-    bootstrap: str,
+    bootstrap: str | KafkaSettings,
     redis_url: str,
     serve_argv: Callable[[Path], list[str]],
     workdir: Path,
     config: BenchConfig,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark against a broker and Redis; returns the result dictionary."""
+    """Run the benchmark against a broker and Redis; returns the result dictionary.
+
+    ``bootstrap`` is a ``host:port`` or full :class:`KafkaSettings` (TLS, SASL): every client
+    here and the serve worker use them; a SASL password reaches the worker through its
+    environment, never through the config file written to ``workdir``.
+    """
     import torch
 
     from inference.engines.local import LocalEngine
@@ -206,6 +212,14 @@ def run_pipeline_bench(
     from pretrain.preprocess import load_image
 
     console = console or Console(stderr=True)
+    if isinstance(bootstrap, KafkaSettings):
+        kafka = bootstrap
+    else:
+        kafka = KafkaSettings(bootstrap=[bootstrap])
+    client = {k: v for k, v in kafka.client_config().items() if k != "client_id"}
+    worker_env = dict(os.environ)
+    if kafka.sasl_password is not None:
+        worker_env["ADQC_KAFKA__SASL_PASSWORD"] = kafka.sasl_password.get_secret_value()
     source = FrameSource.from_mvtec(config.data, config.shots)
     load_before = os.getloadavg()
     run = uuid.uuid4().hex[:6]
@@ -238,9 +252,9 @@ def run_pipeline_bench(
 
     engine_before = measure_engine()
 
-    _create_topics(bootstrap, list(topics.values()), config.partitions)
+    _create_topics(client, list(topics.values()), config.partitions)
     serve_config = {
-        "kafka": {"bootstrap": bootstrap},
+        "kafka": kafka.model_dump(mode="json", exclude={"sasl_password"}),
         "topics": topics,
         "group": f"bench-{run}",
         "batch": {
@@ -258,7 +272,7 @@ def run_pipeline_bench(
     config_path = workdir / "serve.yaml"
     config_path.write_text(yaml.safe_dump(serve_config))
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(**client, acks="all", linger_ms=5)
     cams = [
         CameraSimulator(producer, topics["frames"], product, camera=f"cam-{i}")
         for i in range(config.partitions)
@@ -270,8 +284,10 @@ def run_pipeline_bench(
 
     log_path = workdir / "serve.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(serve_argv(config_path), stdout=log, stderr=subprocess.STDOUT)
-    reader = _ResultReader(bootstrap, topics["results"], config.partitions)
+    worker = subprocess.Popen(
+        serve_argv(config_path), stdout=log, stderr=subprocess.STDOUT, env=worker_env
+    )
+    reader = _ResultReader(client, topics["results"], config.partitions)
 
     def alive() -> None:
         if worker.poll() is not None:
@@ -346,8 +362,8 @@ def run_pipeline_bench(
     engine_after = measure_engine()
     engine_rates = {k: (engine_before[k] + engine_after[k]) / 2 for k in engine_before}
     results = reader.records
-    alarms = _end_offsets(bootstrap, topics["alarms"], config.partitions)
-    dlq = _end_offsets(bootstrap, topics["dlq"], config.partitions)
+    alarms = _end_offsets(client, topics["alarms"], config.partitions)
+    dlq = _end_offsets(client, topics["dlq"], config.partitions)
     engine_fps = engine_rates["engine_frames_per_s"]
     out: dict[str, Any] = {
         "frames_per_s": round(frames_per_s, 2),
@@ -372,6 +388,7 @@ def run_pipeline_bench(
         "dlq": dlq,
         "mean_batch_size": round(float(np.mean(batch_sizes)), 2),
         "serve_exit_code": rc,
+        "kafka_security_protocol": kafka.security_protocol,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -20,6 +20,7 @@ from kafka import KafkaProducer
 from PIL import Image, UnidentifiedImageError
 
 from ingest.schemas import CLAIM_CHECK_CONTENT_TYPE, FrameHeaders, utc_now
+from ingest.settings import KafkaSettings
 
 SUFFIX_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -165,10 +166,23 @@ def _frames(paths: list[Path], count: int | None, loop: bool) -> Iterator[Path]:
             return
 
 
-def make_producer(bootstrap: str | list[str], **overrides: Any) -> KafkaProducer:
-    """An idempotent ``acks=all`` producer for frames."""
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+def make_producer(
+    bootstrap: str | list[str] | None = None,
+    *,
+    kafka: KafkaSettings | None = None,
+    **overrides: Any,
+) -> KafkaProducer:
+    """An idempotent ``acks=all`` producer for frames.
+
+    ``kafka`` brings the security settings (TLS files, SASL) and, unless ``bootstrap`` is
+    given, the bootstrap servers; ``overrides`` are passed to KafkaProducer last.
+    """
+    config: dict[str, Any] = kafka.client_config() if kafka is not None else {}
+    if bootstrap is not None:
+        config["bootstrap_servers"] = bootstrap
+    if "bootstrap_servers" not in config:
+        raise ValueError("make_producer needs bootstrap or kafka settings")
+    config |= {
         "client_id": "adqc-camera",
         "acks": "all",
         "enable_idempotence": True,

@@ -3,27 +3,71 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-DEFAULT_BOOTSTRAP = os.environ.get("ADQC_KAFKA__BOOTSTRAP", "127.0.0.1:9092")
+if TYPE_CHECKING:
+    from ingest.settings import KafkaSettings
 
 err = Console(stderr=True, soft_wrap=True)
 
+# Kafka connection options shared by the tools (each also read from ADQC_KAFKA__<NAME>, the
+# same environment as `adqc serve`; the options win).
+BootstrapOption = typer.Option(
+    None, "--bootstrap", help="host:port[,host:port] (env ADQC_KAFKA__BOOTSTRAP)"
+)
+ProtocolOption = typer.Option(
+    None,
+    "--security-protocol",
+    help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env ADQC_KAFKA__SECURITY_PROTOCOL)",
+)
+MechanismOption = typer.Option(
+    None, "--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+)
+UserOption = typer.Option(None, "--sasl-username")
+PasswordOption = typer.Option(
+    None,
+    "--sasl-password",
+    help="prefer env ADQC_KAFKA__SASL_PASSWORD (options show in the process list)",
+)
+CafileOption = typer.Option(None, "--ssl-cafile", help="CA bundle that signed the brokers")
+CertfileOption = typer.Option(None, "--ssl-certfile", help="client certificate (mutual TLS)")
+KeyfileOption = typer.Option(None, "--ssl-keyfile", help="client private key (mutual TLS)")
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+def _kafka_or_exit(**options: object) -> KafkaSettings:
+    """KafkaSettings from the environment + options; checks the credentials once.
+
+    Exits 2 on invalid settings, 3 (EXIT_CREDENTIALS) when the broker refuses the login or
+    TLS cannot verify it.
+    """
+    from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, kafka_settings
+    from ingest.settings import SettingsError
+
+    if isinstance(options.get("bootstrap"), str):
+        options["bootstrap"] = str(options["bootstrap"]).split(",")
+    try:
+        kafka = kafka_settings(**options)
+    except SettingsError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
+        check_kafka(kafka)
+    except CredentialsError as exc:
+        err.print(f"[red]fatal:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_CREDENTIALS) from exc
+    return kafka
+
+
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from ingest.logs import configure_logging
+
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 def serve_command(
@@ -33,7 +77,9 @@ def serve_command(
     print_example: bool = typer.Option(
         False, "--print-example", help="print a config with every default and exit"
     ),
-    check: bool = typer.Option(False, "--check", help="validate the settings and exit"),
+    check: bool = typer.Option(
+        False, "--check", help="validate the settings, load the local engine's checkpoint, exit"
+    ),
 ) -> None:
     """Serve: consume frames from Kafka, score them, publish results/alarms, DLQ bad frames."""
     from ingest.settings import SettingsError, example_yaml, load_settings
@@ -47,10 +93,26 @@ def serve_command(
         err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
         raise typer.Exit(2) from exc
     if check:
-        typer.echo(f"{config or 'environment'}: settings OK")
+        from ingest.preflight import EngineCheckError, check_engine
+
+        try:
+            model = check_engine(settings.engine)
+        except EngineCheckError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        loaded = f", engine loads ({model})" if model else ""
+        typer.echo(f"{config or 'environment'}: settings OK{loaded}")
         return
-    _configure_logging(settings.log_level)
-    from ingest.serve import serve
+    _configure_logging(settings.log_level, settings.log_format)
+    from ingest.preflight import EXIT_CREDENTIALS, CredentialsError, check_kafka, check_store
+
+    try:  # wrong credentials are fatal at start-up; an unreachable server is waited for
+        check_store(settings.store.url)
+        check_kafka(settings.kafka)
+    except CredentialsError as exc:
+        err.print(f"[red]fatal:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_CREDENTIALS) from exc
+    from ingest.runtime import serve
 
     serve(settings)
 
@@ -62,7 +124,14 @@ def simulate_command(
     fps: float = typer.Option(5.0, "--fps", help="frames per second (0 = as fast as possible)"),
     line: str = typer.Option("line-1", "--line"),
     camera: str = typer.Option("cam-1", "--camera", help="camera id (also the record key)"),
-    bootstrap: str = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap"),
+    bootstrap: str | None = BootstrapOption,
+    security_protocol: str | None = ProtocolOption,
+    sasl_mechanism: str | None = MechanismOption,
+    sasl_username: str | None = UserOption,
+    sasl_password: str | None = PasswordOption,
+    ssl_cafile: Path | None = CafileOption,
+    ssl_certfile: Path | None = CertfileOption,
+    ssl_keyfile: Path | None = KeyfileOption,
     count: int | None = typer.Option(None, "--count", help="stop after N frames"),
     loop: bool = typer.Option(False, "--loop", help="cycle through the images"),
     claim_check: bool = typer.Option(
@@ -78,7 +147,17 @@ def simulate_command(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     total = count if count is not None else (None if loop else len(paths))
-    producer = make_producer(bootstrap)
+    kafka = _kafka_or_exit(
+        bootstrap=bootstrap,
+        security_protocol=security_protocol,
+        sasl_mechanism=sasl_mechanism,
+        sasl_username=sasl_username,
+        sasl_password=sasl_password,
+        ssl_cafile=ssl_cafile,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
+    producer = make_producer(kafka=kafka)
     sim = CameraSimulator(producer, topic, product, line, camera, claim_check=claim_check)
     columns = (
         TextColumn("[bold]camera[/bold] {task.description}"),
@@ -108,7 +187,14 @@ def simulate_command(
 
 
 def tail_command(
-    bootstrap: str = typer.Option(DEFAULT_BOOTSTRAP, "--bootstrap"),
+    bootstrap: str | None = BootstrapOption,
+    security_protocol: str | None = ProtocolOption,
+    sasl_mechanism: str | None = MechanismOption,
+    sasl_username: str | None = UserOption,
+    sasl_password: str | None = PasswordOption,
+    ssl_cafile: Path | None = CafileOption,
+    ssl_certfile: Path | None = CertfileOption,
+    ssl_keyfile: Path | None = KeyfileOption,
     topic: str = typer.Option("alarms", "--topic"),
     from_beginning: bool = typer.Option(False, "--from-beginning"),
     as_json: bool = typer.Option(False, "--json", help="one JSON alarm per line on stdout"),
@@ -125,8 +211,18 @@ def tail_command(
     from ingest.alarms import AlarmTail
 
     out = Console(highlight=False)
+    kafka = _kafka_or_exit(
+        bootstrap=bootstrap,
+        security_protocol=security_protocol,
+        sasl_mechanism=sasl_mechanism,
+        sasl_username=sasl_username,
+        sasl_password=sasl_password,
+        ssl_cafile=ssl_cafile,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
     try:
-        tail = AlarmTail(bootstrap, topic, from_beginning=from_beginning, group=group)
+        tail = AlarmTail(topic=topic, from_beginning=from_beginning, group=group, kafka=kafka)
     except TimeoutError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

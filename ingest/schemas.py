@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from inference.results import Region
+
 SCHEMA_VERSION = 1
 """Version of every message defined here (frames headers, results, alarms, DLQ headers)."""
 
@@ -202,14 +204,6 @@ class ResultMessage(_Message):
     trace_id: str | None = None
 
 
-class Region(_Message):
-    """A connected region of the anomaly map above the threshold, in frame pixels."""
-
-    bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 (x1/y1 exclusive)")
-    area: int = Field(ge=0, description="pixels above threshold, in frame pixels")
-    peak: float = Field(description="highest anomaly score inside the region")
-
-
 class Heatmap(_Message):
     """The anomaly heatmap overlay: inline base64 PNG, or a claim-check URI."""
 
@@ -257,7 +251,7 @@ class AlarmMessage(_Message):
     score: float
     threshold: float
     severity: Severity
-    regions: list[Region]
+    regions: list[Region]  # the scorer's regions, in frame pixels
     heatmap: Heatmap | None
     model_id: str
     reference_version: int

@@ -196,7 +196,10 @@ class StoreSettings(_Section):
     """Reference store (product records)."""
 
     url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="redis://... | file:///dir | memory://"
+        default="redis://127.0.0.1:6379/0",
+        description="redis://... | rediss://... | file:///dir | memory://; "
+        "redis://...?durable=file:///dir = Redis as a cache of a durable directory, the source "
+        "of truth, refilled from it on a miss (docs/OPERATIONS.md)",
     )
 
     @field_validator("url")
@@ -217,7 +220,28 @@ class TelemetrySettings(_Section):
     prometheus_port: int | None = Field(
         default=9464, ge=0, le=65535, description="/metrics port; None disables, 0 = any free"
     )
-    prometheus_addr: str = "0.0.0.0"
+    prometheus_addr: str = Field(
+        default="127.0.0.1",
+        description="/metrics bind address: loopback by default; the Helm chart sets 0.0.0.0",
+    )
+    stall_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="/healthz fails when the loop has not beaten for this long with partitions "
+        "assigned (keep it above retry.drain_timeout_s and retry.max_backoff_s)",
+    )
+    max_products: int = Field(
+        default=100, ge=1, description="distinct product label values; later ones are 'other'"
+    )
+    max_lines: int = Field(
+        default=50, ge=1, description="distinct line label values; later ones are 'other'"
+    )
+    max_cameras: int = Field(
+        default=200, ge=1, description="distinct camera label values; later ones are 'other'"
+    )
+    alarm_rate_window: int = Field(
+        default=1000, ge=10, description="frames per product behind the observed alarm rate"
+    )
 
 
 class FrameLimits(_Section):
@@ -275,6 +299,9 @@ class ServeSettings(BaseSettings):
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or one JSON object per line (env ADQC_LOG_FORMAT)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -329,7 +356,27 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServeSettings
 
 
 def example_yaml() -> str:
-    """A commented example config with every default (``adqc serve --print-example``)."""
-    data = ServeSettings().model_dump(mode="json")
-    data["kafka"].pop("sasl_password", None)
-    return yaml.safe_dump(data, sort_keys=False)
+    """An example config with every default (``adqc serve --print-example``).
+
+    Built from the defaults only (never the environment, which may hold secrets), and
+    redacted anyway: no password field, no password inside a URL.
+    """
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in ServeSettings.model_fields.items()
+    }
+    data = ServeSettings.model_construct(**defaults).model_dump(mode="json")
+    return yaml.safe_dump(_redacted(data), sort_keys=False)
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` without password entries, and URLs without their passwords."""
+    from inference.store.urls import redact
+
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items() if "password" not in k.lower()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return redact(value)
+    return value

@@ -6,14 +6,27 @@ Each frame gets a ``"<topic> process"`` CONSUMER span, parented by the frame's W
 trace with the batch's timing). Results and alarms carry the process span's ``traceparent``
 so a downstream consumer continues the trace. Traces export over OTLP/HTTP when an endpoint
 is configured (or to any exporter a test passes in); metrics are served by the Prometheus
-client's HTTP server on ``/metrics``.
+client's WSGI app on ``/metrics``, next to ``/healthz`` (the loop's heartbeat, for a
+liveness probe that fails when the loop stalls, not only when the process is gone).
+
+Frame, alarm and latency metrics carry ``product``, ``line`` and ``camera`` labels. Their
+cardinality is bounded: each label keeps at most ``max_products`` / ``max_lines`` /
+``max_cameras`` distinct values (first come, first kept); later values are counted as
+``"other"`` (see docs/OPERATIONS.md, "Metrics").
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -26,7 +39,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from ingest.settings import TelemetrySettings
 
@@ -37,6 +50,46 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: score / threshold: 1.0 is the decision boundary (above it a frame alarms)
+RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+OTHER = "other"
+UNKNOWN = "unknown"
+MAX_LABEL_LENGTH = 64
+FRAME_LABELS = ("product", "line", "camera")
+
+
+class LabelLimiter:
+    """Bounded label values: at most ``limits[name]`` distinct values per label name.
+
+    The first values seen keep their own label; any later one becomes ``"other"``. Empty or
+    missing values are ``"unknown"``; values are cut at 64 characters. Thread-safe.
+    """
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self.limits = dict(limits)
+        self._seen: dict[str, set[str]] = {name: set() for name in limits}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, value: str | None, register: bool = True) -> str:
+        """The label value to use for ``value`` of label ``name``; with ``register=False`` a
+        value not seen before is ``"other"`` without taking one of the label's slots."""
+        text = (value or "").strip()[:MAX_LABEL_LENGTH] or UNKNOWN
+        with self._lock:
+            seen = self._seen[name]
+            if text in seen:
+                return text
+            if register and len(seen) < self.limits[name]:
+                seen.add(text)
+                return text
+        return OTHER
+
+    def frame(self, product: str | None, line: str | None, camera: str | None) -> dict[str, str]:
+        """``{"product": ..., "line": ..., "camera": ...}`` bounded label values."""
+        return {
+            "product": self("product", product),
+            "line": self("line", line),
+            "camera": self("camera", camera),
+        }
 
 
 @dataclass
@@ -55,6 +108,12 @@ class PipelineMetrics:
     paused_partitions: Gauge
     retries: Counter
     commits: Counter
+    score_ratio: Histogram
+    alarm_rate: Gauge
+    alarm_rate_target: Gauge
+    consumer_lag: Gauge
+    assigned_partitions: Gauge
+    heartbeat: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> PipelineMetrics:
@@ -68,22 +127,25 @@ class PipelineMetrics:
             frames_out=Counter(
                 "adqc_frames_out",
                 "Frames answered with an acknowledged result",
-                ["decision"],
+                ["decision", *FRAME_LABELS],
                 registry=reg,
             ),
             frames_failed=Counter(
                 "adqc_frames_failed",
                 "Frames sent to the dead-letter topic",
-                ["reason"],
+                ["reason", "product"],
                 registry=reg,
             ),
-            alarms=Counter("adqc_alarms", "Alarms published", ["severity"], registry=reg),
+            alarms=Counter(
+                "adqc_alarms", "Alarms published", ["severity", *FRAME_LABELS], registry=reg
+            ),
             batch_size=Histogram(
                 "adqc_batch_size", "Frames per engine batch", buckets=BATCH_BUCKETS, registry=reg
             ),
             e2e_latency=Histogram(
                 "adqc_e2e_latency_seconds",
                 "Capture time to acknowledged result",
+                FRAME_LABELS,
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),
@@ -104,7 +166,82 @@ class PipelineMetrics:
                 "adqc_retries", "Retries after transient failures", ["cause"], registry=reg
             ),
             commits=Counter("adqc_offset_commits", "Offset commits", registry=reg),
+            score_ratio=Histogram(
+                "adqc_score_ratio",
+                "Anomaly score / the product's threshold (above 1.0 the frame alarms)",
+                ["product"],
+                buckets=RATIO_BUCKETS,
+                registry=reg,
+            ),
+            alarm_rate=Gauge(
+                "adqc_alarm_rate",
+                "Share of the product's last alarm_rate_window frames that alarmed",
+                ["product"],
+                registry=reg,
+            ),
+            alarm_rate_target=Gauge(
+                "adqc_alarm_rate_target",
+                "The product's calibrated false-alarm rate on good parts (target_far)",
+                ["product"],
+                registry=reg,
+            ),
+            consumer_lag=Gauge(
+                "adqc_consumer_lag",
+                "Records of an assigned partition not yet polled (end offset - position)",
+                ["topic", "partition"],
+                registry=reg,
+            ),
+            assigned_partitions=Gauge(
+                "adqc_assigned_partitions", "Partitions assigned to this worker", registry=reg
+            ),
+            heartbeat=Gauge(
+                "adqc_loop_heartbeat_timestamp_seconds",
+                "Unix time of the serve loop's last iteration",
+                registry=reg,
+            ),
         )
+
+    def series_names(self) -> set[str]:
+        """Every series name this registry can expose (``_total``, ``_bucket``, ... included)."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_count", "_sum", "_created"),
+            "gauge": ("",),
+        }
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.update(family.name + suffix for suffix in suffixes[family.type])
+        return names
+
+
+class _AlarmWindow:
+    """The alarm share of the last ``size`` frames of one product."""
+
+    def __init__(self, size: int) -> None:
+        self.decisions: deque[bool] = deque(maxlen=size)
+        self.alarms = 0
+
+    def add(self, alarmed: bool) -> float:
+        if len(self.decisions) == self.decisions.maxlen and self.decisions[0]:
+            self.alarms -= 1
+        self.decisions.append(alarmed)
+        self.alarms += alarmed
+        return self.alarms / len(self.decisions)
+
+
+def _partition_key(tp: Any) -> tuple[str, int]:
+    if isinstance(tp, tuple):
+        return str(tp[0]), int(tp[1])
+    return str(tp.topic), int(tp.partition)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Probes and scrapes every few seconds: no access log."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
 
 
 class Telemetry:
@@ -137,21 +274,141 @@ class Telemetry:
             )
         self.tracer = self.provider.get_tracer("adqc.ingest")
         self.metrics = PipelineMetrics.create(registry)
-        self._http = None
+        self.labels = LabelLimiter(
+            {
+                "product": settings.max_products,
+                "line": settings.max_lines,
+                "camera": settings.max_cameras,
+            }
+        )
+        self._windows: dict[str, _AlarmWindow] = {}
+        self._lag_series: set[tuple[str, int]] = set()
+        self._beat: float | None = None  # time.monotonic() of the last heartbeat
+        self._assigned = 0
+        self._http: WSGIServer | None = None
         self.metrics_port: int | None = None
 
     def start_metrics_server(self) -> int | None:
-        """Serve ``/metrics``; returns the bound port (None when disabled)."""
+        """Serve ``/metrics`` and ``/healthz``; returns the bound port (None when disabled)."""
         port = self.settings.prometheus_port
         if port is None:
             return None
-        server, _thread = start_http_server(
-            port, addr=self.settings.prometheus_addr, registry=self.metrics.registry
+        server = make_server(
+            self.settings.prometheus_addr,
+            port,
+            self.wsgi_app(),
+            server_class=_ThreadingServer,
+            handler_class=_QuietHandler,
         )
+        threading.Thread(target=server.serve_forever, name="adqc-metrics", daemon=True).start()
         self._http = server
         self.metrics_port = server.server_address[1]
         log.info("Prometheus metrics on http://%s:%d/metrics", *server.server_address[:2])
         return self.metrics_port
+
+    def wsgi_app(self) -> Any:
+        """WSGI app: ``/healthz`` (JSON, 200 or 503), anything else the Prometheus exposition."""
+        metrics_app = make_wsgi_app(self.metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                healthy, body = self.health()
+                status = "200 OK" if healthy else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "application/json")])
+                return [json.dumps(body).encode()]
+            return metrics_app(environ, start_response)
+
+        return app
+
+    # --- liveness --------------------------------------------------------------------------
+
+    def heartbeat(self, assigned: int) -> None:
+        """Called by the serve loop on every iteration with its number of assigned partitions."""
+        self._beat = time.monotonic()
+        self._assigned = assigned
+        self.metrics.heartbeat.set(time.time())
+        self.metrics.assigned_partitions.set(assigned)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, details)``: unhealthy when partitions are assigned and the last
+        heartbeat is older than ``stall_after_s`` (before the first heartbeat: starting)."""
+        if self._beat is None:
+            return True, {"status": "starting"}
+        age = time.monotonic() - self._beat
+        body = {
+            "heartbeat_age_s": round(age, 3),
+            "assigned_partitions": self._assigned,
+            "stall_after_s": self.settings.stall_after_s,
+        }
+        if self._assigned > 0 and age > self.settings.stall_after_s:
+            return False, {"status": "stalled", **body}
+        return True, {"status": "ok", **body}
+
+    # --- per-frame metrics -----------------------------------------------------------------
+
+    def observe_result(
+        self,
+        *,
+        product: str,
+        line: str,
+        camera: str,
+        decision: str,
+        score: float,
+        threshold: float,
+        latency_s: float,
+        target_far: float | None = None,
+    ) -> None:
+        """An acknowledged result: frame count, latency, score ratio, alarm rate and target."""
+        labels = self.labels.frame(product, line, camera)
+        m = self.metrics
+        m.frames_out.labels(decision=decision, **labels).inc()
+        m.e2e_latency.labels(**labels).observe(max(latency_s, 0.0))
+        p = labels["product"]
+        if threshold > 0:
+            m.score_ratio.labels(product=p).observe(score / threshold)
+        window = self._windows.get(p)
+        if window is None:
+            window = self._windows[p] = _AlarmWindow(self.settings.alarm_rate_window)
+        m.alarm_rate.labels(product=p).set(window.add(decision == "defect"))
+        if target_far is not None:
+            m.alarm_rate_target.labels(product=p).set(target_far)
+
+    def observe_alarm(self, *, product: str, line: str, camera: str, severity: str) -> None:
+        """An acknowledged alarm."""
+        self.metrics.alarms.labels(
+            severity=severity, **self.labels.frame(product, line, camera)
+        ).inc()
+
+    def observe_failure(self, reason: str, product: str | None) -> None:
+        """A frame dead-lettered for ``reason`` (``product`` None when its headers were bad).
+
+        Dead-lettered frames never claim a product label (a gateway sending random product
+        names would otherwise fill the cap): a product not yet seen in a result is ``"other"``.
+        """
+        label = UNKNOWN if not product else self.labels("product", product, register=False)
+        self.metrics.frames_failed.labels(reason=reason, product=label).inc()
+
+    def set_consumer_lag(
+        self, end_offsets: Mapping[Any, int], positions: Mapping[Any, int]
+    ) -> None:
+        """Lag per assigned partition = end offset - position (never below 0).
+
+        Keys are ``TopicPartition`` objects or ``(topic, partition)`` tuples; partitions with
+        a position but no end offset are skipped. Partitions no longer passed in (revoked)
+        lose their series.
+        """
+        ends = {_partition_key(tp): int(v) for tp, v in end_offsets.items() if v is not None}
+        current: set[tuple[str, int]] = set()
+        for tp, position in positions.items():
+            key = _partition_key(tp)
+            if key not in ends or position is None:
+                continue
+            current.add(key)
+            lag = max(ends[key] - int(position), 0)
+            self.metrics.consumer_lag.labels(topic=key[0], partition=str(key[1])).set(lag)
+        for topic, partition in self._lag_series - current:
+            self.metrics.consumer_lag.remove(topic, str(partition))
+        self._lag_series = current
 
     def shutdown(self) -> None:
         """Flush spans and stop the metrics server."""

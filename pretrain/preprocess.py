@@ -22,7 +22,11 @@ class _HasNorm(Protocol):
     std: Sequence[float]
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: the one pixel conversion of frames, references and training
+    images. 16-bit and float greyscale are RESCALED from their actual range to 0..255 (not
+    clipped); alpha (RGBA, LA, palette with transparency) is composited onto black; grey and
+    palette images are expanded to RGB."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit / float grayscale: scale the actual range to 8 bits instead of clipping.
         arr = np.asarray(img, dtype=np.float64)
@@ -45,7 +49,7 @@ def load_image(path: Path | str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decodes fully: truncated files fail here, not later
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
     except FileNotFoundError as e:
         raise ImageLoadError(f"image file not found: {path}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -60,7 +64,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageLoadError(f"cannot decode image {name}: {e}") from e
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))

@@ -3,7 +3,7 @@ among all patch features (any position, any image) of the K normal reference ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,3 +117,29 @@ def pool_residuals(level_features: Sequence[Tensor], pool: ReferencePool, chunk:
         nearest_residuals(f, p, chunk, pool_normed=pn)
         for f, p, pn in zip(level_features, pool.levels, pool.normed, strict=True)
     ]
+
+
+def leave_one_out_residuals(
+    level_features: Sequence[Tensor],
+    projector: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    chunk: int = 4096,
+) -> list[Tensor]:
+    """Per level [K,C,h,w]: each of K reference images' residuals against the pool of the
+    *other* K-1 (then through ``projector`` when given).
+
+    In the full pool an image would match itself and get a zero residual; leaving it out gives
+    it what a new image sees, a pool of other normal images. Onboarding and evaluation fit
+    detector memories (and onboarding calibrates thresholds) on these features.
+    """
+    k = int(level_features[0].shape[0])
+    if k < 2:
+        raise ValueError(f"leave-one-out residuals need at least 2 reference images, got {k}")
+    per_image = []
+    with torch.inference_mode():
+        for i in range(k):
+            others = ReferencePool.from_features(
+                [torch.cat([f[:i], f[i + 1 :]]) for f in level_features]
+            )
+            residual = pool_residuals([f[i : i + 1] for f in level_features], others, chunk)
+            per_image.append(projector(residual) if projector is not None else residual)
+    return [torch.cat(levels) for levels in zip(*per_image, strict=True)]

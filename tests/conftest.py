@@ -116,3 +116,22 @@ def triton_server_factory() -> Iterator[Callable[..., Any]]:
     yield make
     for server in reversed(list(started.values())):
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A throw-away CA with a server and a client certificate (deploy/tls.py), made per session:
+    ``.ca`` (``.cert``), ``.server`` and ``.client`` (``.cert``, ``.key``), ``.other_ca`` (a CA
+    nobody trusts). Never committed."""
+    from types import SimpleNamespace
+
+    from deploy.tls import make_ca
+
+    root = tmp_path_factory.mktemp("tls")
+    ca = make_ca(root / "ca")
+    return SimpleNamespace(
+        ca=ca,
+        server=ca.issue("server"),
+        client=ca.issue("client"),
+        other_ca=make_ca(root / "other", name="adqc-untrusted-ca"),
+    )

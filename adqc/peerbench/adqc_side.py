@@ -3,7 +3,7 @@
 Backbone features are computed once per class and shared by every (features, method) row; the
 residual / projected features once per features kind. Per group the first K references are the
 reference pool and the detector's memory, exactly as ``adqc eval`` does
-(``pretrain.evaluation.runner``: leave-one-out residuals of the pool images, the same
+(``evaluation.runner``: leave-one-out residuals of the pool images, the same
 detectors and post-processing). A row's seconds are what scoring that class alone costs: the
 backbone on the references and test images, the residual/projector step, the detector's fit
 and scoring (image decoding excluded, as on the peer side).
@@ -19,11 +19,8 @@ import numpy as np
 import torch
 
 from adqc.peerbench.exchange import Inputs
-from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
-from pretrain.evaluation.datasets import Category
-from pretrain.evaluation.detectors import check_supported, make_detector
-from pretrain.evaluation.postprocess import image_scores
-from pretrain.evaluation.runner import (
+from evaluation.datasets import Category
+from evaluation.runner import (
     EvalConfig,
     FeatureSet,
     LoadedModel,
@@ -31,6 +28,8 @@ from pretrain.evaluation.runner import (
     feature_set,
     load_model,
 )
+from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
+from pretrain.detectors import check_supported, image_scores, leave_one_out_scores, make_detector
 
 BATCH = 16
 #: row name -> (detector, constructor arguments); plain names are the detectors' defaults
@@ -47,27 +46,6 @@ class AdqcOutput:
     maps: np.ndarray | None  # [N,S,S] when the class has masks
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def loo_normal_scores(fs: FeatureSet, row_method: str) -> np.ndarray:
-    """The K references' normal scores as `adqc product add` computes them without
-    calibration images (inference/onboarding.py): FeatureNorm scores each reference's
-    leave-one-out features; a memory detector is refitted on the other K-1 references' features
-    and scores the held-out one."""
-    method, kwargs = VARIANTS.get(row_method, (row_method, {}))
-    feats = fs.train
-    k = feats[0].shape[0]
-    size = fs.image_size
-    with torch.inference_mode():
-        if method == "featurenorm":
-            det = make_detector(method, **kwargs)
-            return image_scores(det.anomaly_maps(feats, size)).numpy().astype(np.float64)
-        out = np.empty(k)
-        for i in range(k):
-            det = make_detector(method, **kwargs)
-            det.fit([torch.cat([f[:i], f[i + 1 :]]) for f in feats])
-            out[i] = float(image_scores(det.anomaly_maps([f[i : i + 1] for f in feats], size))[0])
-    return out
 
 
 @dataclass
@@ -94,15 +72,14 @@ def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = 
             sl = slice(start, min(n, start + BATCH))
             maps[sl] = det.anomaly_maps([f[sl] for f in fs.test], fs.image_size).numpy()
     scores = image_scores(torch.from_numpy(maps)).numpy().astype(np.float64)
-    info: dict[str, Any] = {}
-    if method == "patchcore":
-        info = {"bank_size": int(det.memory.shape[0]), "neighbourhood": det.neighbourhood}
-    elif method == "padim":
-        info = {"mean_shrinkage": float(det.shrinkage.mean())}
     t2 = time.perf_counter()
+    info: dict[str, Any] = dict(det.info())
     if calibrate_threshold and fs.train is not None and fs.train[0].shape[0] >= 2:
+        # exactly what `adqc product add` does without calibration images
+        # (inference/onboarding.py): leave-one-out scores of the K references, then the rule
+        normal = leave_one_out_scores(det.config, fs.train, fs.image_size)
         try:
-            cal = calibrate(loo_normal_scores(fs, row_method).tolist(), DEFAULT_TARGET_FAR)
+            cal = calibrate(normal.numpy().astype(np.float64).tolist(), DEFAULT_TARGET_FAR)
             info["threshold"] = cal.threshold
             info["threshold_rule"] = cal.rule
         except CalibrationError as exc:

@@ -1,6 +1,6 @@
 """Which images a peer-benchmark row sees: a class, its groups, the first K references of each.
 
-A class is one evaluation category (``pretrain.evaluation.datasets.load_category``: an
+A class is one evaluation category (``evaluation.datasets.load_category``: an
 MVTec-layout folder or an ELPV view). Most classes are one group: the first K ``train/good``
 images are the references of every test image. ``aitex/fabric`` mixes seven fabrics in one
 folder, so it is split into one group per fabric code (the third ``_``-separated token of the
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluation.datasets import Category, load_category, subsample_test
 from pretrain.data.folders import DatasetError, Sample
-from pretrain.evaluation.datasets import Category, load_category, subsample_test
 
 #: classes whose test images are scored per group of this key (class name -> key function name)
 GROUPED_CLASSES = ("aitex/fabric",)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from adqc.peerbench.cases import BenchClass
+from evaluation.datasets import all_defects_masked
 from pretrain.data.folders import load_sample
-from pretrain.evaluation.datasets import all_defects_masked
 from pretrain.preprocess import load_batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

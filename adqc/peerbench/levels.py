@@ -19,8 +19,8 @@ from scipy.stats import rankdata
 
 from adqc.peerbench import adqc_side, exchange, scoring
 from adqc.peerbench.cases import capped, load_bench_class
+from evaluation.runner import LoadedModel
 from pretrain.backbones.cnn import MOBILENET_V2_BLOCKS
-from pretrain.evaluation.runner import LoadedModel
 
 TIE = 0.10
 ROWS = (("raw", "patchcore"), ("raw", "padim"), ("residual", "featurenorm"))

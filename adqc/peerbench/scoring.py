@@ -1,6 +1,6 @@
 """Rows of the side-by-side benchmark: metrics from raw scores/maps with adqc's metric code.
 
-Both columns go through ``pretrain.evaluation.metrics`` (image AUROC on raw image scores, pixel
+Both columns go through ``evaluation.metrics`` (image AUROC on raw image scores, pixel
 AUROC and AUPRO on raw maps at S x S), pooled over every test image of the class (for grouped
 classes, such as the AITEX fabrics, each image scored against its own group's references). The
 mean of the per-group image AUROCs is reported beside the pooled one for grouped classes.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.evaluation import metrics as M
+from evaluation import metrics as M
 
 KEY_FIELDS = ("class", "shots", "source", "features", "method")
 

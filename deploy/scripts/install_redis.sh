@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Install Debian's redis-server (tests start their own instances on free ports; see deploy/servers.py).
+# Install Debian's redis-server (tests start their own instances on free ports; see deploy/servers.py;
+# Debian builds it with TLS, used by the rediss:// tests) and openssl (test certificates).
 set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# openssl makes the throw-away TLS certificates of the TLS tests (deploy/tls.py).
+step "redis: check openssl (test certificates)"
+if command -v openssl >/dev/null 2>&1; then
+  info "present: $(openssl version | cut -d' ' -f1-2)"
+else
+  apt_install openssl
+fi
 
 step "redis: check redis-server"
 if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then

@@ -6,7 +6,8 @@
 - Payloads are the uint8 images (4x smaller than float input); preprocessing runs in the server.
 - Every call has a deadline (``timeout_s``, gRPC ``client_timeout``).
 - UNAVAILABLE (server starting, restarting, or its store unreachable) is retried with
-  exponential backoff (``retries`` times, ``backoff_s`` doubling); other errors are not retried.
+  exponential backoff (``retries`` times, ``backoff_s`` doubling: ``inference.errors.retrying``)
+  and then raised as TritonUnavailableError, a TransientError; other errors are not retried.
 - ``model_id`` comes from the served model's config (parameter ``model_id``, written by
   `adqc export triton`); a record built with another model raises ModelMismatchError before any
   request is sent.
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from inference.engines.base import check_batch
+from inference.errors import TransientError, retrying
 from inference.records import ModelMismatchError, ProductRecord
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -42,7 +44,7 @@ class TritonEngineError(RuntimeError):
         self.status = status
 
 
-class TritonUnavailableError(TritonEngineError):
+class TritonUnavailableError(TritonEngineError, TransientError):
     """The server stayed unreachable/unavailable after all retries."""
 
 
@@ -180,19 +182,26 @@ class TritonEngine:
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from tritonclient.utils import InferenceServerException
 
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
             try:
                 return fn()
             except InferenceServerException as exc:
                 status = str(exc.status() or "")
                 message = exc.message() or str(exc)
-                if "UNAVAILABLE" in status and attempt < self.retries:
-                    self._sleep(min(delay, self.max_backoff_s))
-                    delay *= 2
-                    continue
-                raise self._translate(exc, what, status, message, attempt) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise self._translate(exc, what, status, message, attempts - 1) from exc
+
+        policy = retrying(
+            initial_s=self.backoff_s,
+            max_s=self.max_backoff_s,
+            attempts=self.retries + 1,
+            retry_on=TritonUnavailableError,
+            sleep=self._sleep,
+        )
+        return policy(attempt)
 
     def _translate(
         self, exc: Exception, what: str, status: str, message: str, attempt: int

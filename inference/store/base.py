@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
+import cachetools
+
+from inference.errors import TransientError
 from inference.records import (
     ModelMismatchError,
     ProductRecord,
@@ -25,6 +27,7 @@ __all__ = [
     "ProductNotFoundError",
     "RecordTooLargeError",
     "ReferenceStore",
+    "StoreAuthError",
     "StoreUnavailableError",
 ]
 
@@ -43,8 +46,13 @@ class ProductNotFoundError(KeyError):
         return str(self.args[0]) if self.args else "product not found"
 
 
-class StoreUnavailableError(RuntimeError):
-    """The store's backend could not be reached (after bounded retries)."""
+class StoreUnavailableError(TransientError, RuntimeError):
+    """The store's backend could not be reached (after its client's bounded retries)."""
+
+
+class StoreAuthError(RuntimeError):
+    """The store's backend refused the credentials (wrong or missing password): fatal, a
+    configuration error that no retry fixes."""
 
 
 class RecordTooLargeError(ValueError):
@@ -56,29 +64,23 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    """A small thread-safe LRU map (``size`` 0 caches nothing). Used for decoded records here,
-    and for what engines and scorers derive from a record (pools, detectors)."""
+    """A thread-safe :class:`cachetools.LRUCache` (``size`` 0 caches nothing). Used for decoded
+    records here, and for what engines and scorers derive from a record (pools, detectors)."""
 
     def __init__(self, size: int) -> None:
         self.size = max(0, int(size))
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: cachetools.LRUCache[K, V] = cachetools.LRUCache(maxsize=max(1, self.size))
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            return self._items.get(key)
 
     def put(self, key: K, value: V) -> None:
         if self.size == 0:
             return
         with self._lock:
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
     def evict(self, predicate: Callable[[K], bool]) -> None:
         """Forget every key for which ``predicate(key)`` is true."""

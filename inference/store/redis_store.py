@@ -7,7 +7,7 @@ Key layout (``P`` = prefix, default ``adqc``; ``NAME`` = product name)::
     P:product:NAME:latest        STRING  the published version readers use
     P:product:NAME:versions      ZSET    versions still kept (score = version)
     P:product:NAME:v<N>:meta     STRING  record metadata, JSON, no arrays
-    P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.0", "pool.1", ..., "memory")
+    P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.<i>", ..., "detector.<key>")
     P:events                     pub/sub {"event": "published"|"removed", "product", "version"}
 
 Publishing is one Lua script (atomic in Redis): allocate the version, write the blobs under the
@@ -24,10 +24,14 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from inference.store.base import BaseStore, StoreUnavailableError
+from inference.store.base import BaseStore, StoreAuthError, StoreUnavailableError
+from inference.store.urls import redact
+
+#: redis-py errors meaning "wrong or missing credentials" (never retried)
+_AUTH_ERRORS = (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
 
 T = TypeVar("T")
 
@@ -63,18 +67,36 @@ end
 return existed
 """
 
+# Cache fill (TieredStore): put a version the durable store already numbered; never lowers
+# ``seq`` or ``latest``; publishes an event only for a new publish (ARGV[6] == "1").
+_FILL = """
+local v = tonumber(ARGV[4])
+local base = ARGV[2] .. ':v' .. v
+redis.call('SET', base .. ':meta', ARGV[7])
+redis.call('DEL', base .. ':arrays')
+if #ARGV > 7 then
+  redis.call('HSET', base .. ':arrays', unpack(ARGV, 8, #ARGV))
+end
+if tonumber(redis.call('GET', KEYS[1]) or '0') < v then redis.call('SET', KEYS[1], v) end
+local latest = tonumber(ARGV[5])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < latest then
+  redis.call('SET', KEYS[2], latest)
+end
+redis.call('ZADD', KEYS[3], v, v)
+redis.call('SADD', KEYS[4], ARGV[1])
+local old = redis.call('ZRANGE', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
+for _, o in ipairs(old) do
+  redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
+  redis.call('ZREM', KEYS[3], o)
+end
+if ARGV[6] == '1' then
+  redis.call('PUBLISH', KEYS[5], cjson.encode({event='published', product=ARGV[1], version=v}))
+end
+return v
+"""
+
 #: query parameters this module reads (the rest go to redis-py unchanged)
 _OWN_PARAMS = {"prefix", "keep", "max_bytes", "cache", "retries", "backoff"}
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisStore(BaseStore):
@@ -101,28 +123,40 @@ class RedisStore(BaseStore):
             urlunsplit(parts._replace(query=urlencode(query))),
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),  # retries happen here, bounded, with backoff
+            # redis-py's own bounded retries: waits backoff_s, 2x, 4x, ... (``retries`` times)
+            retry=Retry(
+                ExponentialBackoff(cap=30.0, base=self.backoff_s / 2),
+                self.retries,
+                supported_errors=(redis.ConnectionError, redis.TimeoutError),
+            ),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self._publish = self._client.register_script(_PUBLISH)
         self._remove = self._client.register_script(_REMOVE)
+        self._fill_script = self._client.register_script(_FILL)
 
     # ---------------------------------------------------------------- connection handling
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``; on connection errors retry with exponential backoff, then give up."""
+        """Run ``fn`` (redis-py retries connection errors, bounded, with backoff); an error that
+        outlasts those retries becomes StoreUnavailableError (a TransientError).
+
+        Raises:
+            StoreAuthError: Redis refused the password (fatal: not a TransientError).
+            StoreUnavailableError: still unreachable after ``retries`` retries.
+        """
         started = time.monotonic()
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt == self.retries:
-                    raise StoreUnavailableError(
-                        f"Redis at {self.url} is unreachable ({what}; {attempt + 1} attempts "
-                        f"in {time.monotonic() - started:.1f} s): {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        try:
+            return fn()
+        except _AUTH_ERRORS as exc:
+            raise StoreAuthError(
+                f"Redis at {self.url} refused the credentials ({what}): {exc}; check the "
+                "password in the store URL"
+            ) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self.url} is unreachable ({what}; {self.retries + 1} attempts "
+                f"in {time.monotonic() - started:.1f} s): {exc}"
+            ) from exc
 
     def ping(self) -> None:
         """Raise StoreUnavailableError unless Redis answers."""
@@ -165,6 +199,33 @@ class RedisStore(BaseStore):
         for name, blob in arrays.items():
             args += [name, blob]
         return int(self._call(f"publish {product}", lambda: self._publish(keys=keys, args=args)))
+
+    def fill(
+        self,
+        product: str,
+        version: int,
+        latest: int,
+        blobs: tuple[bytes, dict[str, bytes]],
+        *,
+        announce: bool = False,
+    ) -> None:
+        """Cache ``version`` of ``product`` (numbered elsewhere) and raise ``latest`` to at least
+        ``latest``; ``announce`` publishes the "published" event (a new version, not a refill)."""
+        meta, arrays = blobs
+        keys = [self._key(product, s) for s in ("seq", "latest", "versions")]
+        keys += [f"{self.prefix}:products", f"{self.prefix}:events"]
+        args: list[bytes | str | int] = [
+            product,
+            f"{self.prefix}:product:{product}",
+            self.keep_versions,
+            version,
+            latest,
+            "1" if announce else "0",
+            meta,
+        ]
+        for name, blob in arrays.items():
+            args += [name, blob]
+        self._call(f"fill {product} v{version}", lambda: self._fill_script(keys=keys, args=args))
 
     def _delete(self, product: str) -> bool:
         keys = [self._key(product, "latest"), self._key(product, "versions")]

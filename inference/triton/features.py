@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.store.urls import redact as _redact
+from inference.store.urls import with_secret_password
+
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised only inside tritonserver
@@ -391,6 +394,8 @@ class TritonPythonModel:
         store_url = os.environ.get(REDIS_URL_ENV) or _param(config, "redis_url")
         if not store_url:
             raise ValueError(f"no reference store: set {REDIS_URL_ENV} or parameter redis_url")
+        # the repository holds no password: it comes from the environment or a mounted secret
+        store_url = with_secret_password(store_url)
         started = time.perf_counter()
         self.service = FeaturesService(
             backbone=_param(config, "backbone"),
@@ -459,14 +464,3 @@ def _triton_error(exc: BaseException):
         code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     message = error_message(exc)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-
-
-def _redact(url: str) -> str:
-    """A store URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -305,3 +305,15 @@ def test_triton_start_failure_reports_the_model_error(tmp_path):
         server.start()
     assert not server.running
     server.close()
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch) -> None:
+    """The storage tool reads an id starting with "-" as an option; such ids are redrawn."""
+    import uuid
+
+    from deploy import servers
+
+    dash_first = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # base64 "-A..."
+    draws = iter([dash_first, uuid.UUID(int=1)])
+    monkeypatch.setattr(servers.uuid, "uuid4", lambda: next(draws))
+    assert servers._kafka_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"

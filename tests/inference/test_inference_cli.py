@@ -53,7 +53,7 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
         (("product", "remove", "ghost"), "unknown product 'ghost'"),
         (("product", "add", "x", "--images", "/nonexistent/dir"), "no such directory"),
         (("product", "add", "x", "--images", "{good}", "--shots", "5"), "fewer than --shots 5"),
-        (("product", "add", "x", "--images", "{good}", "--detector", "padim"), "--detector"),
+        (("product", "add", "x", "--images", "{good}", "--detector", "knn"), "--detector"),
         (("product", "add", "x y", "--images", "{good}"), "invalid product name"),
     ],
 )
@@ -106,14 +106,28 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
     assert {"score", "threshold", "is_defective", "label", "reference_version"} <= set(lines[0])
     alarms = [json.loads(x) for x in (out / "alarms.jsonl").read_text().splitlines()]
     assert len(alarms) == summary["alarms"] == sum(line["is_defective"] for line in lines)
+    _assert_alarms_are_serve_alarms(alarms)
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
-        f"{a['frame_id']}.png" for a in alarms
+        f"{a['alarm_id']}.png" for a in alarms
     )
     (out / "heatmaps" / "stale.png").write_bytes(b"old")
     second = _run(*args)  # re-running replaces the outputs
     assert second.exit_code == 0
     assert not (out / "heatmaps" / "stale.png").exists()
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
+
+
+def _assert_alarms_are_serve_alarms(alarms: list[dict]) -> None:
+    """The demo's alarms are serve's: valid against docs/schemas/alarm.v1.json, same ids."""
+    import jsonschema
+
+    from ingest.schemas import SCHEMA_DIR, alarm_id_for
+
+    schema = json.loads((SCHEMA_DIR / "alarm.v1.json").read_text())
+    for alarm in alarms:
+        jsonschema.validate(alarm, schema)
+        assert alarm["alarm_id"] == alarm_id_for(alarm["frame_id"], alarm["model_id"])
+        assert alarm["heatmap"]["encoding"] == "uri"
 
 
 def test_demo_on_a_folder_source_with_a_corrupt_frame(tmp_path, good_dir, untrained_checkpoint):

@@ -190,7 +190,7 @@ class ServeProcess:
 @contextmanager
 def running_loop(settings: Any, scorer: Any, telemetry: Any) -> Iterator[Any]:
     """A ServeLoop running in a background thread; stopped (drained) on exit."""
-    from ingest.serve import ServeLoop
+    from ingest.loop import ServeLoop
 
     loop = ServeLoop(settings, scorer, telemetry)
     errors: list[BaseException] = []

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from ingest_testkit import Topics, committed, producer, read_all, running_loop, serve_config
 
+from inference.errors import TransientError
 from ingest.camera import CameraSimulator
+from ingest.runtime import build_engine
 from ingest.schemas import ResultMessage
-from ingest.serve import build_engine, is_transient
 from ingest.settings import load_settings
 from ingest.telemetry import Telemetry
 
@@ -76,16 +77,18 @@ def test_store_outage_is_retried_without_committing(
 
 
 def test_outages_are_transient_and_bad_input_is_not() -> None:
-    from kafka.errors import KafkaTimeoutError
-
     from inference.engines.triton import TritonEngineError, TritonUnavailableError
     from inference.records import ModelMismatchError
     from inference.store import ProductNotFoundError, StoreUnavailableError
+    from ingest.loop import BrokerUnavailableError
+
+    def is_transient(exc: BaseException) -> bool:
+        return isinstance(exc, TransientError)
 
     assert is_transient(StoreUnavailableError("redis down"))
     assert is_transient(TritonUnavailableError("triton down"))
-    assert is_transient(KafkaTimeoutError("no broker"))
-    assert is_transient(ConnectionRefusedError())
+    assert is_transient(BrokerUnavailableError("no broker"))
+    assert not is_transient(ConnectionRefusedError())  # only typed outages are retried
     assert not is_transient(ProductNotFoundError("x"))
     assert not is_transient(ModelMismatchError("p", "a:1", "b:2"))
     assert not is_transient(TritonEngineError("bad request", "INVALID_ARG"))
@@ -102,4 +105,4 @@ def test_triton_engine_settings_build_a_triton_client() -> None:
     with pytest.raises(Exception) as err:
         build_engine(settings)
     assert "127.0.0.1:9" in str(err.value)
-    assert is_transient(err.value), repr(err.value)
+    assert isinstance(err.value, TransientError), repr(err.value)

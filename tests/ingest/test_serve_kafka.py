@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -42,9 +44,22 @@ def _metrics(port: int) -> dict[str, float]:
     return totals
 
 
+def _samples(port: int) -> list[Any]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
 def test_frames_become_results_and_alarms(
-    kafka_broker: Any, product: Any, scorer: Any, frame_images: Any, ingest_checkpoint: Path
+    kafka_broker: Any,
+    product: Any,
+    scorer: Any,
+    frame_images: Any,
+    ingest_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import ingest.loop
+
+    monkeypatch.setattr(ingest.loop, "LAG_INTERVAL_S", 0.2)
     topics = Topics.unique("e2e")
     kafka_broker.create_topics(topics.names(), partitions=2)
     config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
@@ -69,7 +84,11 @@ def test_frames_become_results_and_alarms(
         results = read_all(kafka_broker.bootstrap, topics.results, len(paths), timeout_s=90)
         n_defect = sum(ResultMessage.from_bytes(r.value).decision == "defect" for r in results)
         alarms = read_all(kafka_broker.bootstrap, topics.alarms, n_defect, timeout_s=30)
+        time.sleep(0.5)  # one more lag refresh after the last frame
         metrics = _metrics(port)
+        samples = _samples(port)
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200 and json.loads(health.read())["assigned_partitions"] == 2
     telemetry.shutdown()
     prod.close()
 
@@ -139,6 +158,21 @@ def test_frames_become_results_and_alarms(
     assert metrics["adqc_alarms_total"] == len(flagged)
     assert metrics["adqc_e2e_latency_seconds_count"] == len(paths)
     assert metrics["adqc_batch_size_count"] >= 1
+    # Per product / line / camera, and the product's calibration next to what it observes.
+    out = [s for s in samples if s.name == "adqc_frames_out_total"]
+    assert {(s.labels["product"], s.labels["line"], s.labels["camera"]) for s in out} == {
+        (product.name, "line-1", "cam-a"),
+        (product.name, "line-1", "cam-b"),
+    }
+    by_name = {(s.name, s.labels.get("product")): s.value for s in samples}
+    assert by_name[("adqc_score_ratio_count", product.name)] == len(paths)
+    target = scorer.record(product.name).calibration.target_far
+    assert by_name[("adqc_alarm_rate_target", product.name)] == pytest.approx(target)
+    assert by_name[("adqc_alarm_rate", product.name)] == pytest.approx(n_defect / len(paths))
+    lag = {s.labels["partition"]: s.value for s in samples if s.name == "adqc_consumer_lag"}
+    assert lag == {"0": 0.0, "1": 0.0}  # everything consumed
+    assert metrics["adqc_assigned_partitions"] == 2
+    assert metrics["adqc_loop_heartbeat_timestamp_seconds"] > time.time() - 60
 
 
 def _png(size: tuple[int, int]) -> bytes:

@@ -10,8 +10,8 @@ import pytest
 from ingest_testkit import Topics, producer, read_all, running_loop, serve_config
 
 from ingest.camera import CameraSimulator
+from ingest.runtime import build_scorer
 from ingest.schemas import AlarmMessage, ResultMessage
-from ingest.serve import build_scorer
 from ingest.settings import load_settings
 from ingest.telemetry import Telemetry
 from pretrain.preprocess import load_image

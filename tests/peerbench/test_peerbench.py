@@ -19,8 +19,8 @@ from adqc.peerbench import exchange, scoring, table
 from adqc.peerbench.cases import fabric_code, load_bench_class
 from adqc.peerbench.levels import CANDIDATES, Candidate, decide
 from adqc.peerbench.runner import PEER_SCRIPT, peer_ready
+from evaluation import metrics as M
 from pretrain.data.folders import DatasetError
-from pretrain.evaluation import metrics as M
 
 SIZE = 32
 

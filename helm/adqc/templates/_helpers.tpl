@@ -69,17 +69,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Env var ADQC_STORE__URL-style entry for the Redis URL: (dict "root" $ "name" "ADQC_STORE__URL"). */}}
+{{/* Env entries for the Redis URL: (dict "root" $ "name" "ADQC_STORE__URL"). With the bundled
+Redis's password, ADQC_REDIS_PASSWORD comes from the Secret and the URL refers to it
+($(VAR) expansion by the kubelet): the password is never in a ConfigMap or in the pod spec. */}}
 {{- define "adqc.redisUrlEnv" -}}
-- name: {{ .name }}
 {{- if .root.Values.redis.enabled }}
-  value: {{ printf "redis://%s:6379/0" (include "adqc.component" (dict "root" .root "component" "redis")) | quote }}
+{{- $host := include "adqc.component" (dict "root" .root "component" "redis") }}
+{{- if include "adqc.redisAuth" .root }}
+- name: ADQC_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "adqc.redisSecretName" .root }}
+      key: {{ .root.Values.redis.auth.existingSecretKey }}
+- name: {{ .name }}
+  value: {{ printf "redis://:$(ADQC_REDIS_PASSWORD)@%s:6379/0" $host | quote }}
+{{- else }}
+- name: {{ .name }}
+  value: {{ printf "redis://%s:6379/0" $host | quote }}
+{{- end }}
 {{- else if .root.Values.redis.externalUrlSecret.name }}
+- name: {{ .name }}
   valueFrom:
     secretKeyRef:
       name: {{ .root.Values.redis.externalUrlSecret.name }}
       key: {{ .root.Values.redis.externalUrlSecret.key }}
 {{- else if .root.Values.redis.externalUrl }}
+- name: {{ .name }}
   value: {{ .root.Values.redis.externalUrl | quote }}
 {{- else }}
 {{- fail "redis.enabled is false: set redis.externalUrl or redis.externalUrlSecret.name" }}
@@ -89,4 +104,120 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Strimzi namespace for KafkaTopic resources. */}}
 {{- define "adqc.strimziNamespace" -}}
 {{- default .Release.Namespace .Values.strimzi.namespace -}}
+{{- end -}}
+
+{{/* Pod-level security context shared by every pod of the chart: (dict "uid" 10001). */}}
+{{- define "adqc.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container security context: no privilege escalation, no capabilities, read-only root. */}}
+{{- define "adqc.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Name of the bundled Redis password Secret (or the user's existing one). */}}
+{{- define "adqc.redisSecretName" -}}
+{{- default (include "adqc.component" (dict "root" . "component" "redis")) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* True when the bundled Redis requires a password. */}}
+{{- define "adqc.redisAuth" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* Kafka connection env of the workers and the helm-test pod (ADQC_KAFKA__* and topics). */}}
+{{- define "adqc.kafkaEnv" -}}
+- name: ADQC_KAFKA__BOOTSTRAP
+  value: {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
+- name: ADQC_KAFKA__SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if hasPrefix "SASL" .Values.kafka.securityProtocol }}
+- name: ADQC_KAFKA__SASL_MECHANISM
+  value: {{ required "kafka.sasl.mechanism is required with SASL" .Values.kafka.sasl.mechanism | quote }}
+- name: ADQC_KAFKA__SASL_USERNAME
+  value: {{ required "kafka.sasl.username is required with SASL" .Values.kafka.sasl.username | quote }}
+- name: ADQC_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.passwordSecret.name is required with SASL" .Values.kafka.sasl.passwordSecret.name }}
+      key: {{ .Values.kafka.sasl.passwordSecret.key }}
+{{- end }}
+{{- if .Values.kafka.caSecret.name }}
+- name: ADQC_KAFKA__SSL_CAFILE
+  value: /etc/adqc/kafka-ca/{{ .Values.kafka.caSecret.key }}
+{{- end }}
+{{- if .Values.kafka.clientCertSecret.name }}
+{{- if not (hasSuffix "SSL" .Values.kafka.securityProtocol) }}
+{{- fail "kafka.clientCertSecret (mTLS) needs kafka.securityProtocol SSL or SASL_SSL" }}
+{{- end }}
+- name: ADQC_KAFKA__SSL_CERTFILE
+  value: /etc/adqc/kafka-client/{{ .Values.kafka.clientCertSecret.certKey }}
+- name: ADQC_KAFKA__SSL_KEYFILE
+  value: /etc/adqc/kafka-client/{{ .Values.kafka.clientCertSecret.keyKey }}
+{{- end }}
+- name: ADQC_TOPICS__FRAMES
+  value: {{ .Values.kafka.topics.frames | quote }}
+- name: ADQC_TOPICS__RESULTS
+  value: {{ .Values.kafka.topics.results | quote }}
+- name: ADQC_TOPICS__ALARMS
+  value: {{ .Values.kafka.topics.alarms | quote }}
+- name: ADQC_TOPICS__DLQ
+  value: {{ .Values.kafka.topics.dlq | quote }}
+{{- end -}}
+
+{{/* volumeMounts for the Kafka CA and client certificate (mTLS). */}}
+{{- define "adqc.kafkaVolumeMounts" -}}
+{{- if .Values.kafka.caSecret.name }}
+- name: kafka-ca
+  mountPath: /etc/adqc/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.clientCertSecret.name }}
+- name: kafka-client
+  mountPath: /etc/adqc/kafka-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* volumes for the Kafka CA and client certificate (mTLS). */}}
+{{- define "adqc.kafkaVolumes" -}}
+{{- with .Values.kafka.caSecret }}
+{{- if .name }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with .Values.kafka.clientCertSecret }}
+{{- if .name }}
+- name: kafka-client
+  secret:
+    secretName: {{ .name }}
+    defaultMode: 0440
+    items:
+      - key: {{ .certKey }}
+        path: {{ .certKey }}
+      - key: {{ .keyKey }}
+        path: {{ .keyKey }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Label selector of this release's worker metrics in PromQL: namespace + job (Service). */}}
+{{- define "adqc.promSelector" -}}
+{{- printf "namespace=\"%s\",job=\"%s\"" .Release.Namespace (include "adqc.component" (dict "root" . "component" "worker")) -}}
 {{- end -}}

@@ -1,4 +1,4 @@
-"""The ``adqc serve`` loop: Kafka frames -> engine + scorer -> results / alarms / DLQ.
+"""The serve loop, a Kafka state machine: poll, decode, batch, score, publish, ack, commit.
 
 One main thread owns the Kafka consumer (poll, pause/resume, commit); a small thread pool
 decodes frames; one inference thread runs the scorer on batches while the main thread keeps
@@ -15,47 +15,51 @@ Guarantees:
   product, record of another model) go to the DLQ with a reason and are committed.
 - **back-pressure**: at most ``batch.max_in_flight`` frames are held; beyond that the
   partitions are paused (and resumed below half), instead of growing a queue.
-- **transient outages** (store/engine unreachable, broker errors): the batch is retried with
-  exponential back-off and nothing is committed meanwhile; the loop never exits on them.
-- **SIGTERM/SIGINT**: stop polling, finish the batches in flight, publish, commit, close.
+- **transient outages** (a :class:`~inference.errors.TransientError`: store or engine
+  unreachable): the batch is retried with exponential back-off (``inference.errors.retrying``),
+  forever, and nothing is committed meanwhile; any other error DLQs the frame. Failed
+  publishes are resent with the same back-off.
+- **stop** (:func:`ingest.runtime.serve` calls it on SIGTERM/SIGINT): stop polling, finish
+  the batches in flight, publish, commit, close.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RetriableError
 from kafka.structs import TopicPartition
 from opentelemetry.trace import Span, Status, StatusCode
+from tenacity import RetryCallState
 
+from inference.errors import Backoff, TransientError, retrying
+from inference.results import ScoreResult
 from ingest.consumer import OffsetTracker, commit_map, create_consumer
 from ingest.decode import decode_frame
+from ingest.messages import (
+    build_alarm,
+    build_dlq_info,
+    build_heatmap,
+    build_result,
+    frame_timings,
+)
 from ingest.publisher import Publisher
 from ingest.schemas import (
     AlarmMessage,
-    DlqInfo,
     DlqReason,
     FrameHeaders,
-    Heatmap,
     MessageError,
-    Region,
     ResultMessage,
     Source,
-    Timings,
-    alarm_id_for,
-    severity_for,
     utc_now,
 )
 from ingest.settings import ServeSettings
@@ -67,29 +71,29 @@ COMMIT_INTERVAL_S = 0.2
 INFERENCE_QUEUE_DEPTH = 2  # batches handed to the inference thread ahead of time
 BUSY_POLL_S = 0.01  # while busy, look at Kafka at least this often
 PAUSED_POLL_S = 0.1  # while paused, poll this often (keeps rebalances and the group moving)
+LAG_INTERVAL_S = 5.0  # how often the consumer-lag gauges are refreshed
 
 
 class ScorerLike(Protocol):
     """What the loop needs from :class:`inference.scorer.Scorer`."""
 
-    def score(self, images: list[np.ndarray], product: str) -> list[Any]: ...
+    def score(self, images: list[np.ndarray], product: str) -> list[ScoreResult]: ...
 
 
 class Aborted(RuntimeError):
     """The loop is shutting down and gave up on a batch (it stays uncommitted)."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage worth retrying (store/engine/network), not a bad frame."""
-    from kafka.errors import RetriableError
+class BrokerUnavailableError(TransientError):
+    """Kafka was unreachable when the loop started (retried by :func:`ingest.runtime.serve`)."""
 
-    from inference.store import StoreUnavailableError
 
-    transient = (StoreUnavailableError, ConnectionError, TimeoutError)
-    if isinstance(exc, transient + (RetriableError,)):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"TritonUnavailableError", "EngineUnavailableError"})
+def _broker(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a Kafka client call, turning "broker not reachable" into BrokerUnavailableError."""
+    try:
+        return fn()
+    except (RetriableError, ConnectionError, TimeoutError) as exc:
+        raise BrokerUnavailableError(f"Kafka unreachable ({what}): {exc}") from exc
 
 
 # --- per-frame state ---------------------------------------------------------------------------
@@ -125,7 +129,8 @@ class Scored:
     result: ResultMessage | None = None
     alarm: AlarmMessage | None = None
     error: MessageError | None = None
-    raw: Any = None  # the scorer's ScoreResult, until the messages are built
+    raw: ScoreResult | None = None  # the scorer's result, until the messages are built
+    target_far: float | None = None  # the product's calibrated false-alarm rate
 
 
 @dataclass
@@ -189,7 +194,9 @@ class ServeLoop:
         self._consumer_factory = consumer_factory or (
             lambda listener: create_consumer(settings, listener)
         )
-        self.publisher = publisher or Publisher(settings.kafka, settings.topics)
+        self.publisher = publisher or _broker(
+            "producer", lambda: Publisher(settings.kafka, settings.topics)
+        )
         self.consumer: Any = None
         self.tracker = OffsetTracker()
         self._pending: deque[Work] = deque()  # polled, decoding (poll order)
@@ -205,7 +212,9 @@ class ServeLoop:
         self._paused = False
         self._last_commit = 0.0
         self._last_poll = 0.0
+        self._last_lag = 0.0
         self._wake = threading.Event()  # set when a decode, a batch or a publish completes
+        self._backoff = Backoff(settings.retry.initial_backoff_s, settings.retry.max_backoff_s)
         self.running = threading.Event()
         self.stats = {"frames": 0, "results": 0, "alarms": 0, "dlq": 0, "commits": 0}
 
@@ -218,7 +227,7 @@ class ServeLoop:
     def run(self) -> None:
         """Run until :meth:`stop`; then drain, commit and close."""
         try:
-            self.consumer = self._consumer_factory(_Listener(self))
+            self.consumer = _broker("consumer", lambda: self._consumer_factory(_Listener(self)))
             log.info(
                 "serving %s -> %s / %s (group %s, batch %d, max wait %d ms)",
                 self.settings.topics.frames,
@@ -255,6 +264,20 @@ class ServeLoop:
         self._collect_acks()
         self._commit()
         self._backpressure()
+        self._report_health()
+
+    def _report_health(self) -> None:
+        """Heartbeat for /healthz; consumer lag every LAG_INTERVAL_S (from cached watermarks)."""
+        assigned = self.consumer.assignment()
+        self.telemetry.heartbeat(len(assigned))
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_S:
+            return
+        self._last_lag = now
+        ends = {tp: self.consumer.highwater(tp) for tp in assigned}
+        # position() answers from memory once a fetch has set the high watermark
+        positions = {tp: self.consumer.position(tp) for tp, end in ends.items() if end is not None}
+        self.telemetry.set_consumer_lag(ends, positions)
 
     def _wait_s(self) -> float:
         wait = PAUSED_POLL_S if self._paused else BUSY_POLL_S
@@ -414,99 +437,62 @@ class ServeLoop:
                 out.extend(self._score_group([image], product))
             return out
 
-    def _score_retrying(self, images: list[np.ndarray], product: str) -> list[Any]:
-        delay = self.settings.retry.initial_backoff_s
-        while True:
-            try:
-                return list(self.scorer.score(images, product))
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.metrics.retries.labels(cause=type(exc).__name__).inc()
-                log.warning("scoring %s failed (%s); retrying in %.1fs", product, exc, delay)
-                if self._abort.wait(delay):
-                    raise Aborted(f"gave up on a batch of {product} during shutdown") from exc
-                delay = min(delay * 2, self.settings.retry.max_backoff_s)
+    def _score_retrying(self, images: list[np.ndarray], product: str) -> list[ScoreResult]:
+        """Score, waiting out TransientErrors (forever, with back-off) until shutdown."""
 
-    def _build(self, work: Work, res: Any, batch_n: int) -> Scored:
-        frame = work.frame
-        height, width = work.image.shape[:2]
-        now = utc_now()
-        defective = bool(res.is_defective)
-        alarm_id = alarm_id_for(frame.frame_id, res.model_id) if defective else None
-        trace_id = trace_id_of(work.span)
-        share = dict(getattr(res, "timings", {}) or {})  # ms, this frame's share of the batch
-        timings = Timings(
-            queue_ms=max(0.0, (work.received_ns / 1e9 - frame.capture_time.timestamp()) * 1e3),
-            decode_ms=(work.decode_end_ns - work.decode_start_ns) / 1e6,
-            infer_ms=share.get("resize_ms", 0.0) + share.get("features_ms", 0.0),
-            score_ms=share.get("detector_ms", 0.0) + share.get("regions_ms", 0.0),
-            batch_size=batch_n,
-            total_ms=max(0.0, (now - frame.capture_time).total_seconds() * 1e3),
+        def sleep(delay: float) -> None:
+            if self._abort.wait(delay):
+                raise Aborted(f"gave up on a batch of {product} during shutdown")
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception()
+            self.metrics.retries.labels(cause=type(exc).__name__).inc()
+            delay = state.upcoming_sleep
+            log.warning("scoring %s failed (%s); retrying in %.1fs", product, exc, delay)
+
+        policy = retrying(
+            initial_s=self.settings.retry.initial_backoff_s,
+            max_s=self.settings.retry.max_backoff_s,
+            sleep=sleep,
+            before_sleep=before_sleep,
         )
-        result = ResultMessage(
-            frame_id=frame.frame_id,
-            product=frame.product,
-            line=frame.line,
-            camera=frame.camera,
-            capture_time=frame.capture_time,
-            processed_at=now,
-            score=float(res.score),
-            threshold=float(res.threshold),
-            decision="defect" if defective else "ok",
-            alarm_id=alarm_id,
-            model_id=res.model_id,
-            reference_version=int(res.reference_version),
-            image_width=width,
-            image_height=height,
+        return policy(lambda: list(self.scorer.score(images, product)))
+
+    def _build(self, work: Work, res: ScoreResult, batch_n: int) -> Scored:
+        frame = work.frame
+        now = utc_now()
+        trace_id = trace_id_of(work.span)
+        timings = frame_timings(
+            frame,
+            res,
+            received_ns=work.received_ns,
+            decode_ns=work.decode_end_ns - work.decode_start_ns,
+            batch_size=batch_n,
+            now=now,
+        )
+        shape = (int(work.image.shape[0]), int(work.image.shape[1]))
+        result = build_result(
+            frame,
+            res,
+            image_shape=shape,
             timings=timings,
             source=work.source,
+            processed_at=now,
             trace_id=trace_id,
         )
         alarm = None
-        if defective:
-            alarm = AlarmMessage(
-                alarm_id=alarm_id,
-                frame_id=frame.frame_id,
-                line=frame.line,
-                camera=frame.camera,
-                product=frame.product,
-                capture_time=frame.capture_time,
-                detected_at=now,
-                score=float(res.score),
-                threshold=float(res.threshold),
-                severity=severity_for(float(res.score), float(res.threshold)),
-                regions=_regions(res, width, height),
-                heatmap=self._heatmap(work.image, res, alarm_id),
-                model_id=res.model_id,
-                reference_version=int(res.reference_version),
-                trace_id=trace_id,
-                source=work.source,
+        if res.is_defective:
+            heatmap = build_heatmap(
+                work.image,
+                res,
+                result.alarm_id,
+                self.settings.alarms.heatmap,
+                self.settings.alarms.heatmap_dir,
             )
-        return Scored(work, result=result, alarm=alarm)
-
-    def _heatmap(self, image: np.ndarray, res: Any, alarm_id: str) -> Heatmap | None:
-        mode = self.settings.alarms.heatmap
-        if mode == "none":
-            return None
-        from inference.scorer import heatmap_png
-
-        try:
-            png = heatmap_png(image, res.anomaly_map, float(res.threshold))
-        except Exception:  # the alarm matters more than its picture
-            log.exception("heatmap failed; alarm %s goes out without one", alarm_id)
-            return None
-        h, w = _png_size(png)
-        if mode == "inline":
-            data = base64.b64encode(png).decode()
-            return Heatmap(encoding="base64", data=data, width=w, height=h)
-        directory = Path(self.settings.alarms.heatmap_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{alarm_id}.png"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(png)
-        tmp.replace(path)
-        return Heatmap(encoding="uri", uri=path.resolve().as_uri(), width=w, height=h)
+            alarm = build_alarm(
+                frame, res, source=work.source, detected_at=now, heatmap=heatmap, trace_id=trace_id
+            )
+        return Scored(work, result=result, alarm=alarm, target_far=res.target_far)
 
     # -- publishing (main thread) --
 
@@ -562,15 +548,7 @@ class ServeLoop:
         reasons = {}
         for work, error in failures:
             record = work.record
-            info = DlqInfo(
-                reason=error.reason,
-                detail=error.detail[:2000],
-                time=utc_now(),
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                consumer_group=self.settings.group,
-            )
+            info = build_dlq_info(error, work.source, self.settings.group)
             headers = list(record.headers or [])
 
             def send(record=record, headers=headers, info=info) -> Any:
@@ -606,10 +584,7 @@ class ServeLoop:
 
     def _resend(self, box: Outbox, failed: list[int]) -> None:
         errors = {type(box.sends[i][1].exception).__name__ for i in failed}
-        delay = min(
-            self.settings.retry.initial_backoff_s * 2 ** (box.attempts - 1),
-            self.settings.retry.max_backoff_s,
-        )
+        delay = self._backoff(box.attempts)
         log.warning("%d publish(es) failed (%s); resending in %.1fs", len(failed), errors, delay)
         self.metrics.retries.labels(cause="publish").inc()
         if self._abort.wait(delay):
@@ -647,20 +622,33 @@ class ServeLoop:
             )
             if reason is not None:
                 self.stats["dlq"] += 1
-                self.metrics.frames_failed.labels(reason=reason).inc()
+                tel.observe_failure(reason, work.frame.product if work.frame else None)
                 work.span.set_attribute("adqc.dlq.reason", reason)
                 _end_span(work.span, error=f"dead-lettered: {reason}", end_ns=acked_ns)
                 continue
             result = item.result
             self.stats["results"] += 1
-            self.metrics.frames_out.labels(decision=result.decision).inc()
-            latency = acked_ns / 1e9 - result.capture_time.timestamp()
-            self.metrics.e2e_latency.observe(max(latency, 0.0))
+            tel.observe_result(
+                product=result.product,
+                line=result.line,
+                camera=result.camera,
+                decision=result.decision,
+                score=result.score,
+                threshold=result.threshold,
+                latency_s=acked_ns / 1e9 - result.capture_time.timestamp(),
+                target_far=item.target_far,
+            )
             work.span.set_attribute("adqc.decision", result.decision)
             work.span.set_attribute("adqc.score", result.score)
             if item.alarm is not None:
                 self.stats["alarms"] += 1
-                self.metrics.alarms.labels(severity=item.alarm.severity).inc()
+                alarm = item.alarm
+                tel.observe_alarm(
+                    product=alarm.product,
+                    line=alarm.line,
+                    camera=alarm.camera,
+                    severity=alarm.severity,
+                )
                 work.span.set_attribute("adqc.alarm_id", item.alarm.alarm_id)
             _end_span(work.span, end_ns=acked_ns)
 
@@ -781,6 +769,7 @@ class ServeLoop:
                 self.consumer.close(autocommit=False)
         finally:
             self.publisher.close()
+            self.telemetry.heartbeat(0)  # a closed loop holds no partitions: nothing to stall
             self.running.clear()
 
 
@@ -812,112 +801,3 @@ def _end_span(span: Span, error: str | None = None, end_ns: int | None = None) -
     if error:
         span.set_status(Status(StatusCode.ERROR, error))
     span.end(end_time=end_ns)
-
-
-def _regions(res: Any, width: int, height: int) -> list[Region]:
-    """The scorer's regions (boxes already in frame pixels; areas scaled to frame pixels)."""
-    amap = np.asarray(res.anomaly_map)
-    scale = (height * width) / float(amap.shape[0] * amap.shape[1])
-    return [
-        Region(
-            bbox=tuple(int(v) for v in region.bbox),
-            area=int(round(region.area * scale)),
-            peak=float(region.peak),
-        )
-        for region in getattr(res, "regions", []) or []
-    ]
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    """(height, width) from a PNG's IHDR chunk."""
-    width = int.from_bytes(png[16:20], "big")
-    height = int.from_bytes(png[20:24], "big")
-    return height, width
-
-
-# --- entry point -------------------------------------------------------------------------------
-
-
-def build_scorer(settings: ServeSettings) -> ScorerLike:
-    """The engine named by ``settings.engine`` + the store at ``settings.store.url``."""
-    from inference.scorer import Scorer
-    from inference.store import open_store
-
-    store = open_store(settings.store.url)
-    return Scorer(build_engine(settings), store, batch_size=settings.batch.size)
-
-
-def build_engine(settings: ServeSettings) -> Any:
-    """Instantiate the configured engine (local torch or Triton gRPC client)."""
-    engine = settings.engine
-    if engine.kind == "local":
-        from inference.engines.local import LocalEngine
-
-        if engine.torch_threads:
-            import torch
-
-            torch.set_num_threads(engine.torch_threads)
-        return LocalEngine(
-            backbone=engine.backbone, checkpoint=engine.checkpoint, device=engine.device
-        )
-    from inference.engines.triton import TritonEngine
-
-    return TritonEngine(
-        url=engine.url, model=engine.model, timeout_s=engine.timeout_s, retries=engine.retries
-    )
-
-
-def _build_scorer_retrying(settings: ServeSettings, stop: threading.Event) -> ScorerLike | None:
-    """Build the scorer, waiting out an engine/store that is not up yet (no crash loop)."""
-    delay = settings.retry.initial_backoff_s
-    while True:
-        try:
-            return build_scorer(settings)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("engine/store not reachable (%s); retrying in %.1fs", exc, delay)
-            if stop.wait(delay):
-                return None
-            delay = min(delay * 2, settings.retry.max_backoff_s)
-
-
-def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeLoop | None:
-    """Run ``adqc serve`` in this (main) thread until SIGTERM/SIGINT; returns the stopped loop.
-
-    An engine or store that is unreachable at start-up is waited for (with back-off), not
-    treated as a crash; a configuration error (bad checkpoint, model mismatch) raises.
-    """
-    telemetry = telemetry or Telemetry(settings.telemetry)
-    stopping = threading.Event()
-    loop: ServeLoop | None = None
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        stopping.set()
-        if loop is not None:
-            loop.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        port = telemetry.start_metrics_server()
-        if port is not None:
-            log.info("metrics: http://127.0.0.1:%d/metrics", port)
-        scorer = _build_scorer_retrying(settings, stopping)
-        delay = settings.retry.initial_backoff_s
-        while scorer is not None and not stopping.is_set():
-            try:
-                loop = ServeLoop(settings, scorer, telemetry)
-                loop.run()
-                break
-            except Exception as exc:  # Kafka unreachable at start-up: wait, do not crash-loop
-                if not is_transient(exc) or (loop is not None and loop.stats["frames"]):
-                    raise
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                stopping.wait(delay)
-                delay = min(delay * 2, settings.retry.max_backoff_s)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        telemetry.shutdown()
-    return loop

@@ -1,4 +1,4 @@
-"""``adqc demo``: the whole flow embedded — no servers.
+r"""``adqc demo``: the whole flow embedded — no servers.
 
 1. Loads the shipped projector checkpoint (pretrain/checkpoints/mobilenet_v2.pt) into the
    in-process engine; stops with a clear message when it is missing.
@@ -8,10 +8,13 @@
    must cover both (``--references`` onboards from another folder instead).
 3. Streams the other cells through the scorer as a simulated camera: a folder source that
    decodes the next batch in a background thread while the current one is scored.
-4. Writes ``results.jsonl`` (every frame), ``alarms.jsonl`` (defective frames) and one heatmap
-   PNG per alarm under ``--out`` (default ./demo-out; re-running replaces them), and prints a
-   summary: frames, alarms, frames/s, and AUROC against the dataset labels (probability > 0 =
-   defective; no AUROC for a ``--source`` folder, which has no labels).
+4. Writes ``results.jsonl`` (every frame), ``alarms.jsonl`` (defective frames:
+   the ``AlarmMessage`` records ``adqc serve`` would publish, built by ``ingest.messages``, valid
+   against docs/schemas/alarm.v1.json, with the same alarm ids) and one heatmap PNG per alarm
+   (``heatmaps/<alarm_id>.png``) under ``--out`` (default ./demo-out; re-running replaces
+   them), and prints a summary: frames, alarms, frames/s, and AUROC against the dataset
+   labels (probability > 0 = defective; no AUROC for a ``--source`` folder, which has no
+   labels).
 
 By default the stream is subsampled to DEFAULT_LIMIT frames, evenly spaced over the 2,616
 cells, so the demo finishes in about 2 minutes on 2 CPU cores; ``--limit 0`` streams them all
@@ -24,14 +27,13 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +49,23 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from evaluation.metrics import auroc
 from inference.calibration import DEFAULT_TARGET_FAR
+from inference.frames import load_frame
 from inference.onboarding import find_images, onboard
-from inference.scorer import Scorer, ScoreResult, heatmap_png
+from inference.scorer import Scorer, ScoreResult
 from inference.store import open_store
-from pretrain.evaluation.metrics import auroc
-from pretrain.preprocess import ImageLoadError, load_image
+from ingest.messages import build_alarm, build_heatmap
+from ingest.schemas import AlarmMessage, FrameHeaders, Source, alarm_id_for, utc_now
+from pretrain.preprocess import ImageLoadError
 
 PRODUCT = "pv-cell"
 DEFAULT_LIMIT = 1200
 DEFAULT_OUT = Path("demo-out")
 SHOTS_PER_TYPE = 4
-ALARM_SCHEMA_VERSION = 1
+DEMO_LINE = "demo-line"
+DEMO_CAMERA = "demo-camera"
+DEMO_TOPIC = "demo"
 
 
 class DemoError(RuntimeError):
@@ -115,8 +122,9 @@ def _by_path(frame: Frame) -> str:
 
 
 def folder_frames(source: str | Path) -> list[Frame]:
-    """Unlabelled frames from an image folder (or glob), sorted by path."""
-    return [Frame(path.stem, path) for path in find_images(source)]
+    """Unlabelled frames from an image folder (or glob), sorted by path; the frame id is the
+    file's stem with whitespace replaced (frame ids are single tokens, as on Kafka)."""
+    return [Frame(re.sub(r"\s+", "_", path.stem), path) for path in find_images(source)]
 
 
 def evenly_spaced(frames: Sequence[Frame], limit: int | None) -> list[Frame]:
@@ -137,7 +145,7 @@ def camera(
         out: list[tuple[Frame, np.ndarray | ImageLoadError]] = []
         for frame in chunk:
             try:
-                out.append((frame, load_image(frame.path)))
+                out.append((frame, load_frame(frame.path)))
             except ImageLoadError as exc:
                 out.append((frame, exc))
         return out
@@ -211,21 +219,26 @@ def _result_line(frame: Frame, result: ScoreResult) -> dict:
     return line
 
 
-def _alarm_line(frame: Frame, result: ScoreResult, heatmap: str) -> dict:
-    return {
-        "schema_version": ALARM_SCHEMA_VERSION,
-        "alarm_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{frame.frame_id}|{result.model_id}")),
-        "product": result.product,
-        "frame_id": frame.frame_id,
-        "file": str(frame.path),
-        "detected_at": datetime.now(UTC).isoformat(),
-        "score": result.score,
-        "threshold": result.threshold,
-        "regions": [asdict(r) for r in result.regions],
-        "heatmap": heatmap,
-        "model_id": result.model_id,
-        "reference_version": result.reference_version,
-    }
+def _alarm(
+    frame: Frame, index: int, image: np.ndarray, result: ScoreResult, heatmaps: Path
+) -> AlarmMessage:
+    """The frame's alarm, built as ``adqc serve`` builds it (same id, regions, severity); the
+    heatmap PNG is written under ``heatmaps`` (``<alarm_id>.png``) and referenced by URI.
+    The folder camera has no Kafka position: ``source`` is topic ``demo``, offset = the
+    frame's index in the stream."""
+    now = utc_now()
+    headers = FrameHeaders(
+        product=result.product,
+        line=DEMO_LINE,
+        camera=DEMO_CAMERA,
+        frame_id=frame.frame_id,
+        capture_time=now,
+        content_type="image/png",
+    )
+    alarm_id = alarm_id_for(frame.frame_id, result.model_id)
+    heatmap = build_heatmap(image, result, alarm_id, "uri", heatmaps)
+    source = Source(topic=DEMO_TOPIC, partition=0, offset=index)
+    return build_alarm(headers, result, source=source, detected_at=now, heatmap=heatmap)
 
 
 def run_demo(
@@ -314,6 +327,7 @@ def run_demo(
         TimeRemainingColumn(),
     )
     workers = workers or default_workers()
+    index = {frame: i for i, frame in enumerate(frames)}
     with (
         _torch_threads(1 if workers > 1 else torch.get_num_threads()),
         open(out / "results.jsonl", "w") as results_file,
@@ -338,11 +352,8 @@ def run_demo(
                     kinds.append(frame.kind)
                 if result.is_defective:
                     alarms += 1
-                    name = f"heatmaps/{frame.frame_id}.png"
-                    (out / name).write_bytes(
-                        heatmap_png(image, result.anomaly_map, result.threshold)
-                    )
-                    alarms_file.write(json.dumps(_alarm_line(frame, result, name)) + "\n")
+                    alarm = _alarm(frame, index[frame], image, result, out / "heatmaps")
+                    alarms_file.write(alarm.model_dump_json() + "\n")
             done += len(batch)
             rate = done / max(time.perf_counter() - stream_started, 1e-9)
             progress.update(task, advance=len(batch), rate=f"{rate:.1f}", alarms=alarms)

@@ -1,0 +1,197 @@
+"""Start-up checks (credentials, TLS trust, the engine's checkpoint) and the Kafka settings
+of every tool that talks to Kafka.
+
+``adqc serve``, ``adqc camera simulate``, ``adqc alarms tail`` and ``adqc bench pipeline`` share
+:class:`~ingest.settings.KafkaSettings` (TLS files, SASL mechanism/user/password): the serve
+settings file, or ``ADQC_KAFKA__*`` environment variables (e.g. ``ADQC_KAFKA__SASL_PASSWORD``),
+overridden by command-line options.
+
+Wrong credentials are not an outage: kafka-python retries a refused SASL login or a TLS
+certificate it cannot verify until its bootstrap times out, and redis-py reports a wrong
+password on first use. :func:`check_kafka` and :func:`check_store` run once at start-up and
+turn those into :class:`CredentialsError` (the commands exit with :data:`EXIT_CREDENTIALS`);
+an unreachable server is left to the callers' usual waiting. :func:`check_engine` loads the
+configured local engine the way serve will (``adqc serve --check``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.settings import KafkaSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+#: exit status of a command whose credentials or TLS trust were refused (documented in
+#: docs/OPERATIONS.md); 2 stays "invalid settings or arguments".
+EXIT_CREDENTIALS = 3
+
+#: what kafka-python logs when the broker refuses the login or the TLS handshake cannot verify
+_KAFKA_REFUSALS = (
+    "SaslAuthenticationFailedError",
+    "SaslAuthenticationError",
+    "CERTIFICATE_VERIFY_FAILED",
+    "TopicAuthorizationFailed",
+    "ClusterAuthorizationFailed",
+    "UnsupportedSaslMechanism",
+    "IllegalSaslState",
+)
+
+
+class CredentialsError(RuntimeError):
+    """A server refused our credentials or TLS trust: fatal at start-up, no retry helps."""
+
+
+class _KafkaEnv(BaseSettings):
+    """Only the ``ADQC_KAFKA__*`` part of the serve settings (other ``ADQC_*`` are ignored)."""
+
+    model_config = SettingsConfigDict(env_prefix="ADQC_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+
+def kafka_settings(**options: Any) -> KafkaSettings:
+    """``ADQC_KAFKA__*`` environment settings with the given options (None = keep) on top.
+
+    Raises:
+        SettingsError: an invalid combination (e.g. SASL without a password), naming the field.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        base = _KafkaEnv().kafka
+        data = {k: v for k, v in base.model_dump().items() if k not in given}
+        return KafkaSettings.model_validate({**data, **given})
+    except ValidationError as exc:
+        lines = [
+            f"  kafka.{'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise SettingsError("invalid Kafka settings:\n" + "\n".join(lines)) from exc
+
+
+class _Refusals(logging.Handler):
+    """Remembers kafka-python log records that mean "credentials or trust refused"."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(marker in text for marker in _KAFKA_REFUSALS):
+            self.seen.append(text)
+
+
+def check_kafka(kafka: KafkaSettings, timeout_s: float = 10.0) -> bool:
+    """Connect once with ``kafka``'s settings and ask for the cluster's metadata.
+
+    Returns True when the broker answered, False when it could not be reached within
+    ``timeout_s`` (an outage: callers wait as usual).
+
+    Raises:
+        CredentialsError: the broker refused the SASL login, or TLS could not verify it.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    watcher = _Refusals()
+    logger = logging.getLogger("kafka")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.ERROR:
+        logger.setLevel(logging.ERROR)
+    logger.addHandler(watcher)
+    admin = None
+    try:
+        config = kafka.client_config()
+        config["client_id"] = f"{kafka.client_id}-preflight"
+        admin = KafkaAdminClient(**config, bootstrap_timeout_ms=int(timeout_s * 1000))
+        admin.describe_cluster()
+        return True
+    except KafkaError as exc:
+        if watcher.seen:
+            raise CredentialsError(_kafka_refusal(kafka, watcher.seen[-1])) from exc
+        log.warning("Kafka at %s not reachable yet: %s", ",".join(kafka.bootstrap), exc)
+        return False
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(previous)
+        if admin is not None:
+            admin.close()
+
+
+def _kafka_refusal(kafka: KafkaSettings, seen: str) -> str:
+    where = ",".join(kafka.bootstrap)
+    if "CERTIFICATE_VERIFY_FAILED" in seen:
+        what = (
+            f"TLS could not verify the broker's certificate (ssl_cafile={kafka.ssl_cafile}, "
+            f"ssl_check_hostname={kafka.ssl_check_hostname})"
+        )
+    else:
+        what = (
+            f"the broker refused the {kafka.sasl_mechanism} login of user "
+            f"{kafka.sasl_username!r} (security_protocol={kafka.security_protocol}): wrong "
+            "user or password, or a mechanism the listener does not enable"
+        )
+    detail = seen.split("Error: ")[-1][:200]
+    return f"Kafka at {where}: {what}. Broker said: {detail}"
+
+
+def check_store(url: str) -> bool:
+    """Ping the reference store at ``url`` once (Redis; the embedded stores always answer).
+
+    Returns True when it answered, False when unreachable (an outage: serve waits).
+
+    Raises:
+        CredentialsError: Redis refused the password, or TLS could not verify the server.
+    """
+    from inference.store import StoreAuthError, StoreUnavailableError, open_store
+
+    redis_like = url.split(":", 1)[0].lower() in ("redis", "rediss")
+    store = open_store(url, **({"retries": 0} if redis_like else {}))
+    try:
+        ping = getattr(getattr(store, "cache", store), "ping", None)
+        if ping is not None:
+            ping()
+        return True
+    except StoreAuthError as exc:
+        raise CredentialsError(str(exc)) from exc
+    except StoreUnavailableError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise CredentialsError(
+                f"{exc}\n(TLS could not verify the Redis server: check ssl_ca_certs in the URL)"
+            ) from exc
+        log.warning("reference store not reachable yet: %s", exc)
+        return False
+    finally:
+        store.close()
+
+
+class EngineCheckError(ValueError):
+    """The configured engine cannot be built (e.g. an unreadable or mismatched checkpoint)."""
+
+
+def check_engine(engine: Any) -> str | None:
+    """Load the local engine of ``engine`` (``settings.engine``) as serve would; returns its
+    model id. A Triton engine is not contacted (None): its checkpoint lives in the model
+    repository, checked by ``adqc export triton`` and by Triton's strict readiness.
+
+    Raises:
+        EngineCheckError: the checkpoint is missing, unreadable, for another backbone, or its
+            weights do not fit the projector (the message names the file).
+    """
+    if engine.kind != "local":
+        return None
+    from inference.engines.local import LocalEngine
+
+    where = engine.checkpoint or f"the shipped checkpoint of {engine.backbone}"
+    try:
+        loaded = LocalEngine(
+            checkpoint=engine.checkpoint, backbone=engine.backbone, device=engine.device
+        )
+    except Exception as exc:  # any failure to load is a configuration error here
+        raise EngineCheckError(f"engine.checkpoint ({where}) cannot be loaded: {exc}") from exc
+    return loaded.model_id
