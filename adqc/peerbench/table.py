@@ -195,7 +195,7 @@ def write_section(path, text: str, section: str, command: str = "adqc bench anom
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
         _, tail = rest.split(end, 1)
-        new = head + block + tail.lstrip("\n")
+        new = head + block + "\n" + tail.lstrip("\n")
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + block
     path.write_text(new)
