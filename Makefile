@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup servers test test-unit test-integration test-faults lint pretrain demo clean
+.PHONY: setup servers test test-unit test-integration test-faults lint pretrain demo clean \
+	bench-anomalib-venv bench-anomalib
 
 setup: $(STAMP)
 
@@ -63,6 +64,18 @@ pretrain: setup
 
 demo: setup
 	$(BIN)/adqc demo
+
+# The peer: stock anomalib 2.7 in its own venv (.cache/anomalib-venv), never in .venv.
+bench-anomalib-venv:
+	bash benchmarks/anomalib/install.sh
+
+# Side-by-side benchmark, anomalib PatchCore/PaDiM vs adqc (docs/RESULTS.md, K = 8 by default).
+BENCH_ANOMALIB_DATA ?= --data $(DATASETS)/mvtec_ad/bottle --data $(DATASETS)/aitex/fabric \
+	--data elpv:mono --data elpv:poly
+BENCH_ANOMALIB_FLAGS ?= --shots 8
+bench-anomalib: setup bench-anomalib-venv
+	$(BIN)/adqc bench anomalib $(BENCH_ANOMALIB_DATA) $(BENCH_ANOMALIB_FLAGS) \
+		--json docs/results/anomalib_peer.json --markdown docs/RESULTS.md --section anomalib-peer
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

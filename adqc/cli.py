@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inference.cli",
     "adqc.pipeline_bench",
     "adqc.demo_cli",
+    "adqc.peerbench.cli",
 )
 
 GROUPS = {

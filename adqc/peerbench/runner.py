@@ -1,0 +1,156 @@
+"""One (class, K) of the side-by-side benchmark: decode, run the peer, run adqc, score rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adqc.peerbench import adqc_side, exchange, scoring
+from adqc.peerbench.cases import capped, load_bench_class
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PEER_SCRIPT = REPO_ROOT / "benchmarks" / "anomalib" / "run_anomalib.py"
+PEER_PYTHON = REPO_ROOT / ".cache" / "anomalib-venv" / "bin" / "python"
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+class PeerError(RuntimeError):
+    """The anomalib side could not run; the message says how to fix it."""
+
+
+@dataclass
+class BenchOptions:
+    shots: int
+    image_size: int = 224
+    features: list[str] = field(default_factory=lambda: ["raw", "adpretrain"])
+    methods: list[str] = field(default_factory=lambda: ["featurenorm", "patchcore", "padim"])
+    peer: bool = True
+    adqc: bool = True
+    peer_python: Path = PEER_PYTHON
+    work_dir: Path = REPO_ROOT / ".cache" / "anomalib-bench"
+    backbone: str = "mobilenet_v2"
+    checkpoint: str | None = None
+    checkpoint_for: dict[str, str] = field(default_factory=dict)  # class -> LODO checkpoint
+    seed: int = 0
+    max_test: int | None = None  # cap per class (stratified by label, seed 0)
+
+
+def peer_ready(python: Path = PEER_PYTHON) -> bool:
+    """True when install.sh finished in the venv of ``python`` (its stamp file exists)."""
+    return (Path(python).parent.parent / ".installed").is_file()
+
+
+def peer_env() -> dict[str, str]:
+    """The peer's environment: jemalloc preloaded when present (greedy coreset ~4x faster)."""
+    env = dict(os.environ)
+    if JEMALLOC.is_file() and "jemalloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = f"{JEMALLOC} {env.get('LD_PRELOAD', '')}".strip()
+    env.pop("PYTHONPATH", None)  # the peer venv must not see the product's packages
+    return env
+
+
+def run_peer(inputs: exchange.Inputs, folder: Path, opts: BenchOptions):
+    """Write the inputs, run benchmarks/anomalib/run_anomalib.py in the peer venv, read back."""
+    if not (Path(opts.peer_python).is_file() and peer_ready(opts.peer_python)):
+        raise PeerError(
+            f"no anomalib environment at {opts.peer_python}: build it with "
+            "`make bench-anomalib-venv` (benchmarks/anomalib/install.sh)"
+        )
+    exchange.write_peer_inputs(inputs, folder)
+    cmd = [str(opts.peer_python), str(PEER_SCRIPT), "--dir", str(folder), "--seed", str(opts.seed)]
+    log.info("peer: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=peer_env(), stdout=sys.stderr, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise PeerError(f"the anomalib run failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return exchange.read_peer_outputs(folder, len(inputs.bench_class.groups))
+
+
+def kinds_for(class_name: str, seen: bool, opts: BenchOptions) -> tuple[list[str], str | None]:
+    """Feature kinds for this class and its checkpoint; adpretrain needs an unseen class."""
+    if class_name in opts.checkpoint_for:
+        return opts.features, opts.checkpoint_for[class_name]
+    if seen and "adpretrain" in opts.features:
+        return [k for k in opts.features if k != "adpretrain"], None
+    return opts.features, opts.checkpoint
+
+
+def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All rows of one class at K = opts.shots, and a note on what ran."""
+    t0 = time.perf_counter()
+    bc = load_bench_class(spec, opts.shots)
+    n_all = len(bc.test)
+    bc = capped(bc, opts.max_test)
+    inputs = exchange.prepare(bc, opts.shots, opts.image_size)
+    decode_s = time.perf_counter() - t0
+    sizes = [len(g.test) for g in bc.groups]
+    rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {
+        "class": bc.name,
+        "shots": opts.shots,
+        "groups": [g.name for g in bc.groups],
+        "notes": list(bc.notes)
+        + (
+            [f"test set capped at {len(bc.test)} of {n_all} images (stratified, seed 0)"]
+            if len(bc.test) < n_all
+            else []
+        ),
+        "decode_s": round(decode_s, 2),
+    }
+    common = {"class_name": bc.name, "shots": opts.shots, "labels": inputs.labels}
+    if opts.peer:
+        folder = opts.work_dir / bc.name.replace("/", "_") / f"k{opts.shots}"
+        outputs, report = run_peer(inputs, folder, opts)
+        info["peer"] = {k: v for k, v in report.items() if k != "models"}
+        for name, out in outputs.items():
+            m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
+            extra = {"detector": {k: v for k, v in out.info.items() if k != "seconds"}}
+            rows.append(
+                scoring.make_row(
+                    source="anomalib",
+                    features="-",
+                    method=name,
+                    metrics=m,
+                    seconds=out.seconds,
+                    extra=extra,
+                    **common,
+                )
+            )
+    if opts.adqc:
+        kinds, checkpoint = kinds_for(bc.name, bc.seen_in_pretraining, opts)
+        if kinds != opts.features:
+            info["notes"].append(
+                f"{bc.name} was in the shipped projector's pretraining set: adpretrain rows "
+                "need a leave-one-dataset-out checkpoint (--checkpoint-for CLASS=PATH); skipped"
+            )
+        lm = adqc_side.load(opts.backbone, checkpoint, kinds)
+        for out in adqc_side.run(lm, inputs, kinds, opts.methods):
+            m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
+            extra = {
+                "detector": out.info,
+                "backbone": opts.backbone,
+                "checkpoint": lm.checkpoint or None,
+                "calibrated": scoring.operating_point(
+                    out.scores, inputs.labels, out.info.get("group_thresholds", []), sizes
+                ),
+            }
+            rows.append(
+                scoring.make_row(
+                    source="adqc",
+                    features=out.features,
+                    method=out.method,
+                    metrics=m,
+                    seconds=out.seconds,
+                    extra=extra,
+                    **common,
+                )
+            )
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return rows, info

