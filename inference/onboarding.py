@@ -17,6 +17,7 @@ path) as the shots, builds the record and publishes it as the product's next ver
 
 from __future__ import annotations
 
+import copy
 import glob
 import time
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from inference.scorer import detector_fields, maps_and_scores
 from inference.store import ReferenceStore
 from pretrain.evaluation.detectors import Detector, FeatureNorm, PatchCore
 from pretrain.preprocess import resize_uint8
-from pretrain.residual import ReferencePool, pool_residuals
+from pretrain.residual import ReferencePool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
@@ -79,23 +80,81 @@ def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
     return np.stack([resize_uint8(load_frame(p), size) for p in paths])
 
 
+#: shots whose leave-one-out residuals go through the projector together
+PROJECTOR_BATCH = 32
+
+
+def _residual_excluding(f: torch.Tensor, pool: torch.Tensor, normed: torch.Tensor, rows: slice):
+    """f [1,C,h,w] -> its residual against ``pool`` [M,C] with the pool ``rows`` (the image's
+    own patches) left out: the same 1-NN as a pool built without them (ties: lowest index)."""
+    _, c, h, w = f.shape
+    flat = f.permute(0, 2, 3, 1).reshape(-1, c)
+    sim = torch.nn.functional.normalize(flat, dim=1) @ normed.T
+    sim[:, rows] = float("-inf")
+    idx = sim.argmax(dim=1)
+    return (flat - pool.index_select(0, idx)).reshape(1, h, w, c).permute(0, 3, 1, 2)
+
+
 def _leave_one_out_features(engine: LocalEngine, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per level [K,C,h,w]: each shot's projected residual against the other K-1 shots."""
+    """Per level [K,C,h,w]: each shot's projected residual against the other K-1 shots.
+
+    The pool of all K shots is built (and normalised) once; each shot's own patches are masked
+    out of its search, and the residuals go through the projector in batches: O(K) pool work
+    instead of rebuilding a (K-1)-shot pool per shot.
+    """
     model = engine.model
     shots = raw[0].shape[0]
-    per_shot = []
+    pool = ReferencePool.from_features(raw)
+    hw = [f.shape[2] * f.shape[3] for f in raw]
+    out: list[list[torch.Tensor]] = [[] for _ in raw]
     with torch.inference_mode():
-        for i in range(shots):
-            others = ReferencePool.from_features([torch.cat([f[:i], f[i + 1 :]]) for f in raw])
-            residual = pool_residuals([f[i : i + 1] for f in raw], others, model.chunk)
-            per_shot.append(model.projector(residual))
-    return [torch.cat(levels) for levels in zip(*per_shot, strict=True)]
+        for start in range(0, shots, PROJECTOR_BATCH):
+            stop = min(shots, start + PROJECTOR_BATCH)
+            residual = [
+                torch.cat(
+                    [
+                        _residual_excluding(f[i : i + 1], p, pn, slice(i * n, (i + 1) * n))
+                        for i in range(start, stop)
+                    ]
+                )
+                for f, p, pn, n in zip(raw, pool.levels, pool.normed, hw, strict=True)
+            ]
+            for level, projected in zip(out, model.projector(residual), strict=True):
+                level.append(projected)
+    return [torch.cat(level) for level in out]
 
 
 def _fit(detector: DetectorName, features: list[torch.Tensor]) -> Detector:
     fitted = FeatureNorm() if detector == "featurenorm" else PatchCore()
     fitted.fit(features)
     return fitted
+
+
+def _patchcore_loo_scores(fitted: PatchCore, loo: list[torch.Tensor], size: int) -> np.ndarray:
+    """Each shot's image score against a PatchCore bank without that shot's patches.
+
+    While the other K-1 shots' patches fit under the coreset threshold, the bank is refitted on
+    them (exact leave-one-out; no coreset is involved). Above it, refitting would run K greedy
+    coresets (minutes each at full shot), so the bank fitted on all K shots is reused with the
+    rows that came from shot i removed: the leave-one-out of the coreset, not the coreset of
+    the leave-one-out (tested and documented in docs/ONBOARDING.md).
+    """
+    k = int(loo[0].shape[0])
+    per_image = fitted.n_patches_seen // k
+    scores = np.empty(k)
+    if (k - 1) * per_image <= fitted.coreset_threshold:
+        for i in range(k):
+            rest = _fit("patchcore", [torch.cat([f[:i], f[i + 1 :]]) for f in loo])
+            scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
+        return scores
+    assert fitted.memory is not None
+    selected = fitted.selected if fitted.selected is not None else torch.arange(len(fitted.memory))
+    source = selected // per_image
+    for i in range(k):
+        rest = copy.copy(fitted)
+        rest.memory = fitted.memory[source != i]
+        scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
+    return scores
 
 
 def build_record(
@@ -129,10 +188,8 @@ def build_record(
         _, scores = maps_and_scores(fitted, loo, size)
         method = "leave-one-out"
     else:
-        scores = np.empty(k)
-        for i in range(k):
-            rest = _fit(detector, [torch.cat([f[:i], f[i + 1 :]]) for f in loo])
-            scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
+        assert isinstance(fitted, PatchCore)
+        scores = _patchcore_loo_scores(fitted, loo, size)
         method = "leave-one-out"
     return ProductRecord(
         product=product,

@@ -48,20 +48,39 @@ class ReferencePool:
         pool.normed = [p.to(device) for p in self.normed]
         return pool
 
+    def normed_as(self, dtype: torch.dtype | None) -> list[Tensor]:
+        """The unit-normalised levels in ``dtype`` (cast once, then cached on this pool)."""
+        if dtype is None or dtype == self.normed[0].dtype:
+            return self.normed
+        cache: dict = self.__dict__.setdefault("_normed_cast", {})
+        if dtype not in cache:
+            cache[dtype] = [p.to(dtype) for p in self.normed]
+        return cache[dtype]
+
     def numpy(self) -> list:
         """Per-level float32 numpy arrays [M, C] (what a ProductRecord stores)."""
         return [p.detach().cpu().numpy() for p in self.levels]
 
 
 def nearest_indices(
-    queries: Tensor, pool_normed: Tensor, chunk: int = 4096, queries_normed: bool = False
+    queries: Tensor,
+    pool_normed: Tensor,
+    chunk: int = 4096,
+    queries_normed: bool = False,
+    search_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cosine 1-NN of each query row [N, C] in a unit-normalised pool [M, C].
 
     Returns (best cosine [N], index [N]). Works in query x pool blocks of at most chunk x chunk,
     so memory stays bounded for large pools; ties go to the lowest pool index (as argmax).
+    ``search_dtype`` (e.g. torch.bfloat16 or torch.float16): run the similarity products in
+    that precision (faster on CPUs with bf16 units and on GPUs); the returned cosines are then
+    that precision's approximation and near-ties may pick another neighbour.
     """
     q = queries if queries_normed else F.normalize(queries, dim=1)
+    if search_dtype is not None and search_dtype != q.dtype:
+        q = q.to(search_dtype)
+        pool_normed = pool_normed.to(search_dtype)
     n, m = q.shape[0], pool_normed.shape[0]
     if m == 0:
         raise ValueError("empty reference pool")
@@ -88,12 +107,17 @@ def nearest_indices(
 
 
 def nearest_residuals(
-    features: Tensor, pool: Tensor, chunk: int = 4096, pool_normed: Tensor | None = None
+    features: Tensor,
+    pool: Tensor,
+    chunk: int = 4096,
+    pool_normed: Tensor | None = None,
+    search_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """features [B,C,h,w], pool [M,C] -> residual [B,C,h,w], r = f - p*, p* = argmax_p cos(f, p).
 
     p* is the un-normalised pool feature. Pass `pool_normed` (ReferencePool.normed) to skip
-    re-normalising the pool on every call.
+    re-normalising the pool on every call. ``search_dtype``: see :func:`nearest_indices` (the
+    residual itself is always computed in the features' precision).
     """
     b, c, h, w = features.shape
     if pool.shape[1] != c:
@@ -102,18 +126,24 @@ def nearest_residuals(
     if pool_normed is None:
         pool_normed = F.normalize(pool, dim=1)
     else:
-        pool_normed = pool_normed.to(device=features.device, dtype=features.dtype)
+        pool_normed = pool_normed.to(device=features.device, dtype=search_dtype or features.dtype)
     flat = features.permute(0, 2, 3, 1).reshape(-1, c)
-    _, idx = nearest_indices(flat, pool_normed, chunk)
+    _, idx = nearest_indices(flat, pool_normed, chunk, search_dtype=search_dtype)
     residual = flat - pool.index_select(0, idx)
     return residual.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
-def pool_residuals(level_features: Sequence[Tensor], pool: ReferencePool, chunk: int = 4096):
-    """Residuals of every level against the matching level of `pool`."""
+def pool_residuals(
+    level_features: Sequence[Tensor],
+    pool: ReferencePool,
+    chunk: int = 4096,
+    search_dtype: torch.dtype | None = None,
+):
+    """Residuals of every level against the matching level of `pool` (``search_dtype``: the
+    precision of the 1-NN search, see :func:`nearest_indices`)."""
     if len(level_features) != len(pool.levels):
         raise ValueError(f"{len(level_features)} feature levels for {len(pool.levels)} pool levels")
     return [
-        nearest_residuals(f, p, chunk, pool_normed=pn)
-        for f, p, pn in zip(level_features, pool.levels, pool.normed, strict=True)
+        nearest_residuals(f, p, chunk, pool_normed=pn, search_dtype=search_dtype)
+        for f, p, pn in zip(level_features, pool.levels, pool.normed_as(search_dtype), strict=True)
     ]
