@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adqc.stages_bench import StagesConfig, run_stages, write_json
+from adqc.stages_bench import DEFAULT_DATA, StagesConfig, run_stages, write_json
 
 console = Console()
 OUT_DIR = Path("docs/perf")
@@ -146,6 +146,15 @@ def all_command(
     timeout: float = typer.Option(1800, "--timeout", help="seconds per child benchmark"),
 ) -> None:
     """The benchmark suite in one command: stages (always), then what ``--with`` names."""
+    children = {
+        "onboarding": ["bench", "onboarding"],
+        "pipeline": ["bench", "pipeline"],
+        "triton": ["bench", "triton"],
+        "anomalib": ["bench", "anomalib"],
+    }
+    unknown = [name for name in with_ if name not in children]
+    if unknown:
+        raise typer.BadParameter(f"--with {unknown[0]!r}: choose from {', '.join(children)}")
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if smoke else ("-cuda" if device == "cuda" else "")
     summary: dict = {"load_average_start": list(os.getloadavg()), "runs": {}}
@@ -159,16 +168,9 @@ def all_command(
     stages = run_stages(cfg)
     write_json(stages, out / f"stages{suffix}.json")
     summary["runs"]["stages"] = {"json": str(out / f"stages{suffix}.json"), "rc": 0}
-    children = {
-        "onboarding": ["bench", "onboarding", "--json", str(out / f"onboarding{suffix}.json")],
-        "pipeline": ["bench", "pipeline", "--json", str(out / f"pipeline{suffix}.json")],
-        "triton": ["bench", "triton", "--json", str(out / f"triton{suffix}.json")],
-        "anomalib": ["bench", "anomalib", "--json", str(out / f"anomalib{suffix}.json")],
-    }
     for name in with_:
-        if name not in children:
-            raise typer.BadParameter(f"--with {name!r}: choose from {', '.join(children)}")
-        summary["runs"][name] = _sub(children[name], out / f"{name}{suffix}.log", timeout)
+        argv = [*children[name], "--json", str(out / f"{name}{suffix}.json")]
+        summary["runs"][name] = _sub(argv, out / f"{name}{suffix}.log", timeout)
     summary["load_average_end"] = list(os.getloadavg())
     (out / f"suite{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_stages(stages)
@@ -246,7 +248,7 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
 def onboarding_command(
     json_out: Path = typer.Option(OUT_DIR / "onboarding.json", "--json", help="result JSON"),
     images: str = typer.Option(
-        str(StagesConfig.data / "train" / "good"), "--images", help="folder of good images"
+        str(DEFAULT_DATA / "train" / "good"), "--images", help="folder of good images"
     ),
     shots: int = typer.Option(0, "--shots", min=0, help="K (0: every image found)"),
     detector: str = typer.Option("patchcore", "--detector", help="featurenorm | patchcore"),

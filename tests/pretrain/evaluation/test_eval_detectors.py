@@ -172,3 +172,15 @@ def test_unfitted_detectors_raise():
         D.PaDiM().score(_levels(1))
     with pytest.raises(ValueError):
         D.make_detector("nope")
+
+
+def test_nearest_distances_low_precision_products_stay_close():
+    from pretrain.evaluation.detectors import nearest_distances
+
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(200, 64, generator=g), torch.randn(500, 64, generator=g)
+    exact = nearest_distances(q, bank)
+    low = nearest_distances(q, bank, search_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == exact.shape
+    assert float(((low - exact).abs() / exact).max()) < 0.05
+    torch.testing.assert_close(nearest_distances(q, bank, search_dtype=torch.float32), exact)
