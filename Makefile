@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup servers test test-unit lint pretrain demo clean
+.PHONY: setup servers test test-unit lint pretrain demo clean bench bench-smoke bench-gpu
 
 setup: $(STAMP)
 
@@ -48,6 +48,17 @@ pretrain: setup
 
 demo: setup
 	$(BIN)/adqc demo
+
+# The benchmark suite (docs/PERFORMANCE.md): stages + full-shot onboarding, JSON in docs/perf/.
+bench: setup
+	$(BIN)/adqc bench all --with onboarding
+
+bench-smoke: setup
+	$(BIN)/adqc bench all --smoke --out .cache/bench-smoke
+
+# On a machine with a CUDA GPU: the model benches on cuda plus Triton KIND_GPU fp16 (short).
+bench-gpu: setup
+	bash deploy/scripts/bench_gpu.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -204,7 +204,7 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
     phases["decode+resize"] = time.perf_counter() - t0
     t = time.perf_counter()
     with torch.inference_mode():
-        raw = engine.model.raw(engine.model.preprocess(torch.from_numpy(u8)))
+        raw = engine.raw(engine.model.preprocess(torch.from_numpy(u8)))
     phases["backbone"] = time.perf_counter() - t
     t = time.perf_counter()
     loo = _leave_one_out_features(engine, raw)
@@ -227,6 +227,7 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
         "detector": detector,
         "model_id": engine.model_id,
         "threads": torch.get_num_threads(),
+        "runtime": engine.runtime,
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
         "total_s": round(total, 2),
         "build_record_s": round(build_s, 2),

@@ -387,17 +387,17 @@ def measure_variants(model, images_u8: np.ndarray, pool, cfg: StagesConfig) -> l
             out = sess.run(None, feed)
             diff = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(out, proj, strict=True))
             row("projector", "onnxruntime", base_pj, t, diff, "explicit attention (export form)")
-        from inference.engines.onnx_runtime import OnnxFeatureRunner
+            from inference.engines.onnx_runtime import OnnxFeatureRunner
 
-        runner = OnnxFeatureRunner(model, cache_dir=tmp)
-        with torch.inference_mode():
-            base = time_call(lambda: model.projected(x, pool), cfg.repeats, device)
-            t = time_call(
-                lambda: runner.project(pool_residuals(runner.raw(x), pool)), cfg.repeats, device
-            )
-            out = runner.project(pool_residuals(runner.raw(x), pool))
-        diff = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(out, proj, strict=True))
-        row("engine", "onnxruntime (LocalEngine default)", base, t, diff, "backbone+residual+proj")
+            runner = OnnxFeatureRunner(model, cache_dir=tmp)
+            with torch.inference_mode():
+                base = time_call(lambda: model.projected(x, pool), cfg.repeats, device)
+                t = time_call(
+                    lambda: runner.project(pool_residuals(runner.raw(x), pool)), cfg.repeats, device
+                )
+                out = runner.project(pool_residuals(runner.raw(x), pool))
+            diff = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(out, proj, strict=True))
+            row("engine", "onnxruntime (LocalEngine default)", base, t, diff, "bb+residual+proj")
     for r in rows:
         r["max_abs_diff"] = float(f"{r['max_abs_diff']:.3g}")
     return rows

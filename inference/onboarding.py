@@ -36,7 +36,7 @@ from inference.scorer import detector_fields, maps_and_scores
 from inference.store import ReferenceStore
 from pretrain.evaluation.detectors import Detector, FeatureNorm, PatchCore
 from pretrain.preprocess import resize_uint8
-from pretrain.residual import ReferencePool
+from pretrain.residual import ReferencePool, pool_residuals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
@@ -102,7 +102,6 @@ def _leave_one_out_features(engine: LocalEngine, raw: list[torch.Tensor]) -> lis
     out of its search, and the residuals go through the projector in batches: O(K) pool work
     instead of rebuilding a (K-1)-shot pool per shot.
     """
-    model = engine.model
     shots = raw[0].shape[0]
     pool = ReferencePool.from_features(raw)
     hw = [f.shape[2] * f.shape[3] for f in raw]
@@ -119,7 +118,7 @@ def _leave_one_out_features(engine: LocalEngine, raw: list[torch.Tensor]) -> lis
                 )
                 for f, p, pn, n in zip(raw, pool.levels, pool.normed, hw, strict=True)
             ]
-            for level, projected in zip(out, model.projector(residual), strict=True):
+            for level, projected in zip(out, engine.project(residual), strict=True):
                 level.append(projected)
     return [torch.cat(level) for level in out]
 
@@ -175,13 +174,14 @@ def build_record(
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
     model, size = engine.model, engine.image_size
     with torch.inference_mode():
-        raw = model.raw(model.preprocess(torch.from_numpy(shots)))
+        raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
     loo = _leave_one_out_features(engine, raw)
     fitted = _fit(detector, loo)
     if calibration is not None and len(calibration):
         with torch.inference_mode():
-            features = model.projected(model.preprocess(torch.from_numpy(calibration)), pool)
+            x = model.preprocess(torch.from_numpy(calibration))
+            features = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
     elif detector == "featurenorm":

@@ -81,6 +81,22 @@ class LocalEngine:
             self._pools.put(record.cache_key, pool)
         return pool
 
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised float [B,3,S,S] -> backbone level maps, in this engine's runtime (in
+        batches of the model's ``batch_size``)."""
+        if self._onnx is None:
+            return self.model.raw(x)
+        step = self.model.batch_size
+        parts = [self._onnx.raw(x[s : s + step]) for s in range(0, x.shape[0], step)]
+        return [torch.cat(level) for level in zip(*parts, strict=True)]
+
+    def project(self, residuals: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Residual level maps -> projected level maps, in this engine's runtime."""
+        if self._onnx is None:
+            with torch.inference_mode():
+                return self.model.projector(residuals)
+        return [torch.from_numpy(a) for a in self._onnx.project(residuals)]
+
     def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
         """uint8 [B,S,S,3] -> projected features per level [B,C,h,w] (float32 numpy)."""
         record.check_model(self.model_id)
