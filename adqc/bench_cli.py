@@ -187,13 +187,12 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
 
     from inference.engines.local import LocalEngine
     from inference.onboarding import (
-        _fit,
-        _leave_one_out_features,
-        _patchcore_loo_scores,
         build_record,
         load_images,
         resolve_inputs,
     )
+    from pretrain.detectors import leave_one_out_scores, make_detector
+    from pretrain.residual import leave_one_out_residuals
 
     load_start = list(os.getloadavg())
     engine = LocalEngine()
@@ -207,14 +206,15 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
         raw = engine.raw(engine.model.preprocess(torch.from_numpy(u8)))
     phases["backbone"] = time.perf_counter() - t
     t = time.perf_counter()
-    loo = _leave_one_out_features(engine, raw)
+    loo = leave_one_out_residuals(raw, engine.project, engine.model.chunk)
     phases["leave-one-out features"] = time.perf_counter() - t
     t = time.perf_counter()
-    fitted = _fit(detector, loo)  # type: ignore[arg-type]
+    fitted = make_detector(detector)
+    fitted.fit(loo)
     phases["fit (coreset)"] = time.perf_counter() - t
     if detector == "patchcore":
         t = time.perf_counter()
-        _patchcore_loo_scores(fitted, loo, engine.image_size)
+        leave_one_out_scores(fitted.config, loo, engine.image_size, fitted=fitted)
         phases["leave-one-out calibration"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     t = time.perf_counter()
@@ -238,7 +238,7 @@ def run_onboarding_bench(images: str, shots: int, detector: str, old_estimate: b
     if old_estimate and detector == "patchcore":
         # the replaced calibration refitted a bank (one coreset) per left-out shot
         t = time.perf_counter()
-        _fit("patchcore", [f[1:] for f in loo])
+        make_detector("patchcore").fit([f[1:] for f in loo])
         one = time.perf_counter() - t
         result["old_calibration_estimate_s"] = round(one * u8.shape[0], 1)
         result["one_refit_s"] = round(one, 2)

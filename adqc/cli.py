@@ -14,7 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli",
     "deploy.cli",
     "pretrain.cli",
-    "pretrain.evaluation.cli",
+    "evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",
     "adqc.bench_cli",

@@ -49,6 +49,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from evaluation.metrics import auroc
 from inference.calibration import DEFAULT_TARGET_FAR
 from inference.frames import load_frame
 from inference.onboarding import find_images, onboard
@@ -56,7 +57,6 @@ from inference.scorer import Scorer, ScoreResult
 from inference.store import open_store
 from ingest.messages import build_alarm, build_heatmap
 from ingest.schemas import AlarmMessage, FrameHeaders, Source, alarm_id_for, utc_now
-from pretrain.evaluation.metrics import auroc
 from pretrain.preprocess import ImageLoadError
 
 PRODUCT = "pv-cell"

@@ -36,7 +36,9 @@ def demo(
         help="Batches scored at once, one torch thread each [default: cores, max 4].",
     ),
     shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    detector: str = typer.Option(
+        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
+    ),
 ) -> None:
     """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
     from adqc.demo import DEFAULT_LIMIT, DemoError, run_demo

@@ -146,8 +146,7 @@ def _stage_row(name: str, batch: int, seconds: float) -> dict:
 def measure_stages(model, images_png, shots_u8, cfg: StagesConfig) -> list[dict]:
     """Per batch size, every stage timed alone on the output of the previous one."""
     from inference.scorer import find_regions
-    from pretrain.evaluation.detectors import FeatureNorm, PatchCore
-    from pretrain.evaluation.postprocess import anomaly_map, image_scores
+    from pretrain.detectors import FeatureNorm, PatchCore, anomaly_map, image_scores
     from pretrain.preprocess import decode_image, resize_uint8
     from pretrain.residual import ReferencePool, pool_residuals
 
@@ -220,7 +219,7 @@ def totals(rows: list[dict]) -> list[dict]:
 def measure_search(model, shots_u8, query_u8, cfg: StagesConfig) -> dict:
     """Residual 1-NN against K-shot pools and PatchCore nearest distances against bank sizes,
     float32 vs low precision (bf16 on CPU, fp16 on CUDA), with the agreement of the two."""
-    from pretrain.evaluation.detectors import nearest_distances
+    from pretrain.detectors.components import nearest_distances
     from pretrain.residual import ReferencePool, pool_residuals
 
     device = model.device

@@ -33,6 +33,7 @@ def synthetic_record(
     import torch
 
     from inference.records import Calibration, ProductRecord
+    from pretrain.detectors import FeatureNormConfig
     from pretrain.preprocess import to_model_input
 
     spec = model.backbone.spec
@@ -46,7 +47,7 @@ def synthetic_record(
         backbone=spec.name,
         image_size=spec.image_size,
         shots=shots,
-        detector="featurenorm",
+        detector_config=FeatureNormConfig(),
         pool=pool.numpy(),
         calibration=Calibration(
             threshold=1.0,

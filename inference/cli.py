@@ -67,7 +67,9 @@ def product_add(
     target_far: float = typer.Option(
         DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
     ),
-    detector: str = typer.Option("featurenorm", "--detector", help="featurenorm | patchcore"),
+    detector: str = typer.Option(
+        "featurenorm", "--detector", help="featurenorm | patchcore | padim"
+    ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Projector checkpoint [default: the shipped one]."
@@ -78,14 +80,15 @@ def product_add(
     """Onboard a product from K good images: reference pool + calibrated threshold."""
     with _clean_errors():
         from inference.engines.local import LocalEngine
-        from inference.onboarding import onboard, resolve_inputs
+        from inference.onboarding import DETECTOR_CHOICES, onboard, resolve_inputs
         from inference.records import check_product_name
         from inference.store import open_store
 
         # cheap checks first: a typo should not wait for the model to load
         check_product_name(name)
-        if detector not in ("featurenorm", "patchcore"):
-            raise ValueError(f"--detector must be featurenorm or patchcore, got {detector!r}")
+        if detector not in DETECTOR_CHOICES:
+            choices = ", ".join(DETECTOR_CHOICES)
+            raise ValueError(f"--detector must be one of {choices}, got {detector!r}")
         inputs = resolve_inputs(images, shots, calibration_images)
         with open_store(_store_url(store)) as opened:
             engine = LocalEngine(checkpoint, backbone)

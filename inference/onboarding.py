@@ -4,20 +4,21 @@
 path) as the shots, builds the record and publishes it as the product's next version:
 
 1. raw backbone features of the K shots -> the reference pool (every patch, every level);
-2. each shot's projected residual against the pool of the *other* K-1 shots (a shot would match
-   itself in the full pool and get a zero residual; leave-one-out gives it what a new frame
-   sees: a pool of other good parts). PatchCore's memory bank is fitted on these features,
-   as in ``adqc eval`` (pretrain/evaluation/runner.py); FeatureNorm needs no memory;
+2. each shot's projected residual against the pool of the *other* K-1 shots
+   (``pretrain.residual.leave_one_out_residuals``: a shot would match itself in the full pool
+   and get a zero residual; leave-one-out gives it what a new frame sees, a pool of other good
+   parts). The detector (``pretrain.detectors``: PatchCore's memory bank, PaDiM's Gaussians)
+   is fitted on these features, as in ``adqc eval`` (evaluation/runner.py); FeatureNorm fits
+   nothing;
 3. normal scores for the threshold: with ``calibration_images`` ("held-out"), those images
-   scored exactly as the scorer will score frames (full pool, full memory); otherwise
-   ("leave-one-out") each shot scored against the other K-1 (FeatureNorm: its leave-one-out
-   features; PatchCore: a bank fitted on the other K-1 shots' features);
+   scored exactly as the scorer will score frames (full pool, fitted detector); otherwise
+   ("leave-one-out", ``pretrain.detectors.leave_one_out_scores``) each shot scored by a
+   detector fitted on the other K-1 shots' features;
 4. threshold from those normal scores (inference/calibration.py; docs/ONBOARDING.md).
 """
 
 from __future__ import annotations
 
-import copy
 import glob
 import time
 from collections.abc import Sequence
@@ -30,17 +31,18 @@ import torch
 from inference.calibration import DEFAULT_TARGET_FAR, calibrate
 from inference.engines.local import LocalEngine
 from inference.frames import load_frame
-from inference.records import Detector as DetectorName
-from inference.records import ProductRecord, check_product_name
-from inference.scorer import detector_fields, maps_and_scores
+from inference.records import DetectorName, ProductRecord, check_product_name
+from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
-from pretrain.evaluation.detectors import Detector, FeatureNorm, PatchCore
+from pretrain.detectors import leave_one_out_scores, make_detector
 from pretrain.preprocess import resize_uint8
-from pretrain.residual import ReferencePool, pool_residuals
+from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
 MIN_SHOTS = 2
+#: detectors a product can be onboarded with
+DETECTOR_CHOICES: tuple[DetectorName, ...] = ("featurenorm", "patchcore", "padim")
 
 
 class OnboardingError(ValueError):
@@ -80,82 +82,6 @@ def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
     return np.stack([resize_uint8(load_frame(p), size) for p in paths])
 
 
-#: shots whose leave-one-out residuals go through the projector together
-PROJECTOR_BATCH = 32
-
-
-def _residual_excluding(f: torch.Tensor, pool: torch.Tensor, normed: torch.Tensor, rows: slice):
-    """f [1,C,h,w] -> its residual against ``pool`` [M,C] with the pool ``rows`` (the image's
-    own patches) left out: the same 1-NN as a pool built without them (ties: lowest index)."""
-    _, c, h, w = f.shape
-    flat = f.permute(0, 2, 3, 1).reshape(-1, c)
-    sim = torch.nn.functional.normalize(flat, dim=1) @ normed.T
-    sim[:, rows] = float("-inf")
-    idx = sim.argmax(dim=1)
-    return (flat - pool.index_select(0, idx)).reshape(1, h, w, c).permute(0, 3, 1, 2)
-
-
-def _leave_one_out_features(engine: LocalEngine, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per level [K,C,h,w]: each shot's projected residual against the other K-1 shots.
-
-    The pool of all K shots is built (and normalised) once; each shot's own patches are masked
-    out of its search, and the residuals go through the projector in batches: O(K) pool work
-    instead of rebuilding a (K-1)-shot pool per shot.
-    """
-    shots = raw[0].shape[0]
-    pool = ReferencePool.from_features(raw)
-    hw = [f.shape[2] * f.shape[3] for f in raw]
-    out: list[list[torch.Tensor]] = [[] for _ in raw]
-    with torch.inference_mode():
-        for start in range(0, shots, PROJECTOR_BATCH):
-            stop = min(shots, start + PROJECTOR_BATCH)
-            residual = [
-                torch.cat(
-                    [
-                        _residual_excluding(f[i : i + 1], p, pn, slice(i * n, (i + 1) * n))
-                        for i in range(start, stop)
-                    ]
-                )
-                for f, p, pn, n in zip(raw, pool.levels, pool.normed, hw, strict=True)
-            ]
-            for level, projected in zip(out, engine.project(residual), strict=True):
-                level.append(projected)
-    return [torch.cat(level) for level in out]
-
-
-def _fit(detector: DetectorName, features: list[torch.Tensor]) -> Detector:
-    fitted = FeatureNorm() if detector == "featurenorm" else PatchCore()
-    fitted.fit(features)
-    return fitted
-
-
-def _patchcore_loo_scores(fitted: PatchCore, loo: list[torch.Tensor], size: int) -> np.ndarray:
-    """Each shot's image score against a PatchCore bank without that shot's patches.
-
-    While the other K-1 shots' patches fit under the coreset threshold, the bank is refitted on
-    them (exact leave-one-out; no coreset is involved). Above it, refitting would run K greedy
-    coresets (minutes each at full shot), so the bank fitted on all K shots is reused with the
-    rows that came from shot i removed: the leave-one-out of the coreset, not the coreset of
-    the leave-one-out (tested and documented in docs/ONBOARDING.md).
-    """
-    k = int(loo[0].shape[0])
-    per_image = fitted.n_patches_seen // k
-    scores = np.empty(k)
-    if (k - 1) * per_image <= fitted.coreset_threshold:
-        for i in range(k):
-            rest = _fit("patchcore", [torch.cat([f[:i], f[i + 1 :]]) for f in loo])
-            scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
-        return scores
-    assert fitted.memory is not None
-    selected = fitted.selected if fitted.selected is not None else torch.arange(len(fitted.memory))
-    source = selected // per_image
-    for i in range(k):
-        rest = copy.copy(fitted)
-        rest.memory = fitted.memory[source != i]
-        scores[i] = maps_and_scores(rest, [f[i : i + 1] for f in loo], size)[1][0]
-    return scores
-
-
 def build_record(
     engine: LocalEngine,
     product: str,
@@ -167,8 +93,9 @@ def build_record(
 ) -> ProductRecord:
     """An unpublished record (version 0) from uint8 [K,S,S,3] shots (S = engine.image_size)."""
     check_product_name(product)
-    if detector not in ("featurenorm", "patchcore"):
-        raise OnboardingError(f"unknown detector {detector!r}: use featurenorm or patchcore")
+    if detector not in DETECTOR_CHOICES:
+        choices = ", ".join(DETECTOR_CHOICES)
+        raise OnboardingError(f"unknown detector {detector!r}: use one of {choices}")
     k = int(shots.shape[0])
     if k < MIN_SHOTS:
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
@@ -176,20 +103,18 @@ def build_record(
     with torch.inference_mode():
         raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
-    loo = _leave_one_out_features(engine, raw)
-    fitted = _fit(detector, loo)
+    loo = leave_one_out_residuals(raw, engine.project, model.chunk)
+    fitted = make_detector(detector)
+    fitted.fit(loo)
     if calibration is not None and len(calibration):
         with torch.inference_mode():
             x = model.preprocess(torch.from_numpy(calibration))
             features = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
-    elif detector == "featurenorm":
-        _, scores = maps_and_scores(fitted, loo, size)
-        method = "leave-one-out"
     else:
-        assert isinstance(fitted, PatchCore)
-        scores = _patchcore_loo_scores(fitted, loo, size)
+        scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
+        scores = scores.numpy().astype(np.float64)
         method = "leave-one-out"
     return ProductRecord(
         product=product,
@@ -198,8 +123,9 @@ def build_record(
         image_size=size,
         shots=k,
         pool=pool.numpy(),
+        detector_config=fitted.config,
+        detector_state=fitted.state_dict(),
         calibration=calibrate(scores.tolist(), target_far, method),
-        **detector_fields(fitted),
     )
 
 

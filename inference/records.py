@@ -2,14 +2,18 @@
 
 A :class:`ProductRecord` holds everything needed to score frames of one product with one model:
 the K-shot reference pool per feature level (raw backbone patch features, the residual basis),
-the detector's normal memory (PatchCore bank; ``None`` for FeatureNorm), the calibrated threshold,
-and the identity of the model that produced the features (``model_id``). A record is immutable
-(frozen model, read-only arrays) and versioned: the store stamps ``version`` when it publishes it;
-an unpublished record carries ``version=0``.
+the detector as a typed config plus its ``state_dict()`` (PatchCore: the memory bank; PaDiM:
+the per-position Gaussians; FeatureNorm: nothing), the calibrated threshold, and the identity of
+the model that produced the features (``model_id``). A record is immutable (frozen model,
+read-only arrays) and versioned: the store stamps ``version`` when it publishes it; an
+unpublished record carries ``version=0``.
 
 Arrays never travel as JSON: :func:`encode_record` splits a record into a small JSON metadata
 document and one ``.npy`` byte string per array (dtype and shape in the npy header), and
-:func:`decode_record` reverses it. Both are what every store backend persists.
+:func:`decode_record` reverses it. Both are what every store backend persists. The metadata
+carries the layout's ``format``: format 2 (this one) is written; format 1 (``detector`` name,
+``detector_options`` and a ``memory`` array) is converted on read; anything else is refused with
+the command that re-onboards the product.
 """
 
 from __future__ import annotations
@@ -23,13 +27,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pretrain.detectors import AnyDetectorConfig, detector_config, make_detector
+
 #: Version of the stored metadata layout; bump on incompatible changes.
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
+#: Older layouts this adqc still reads (converted to the current one on read).
+READABLE_FORMATS = (1, RECORD_FORMAT)
+#: Blob-name prefix of the detector's state-dict entries.
+STATE_PREFIX = "detector."
 
 #: Product names become Redis keys and directory names: keep them to a safe alphabet.
 PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-Detector = Literal["featurenorm", "patchcore"]
+DetectorName = Literal["featurenorm", "patchcore", "padim"]
 
 
 class ModelMismatchError(ValueError):
@@ -76,6 +86,22 @@ def _frozen_array(value: Any, *, ndim: int, what: str) -> np.ndarray:
     return array
 
 
+def _frozen_state(value: Any) -> dict[str, np.ndarray]:
+    """Owned, read-only numpy copies of a state dict (tensors or arrays), floats finite."""
+    out = {}
+    for key, item in dict(value).items():
+        if hasattr(item, "detach"):  # a torch tensor
+            item = item.detach().cpu().numpy()
+        array = np.array(item, order="C", copy=True)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ValueError(f"detector state {key!r} must be numeric, got {array.dtype}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ValueError(f"detector state {key!r} contains NaN or infinite values")
+        array.flags.writeable = False
+        out[str(key)] = array
+    return out
+
+
 class Calibration(BaseModel):
     """A product's decision threshold and the normal-score statistics it came from."""
 
@@ -106,7 +132,7 @@ class Calibration(BaseModel):
 class ProductRecord(BaseModel):
     """One published (or about-to-be published) version of a product's references."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
 
     product: str
     version: int = Field(default=0, ge=0)
@@ -115,12 +141,12 @@ class ProductRecord(BaseModel):
     backbone: str
     image_size: int = Field(gt=0)
     shots: int = Field(ge=1)
-    detector: Detector
     pool: list[np.ndarray]
-    memory: np.ndarray | None = None
-    #: the detector's scalar settings (PatchCore: n_levels, neighbourhood, embed_dim, ...), so
-    #: that ``Detector.from_state({**detector_options, "memory": memory})`` rebuilds it exactly
-    detector_options: dict[str, int | float | str | None] = Field(default_factory=dict)
+    #: the detector's settings as resolved by its fit (``pretrain.detectors``)
+    detector_config: AnyDetectorConfig
+    #: the fitted detector's ``state_dict()`` as read-only arrays (empty for FeatureNorm), so
+    #: that ``load_detector(detector_config, detector_state)`` rebuilds it exactly
+    detector_state: dict[str, np.ndarray] = Field(default_factory=dict)
     calibration: Calibration
 
     @field_validator("product")
@@ -144,10 +170,10 @@ class ProductRecord(BaseModel):
             raise ValueError("pool needs at least one feature level")
         return [_frozen_array(a, ndim=2, what=f"pool level {i}") for i, a in enumerate(levels)]
 
-    @field_validator("memory", mode="before")
+    @field_validator("detector_state", mode="before")
     @classmethod
-    def _memory(cls, value: Any) -> np.ndarray | None:
-        return None if value is None else _frozen_array(value, ndim=2, what="detector memory")
+    def _state(cls, value: Any) -> dict[str, np.ndarray]:
+        return _frozen_state(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ProductRecord:
@@ -155,16 +181,25 @@ class ProductRecord(BaseModel):
             raise ValueError(
                 f"model_id {self.model_id!r} does not belong to backbone {self.backbone!r}"
             )
-        if self.detector == "patchcore" and self.memory is None:
-            raise ValueError("a patchcore record needs its memory bank")
-        if self.detector == "featurenorm" and self.memory is not None:
-            raise ValueError("a featurenorm record has no detector memory")
+        expected = set(make_detector(self.detector_config).state_dict())
+        missing = sorted(expected - set(self.detector_state))
+        unexpected = sorted(set(self.detector_state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"a {self.detector} record's detector state must hold {sorted(expected)}: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
         return self
+
+    @property
+    def detector(self) -> str:
+        """The detector's name ('featurenorm', 'patchcore' or 'padim')."""
+        return self.detector_config.method
 
     @property
     def nbytes(self) -> int:
         """Bytes of array payload (what dominates the stored size)."""
-        arrays = [*self.pool, *([] if self.memory is None else [self.memory])]
+        arrays = [*self.pool, *self.detector_state.values()]
         return int(sum(a.nbytes for a in arrays))
 
     @property
@@ -190,8 +225,8 @@ class ProductRecord(BaseModel):
             "shots": self.shots,
             "detector": self.detector,
             "pool": [list(a.shape) for a in self.pool],
-            "memory": None if self.memory is None else list(self.memory.shape),
-            "detector_options": dict(self.detector_options),
+            "detector_config": self.detector_config.model_dump(mode="json"),
+            "detector_state": {k: list(a.shape) for k, a in self.detector_state.items()},
             "bytes": self.nbytes,
             "calibration": self.calibration.model_dump(),
         }
@@ -203,7 +238,8 @@ class ProductRecord(BaseModel):
 def array_to_bytes(array: np.ndarray) -> bytes:
     """``np.save`` bytes (npy header carries dtype and shape); never pickled."""
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+    np.save(buffer, np.asarray(array, order="C"), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -217,44 +253,97 @@ def array_from_bytes(blob: bytes, what: str) -> np.ndarray:
 
 
 def encode_record(record: ProductRecord) -> tuple[bytes, dict[str, bytes]]:
-    """Split a record into JSON metadata (no arrays, no version) and named ``.npy`` blobs.
+    """Split a record into JSON metadata (no arrays, no version) and named ``.npy`` blobs
+    (``pool.<level>`` and ``detector.<state key>``).
 
     The version is not part of the metadata: stores keep it in the key or path the blobs live
     under, so the same bytes can be written before the version pointer is flipped.
     """
     arrays = {f"pool.{i}": array_to_bytes(a) for i, a in enumerate(record.pool)}
-    if record.memory is not None:
-        arrays["memory"] = array_to_bytes(record.memory)
-    meta = record.model_dump(mode="json", exclude={"pool", "memory", "version"})
+    for key, value in record.detector_state.items():
+        arrays[STATE_PREFIX + key] = array_to_bytes(value)
+    meta = record.model_dump(mode="json", exclude={"pool", "detector_state", "version"})
     meta["format"] = RECORD_FORMAT
     meta["levels"] = len(record.pool)
     meta["arrays"] = sorted(arrays)
     return json.dumps(meta, sort_keys=True).encode(), arrays
 
 
+def _reonboard(meta: dict[str, Any]) -> str:
+    product = meta.get("product") or "PRODUCT"
+    return (
+        f"re-onboard it with `adqc product add {product} --images GOOD_IMAGES --shots K "
+        "[--detector NAME]` (the same images and options as before)"
+    )
+
+
+def _upgrade_v1(meta: dict[str, Any], arrays: dict[str, bytes]) -> dict[str, bytes]:
+    """Convert format-1 metadata in place (``detector`` name + ``detector_options`` + a
+    ``memory`` array) to format 2; returns the arrays under their format-2 names."""
+    name = meta.pop("detector", None)
+    options = meta.pop("detector_options", None) or {}
+    names = set(meta.get("arrays", []))
+    try:
+        if name == "featurenorm":
+            config = detector_config("featurenorm")
+            state: dict[str, bytes] = {}
+        elif name == "patchcore" and "memory" in names:
+            config = detector_config("patchcore", **options)
+            memory = array_from_bytes(arrays["memory"], "memory")
+            rows = np.array(memory.shape[0] if memory.ndim == 2 else 0, dtype=np.int64)
+            state = {"memory": arrays["memory"], "n_patches_seen": array_to_bytes(rows)}
+        else:
+            raise ValueError(f"detector {name!r} with arrays {sorted(names)}")
+    except (ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, RecordFormatError):
+            raise
+        raise RecordFormatError(
+            f"record of {meta.get('product')!r} is in the old format 1 and cannot be converted "
+            f"({exc}); {_reonboard(meta)}"
+        ) from exc
+    meta["detector_config"] = config.model_dump(mode="json")
+    out = {k: v for k, v in arrays.items() if k.startswith("pool.")}
+    out.update({STATE_PREFIX + k: v for k, v in state.items()})
+    meta["arrays"] = sorted(n for n in names if n.startswith("pool.")) + sorted(
+        STATE_PREFIX + k for k in state
+    )
+    return out
+
+
 def decode_record(meta_bytes: bytes, arrays: dict[str, bytes], version: int) -> ProductRecord:
-    """Rebuild a record from :func:`encode_record` output; raises :class:`RecordFormatError`."""
+    """Rebuild a record from :func:`encode_record` output (or a format-1 record, converted);
+    raises :class:`RecordFormatError` saying what is wrong and, for a layout this adqc cannot
+    read, how to re-onboard the product."""
     try:
         meta = json.loads(meta_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RecordFormatError(f"record metadata is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != RECORD_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else None
+        product = meta if isinstance(meta, dict) else {}
         raise RecordFormatError(
-            f"record format {found!r} is not supported (this adqc reads format {RECORD_FORMAT})"
+            f"record format {found!r} is not supported (this adqc reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}); {_reonboard(product)}"
         )
+    missing = sorted(set(meta.get("arrays", [])) - set(arrays))
+    if missing:
+        raise RecordFormatError(f"record of {meta.get('product')!r} lacks arrays {missing}")
+    if meta["format"] == 1:
+        arrays = _upgrade_v1(meta, arrays)
     names = meta.pop("arrays", [])
     levels = meta.pop("levels", 0)
     meta.pop("format")
-    missing = sorted(set(names) - set(arrays))
-    if missing:
-        raise RecordFormatError(f"record of {meta.get('product')!r} lacks arrays {missing}")
+    state = {
+        name[len(STATE_PREFIX) :]: array_from_bytes(arrays[name], name)
+        for name in names
+        if name.startswith(STATE_PREFIX)
+    }
     try:
         return ProductRecord(
             **meta,
             version=version,
             pool=[array_from_bytes(arrays[f"pool.{i}"], f"pool.{i}") for i in range(levels)],
-            memory=array_from_bytes(arrays["memory"], "memory") if "memory" in names else None,
+            detector_state=state,
         )
     except (ValueError, TypeError, KeyError) as exc:
         if isinstance(exc, RecordFormatError):

@@ -3,9 +3,9 @@
 ``Scorer(engine, store).score(images, product)`` takes uint8 HxWx3 images of any size, reads the
 product's latest record (one cheap version check per call; the record and its detector are
 cached by (product, version)), resizes the images to the record's image size, asks the engine
-for projected features, and applies the record's detector (FeatureNorm, or PatchCore with the
-record's memory bank) through the shared post-processing of ``pretrain.evaluation``:
-bilinear upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
+for projected features, and applies the record's detector (``pretrain.detectors``, rebuilt from
+the record's config and state dict) through the detectors' shared post-processing: bilinear
+upsampling, mean over levels, Gaussian sigma 4; image score = map maximum. Scores are
 raw, so the product's calibrated threshold applies to every frame and batch alike.
 
 Regions are the connected components (8-connectivity) of ``anomaly_map > threshold``; their
@@ -30,8 +30,7 @@ from inference.records import ProductRecord
 from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
-from pretrain.evaluation.detectors import Detector, FeatureNorm
-from pretrain.evaluation.postprocess import image_scores
+from pretrain.detectors import Detector, image_scores, load_detector
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect
@@ -41,24 +40,8 @@ MAX_REGIONS = 32
 
 
 def detector_for(record: ProductRecord) -> Detector:
-    """The record's detector, ready to score (PatchCore rebuilt from its stored memory)."""
-    if record.detector == "featurenorm":
-        return FeatureNorm()
-    state = {key: np.array(value) for key, value in record.detector_options.items()}
-    # a writable copy: torch refuses to wrap the record's read-only array without a warning
-    state.update(method=np.array(record.detector), memory=np.array(record.memory))
-    return Detector.from_state(state)
-
-
-def detector_fields(detector: Detector) -> dict:
-    """Inverse of :func:`detector_for`: the record fields that describe a fitted detector."""
-    state = detector.state()
-    method = str(np.asarray(state.pop("method")).item())
-    memory = state.pop("memory", None)
-    if any(np.asarray(v).ndim for v in state.values()):
-        raise ValueError(f"detector {method!r} keeps arrays other than a memory bank")
-    options = {k: np.asarray(v).item() for k, v in state.items()}
-    return {"detector": method, "memory": memory, "detector_options": options}
+    """The record's detector, ready to score (rebuilt from its config and state dict)."""
+    return load_detector(record.detector_config, record.detector_state)
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """ADPretrain losses: angle- and norm-oriented contrastive losses and patch labels.
 
-Implements section 5 of the method spec (shared/docs/ADPRETRAIN_METHOD.md). Every function
+Implements section 5 of the method description (docs/METHOD.md). Every function
 works on one feature level; :func:`adpretrain_loss` sums them over levels (all weights 1):
 
     L_l = L_angle(e1, e2) + L_norm(e1) + L_norm(e2)

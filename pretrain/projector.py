@@ -1,6 +1,6 @@
 """The ADPretrain feature projector (pure torch, one independent projector per level).
 
-LevelProjector, per docs/ADPRETRAIN_METHOD.md section 4:
+LevelProjector, per docs/METHOD.md section 4:
     R' = Linear(d, d)(R)                        R: learnable reference tokens [T, d], N(0, 1)
     A  = MultiHeadAttention(query=X, key=R', value=R')
     X1 = X - A

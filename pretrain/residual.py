@@ -3,7 +3,7 @@ among all patch features (any position, any image) of the K normal reference ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,3 +147,61 @@ def pool_residuals(
         nearest_residuals(f, p, chunk, pool_normed=pn, search_dtype=search_dtype)
         for f, p, pn in zip(level_features, pool.levels, pool.normed_as(search_dtype), strict=True)
     ]
+
+
+#: images whose leave-one-out residuals go through the projector together
+LEAVE_ONE_OUT_BATCH = 32
+
+
+def _residual_excluding(f: Tensor, pool: Tensor, normed: Tensor, rows: slice) -> Tensor:
+    """f [1,C,h,w] -> its residual against ``pool`` [M,C] with the pool ``rows`` (the image's
+    own patches) masked out: the same 1-NN as a pool built without them (ties: lowest index)."""
+    _, c, h, w = f.shape
+    flat = f.permute(0, 2, 3, 1).reshape(-1, c)
+    sim = F.normalize(flat, dim=1) @ normed.T
+    sim[:, rows] = float("-inf")
+    idx = sim.argmax(dim=1)
+    return (flat - pool.index_select(0, idx)).reshape(1, h, w, c).permute(0, 3, 1, 2)
+
+
+def leave_one_out_residuals(
+    level_features: Sequence[Tensor],
+    projector: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    chunk: int = 4096,
+    batch: int = LEAVE_ONE_OUT_BATCH,
+) -> list[Tensor]:
+    """Per level [K,C,h,w]: each of K reference images' residuals against the pool of the
+    *other* K-1 (then through ``projector`` when given).
+
+    In the full pool an image would match itself and get a zero residual; leaving it out gives
+    it what a new image sees, a pool of other normal images. Onboarding and evaluation fit
+    detector memories (and onboarding calibrates thresholds) on these features.
+
+    The pool of all K images is built and normalised once and each image's own patches are
+    masked out of its search (instead of rebuilding a (K-1)-image pool K times: O(K^2 M C)
+    copying at full shot); residuals go through ``projector`` ``batch`` images at a time.
+    ``chunk`` is kept for API compatibility (one image's queries are searched at once).
+    """
+    del chunk
+    k = int(level_features[0].shape[0])
+    if k < 2:
+        raise ValueError(f"leave-one-out residuals need at least 2 reference images, got {k}")
+    pool = ReferencePool.from_features(level_features)
+    hw = [f.shape[2] * f.shape[3] for f in level_features]
+    out: list[list[Tensor]] = [[] for _ in level_features]
+    with torch.inference_mode():
+        for start in range(0, k, batch):
+            stop = min(k, start + batch)
+            residual = [
+                torch.cat(
+                    [
+                        _residual_excluding(f[i : i + 1], p, pn, slice(i * n, (i + 1) * n))
+                        for i in range(start, stop)
+                    ]
+                )
+                for f, p, pn, n in zip(level_features, pool.levels, pool.normed, hw, strict=True)
+            ]
+            result = projector(residual) if projector is not None else residual
+            for level, part in zip(out, result, strict=True):
+                level.append(part)
+    return [torch.cat(level) for level in out]

@@ -1,6 +1,6 @@
 """ADPretrain training loop: learn the per-level projector on frozen-backbone residual features.
 
-Recipe (shared/docs/ADPRETRAIN_METHOD.md sections 3-5, with the reference code's defects fixed):
+Recipe (docs/METHOD.md sections 3-5, with the reference code's defects fixed, section 8):
 
 1. The data (:class:`pretrain.data.PretrainingSet`): several categories, one class each; images
    are decoded and resized once and kept in memory.

@@ -8,7 +8,7 @@ version or the new one, never half of one)::
         .lock              flock(2) taken by writers (publish, remove)
         seq                last version number handed out (kept after remove)
         latest             the published version (absent once removed)
-        v000007/           one version: meta.json, pool.0.npy, pool.1.npy, ..., memory.npy
+        v000007/           one version: meta.json, pool.0.npy, pool.1.npy, ..., detector.<key>.npy
 """
 
 from __future__ import annotations

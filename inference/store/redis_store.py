@@ -7,7 +7,7 @@ Key layout (``P`` = prefix, default ``adqc``; ``NAME`` = product name)::
     P:product:NAME:latest        STRING  the published version readers use
     P:product:NAME:versions      ZSET    versions still kept (score = version)
     P:product:NAME:v<N>:meta     STRING  record metadata, JSON, no arrays
-    P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.0", "pool.1", ..., "memory")
+    P:product:NAME:v<N>:arrays   HASH    field -> .npy bytes ("pool.<i>", ..., "detector.<key>")
     P:events                     pub/sub {"event": "published"|"removed", "product", "version"}
 
 Publishing is one Lua script (atomic in Redis): allocate the version, write the blobs under the

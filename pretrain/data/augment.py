@@ -2,7 +2,7 @@
 
 ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1) with p=0.8 (the four
 adjustments in a random order per image), RandomGrayscale p=0.2, GaussianBlur sigma 0.1-2 with
-p=0.5 (method spec section 5). No crop, flip or rotation: the pixel masks stay valid.
+p=0.5 (docs/METHOD.md section 5). No crop, flip or rotation: the pixel masks stay valid.
 
 Everything runs batched on the training device with per-image random parameters (a per-image
 torchvision pipeline cost more than the model on 2 CPU cores). Brightness, contrast, saturation

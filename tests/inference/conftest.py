@@ -10,6 +10,7 @@ import pytest
 from inference.calibration import calibrate
 from inference.records import ProductRecord
 from inference.store import open_store
+from pretrain.detectors import detector_config
 
 
 def make_record(
@@ -24,16 +25,24 @@ def make_record(
     """A valid, unpublished record with random arrays (no model needed)."""
     rng = np.random.default_rng(seed)
     pool = [rng.standard_normal(shape).astype(np.float32) for shape in levels]
-    memory = rng.standard_normal((32, 12)).astype(np.float32) if detector == "patchcore" else None
+    config, state = detector_config(detector), {}
+    if detector == "patchcore":  # a bank of 32 patches, 12 wide (as if fitted)
+        config = detector_config(detector, embed_dim=12, target_dim=12)
+        state = {
+            "memory": rng.standard_normal((32, 12)).astype(np.float32),
+            "n_patches_seen": np.array(32),
+        }
+    elif detector != "featurenorm":
+        raise ValueError(f"make_record builds featurenorm and patchcore records, not {detector}")
     return ProductRecord(
         product=product,
         model_id=model_id,
         backbone=model_id.split(":")[0],
         image_size=64,
         shots=4,
-        detector=detector,
         pool=pool,
-        memory=memory,
+        detector_config=config,
+        detector_state=state,
         calibration=calibrate(list(threshold_scores), 0.01),
     )
 

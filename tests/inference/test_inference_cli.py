@@ -53,7 +53,7 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
         (("product", "remove", "ghost"), "unknown product 'ghost'"),
         (("product", "add", "x", "--images", "/nonexistent/dir"), "no such directory"),
         (("product", "add", "x", "--images", "{good}", "--shots", "5"), "fewer than --shots 5"),
-        (("product", "add", "x", "--images", "{good}", "--detector", "padim"), "--detector"),
+        (("product", "add", "x", "--images", "{good}", "--detector", "knn"), "--detector"),
         (("product", "add", "x y", "--images", "{good}"), "invalid product name"),
     ],
 )

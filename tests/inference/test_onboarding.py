@@ -56,7 +56,7 @@ def test_local_engine_features_and_checks(local_engine):
         local_engine.features(shots[:1], other)
 
 
-@pytest.mark.parametrize("detector", ["featurenorm", "patchcore"])
+@pytest.mark.parametrize("detector", ["featurenorm", "patchcore", "padim"])
 def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
     store = open_store("memory://")
     result = onboard(local_engine, store, "cloth", good_dir, shots=3, detector=detector)
@@ -72,12 +72,16 @@ def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
     calibration = record.calibration
     assert calibration.method == "leave-one-out" and calibration.n_normals == 3
     assert calibration.threshold > max(calibration.normal_scores)
+    assert record.detector == detector
     if detector == "patchcore":
         finest = max(patches)  # PatchCore keeps every patch of the finest of its levels
-        assert record.memory is not None and record.memory.shape[0] == 3 * finest
-        assert record.detector_options["n_levels"] == 3
+        assert record.detector_state["memory"].shape[0] == 3 * finest
+        assert record.detector_config.n_levels == 3
+        assert record.detector_config.target_dim == max(spec.channels)  # resolved by fit
+    elif detector == "padim":
+        assert record.detector_state["precision"].shape == (max(patches), 100, 100)
     else:
-        assert record.memory is None
+        assert record.detector_state == {}
     # the stored record (decoded from its bytes by a fresh store object) scores like the original
     images = [load_image(good_dir / "good_3.png"), load_image(good_dir / "good_4.png")]
     fresh = Scorer(local_engine, open_store("memory://"))

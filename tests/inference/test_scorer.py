@@ -13,6 +13,7 @@ from inference.engines.base import InvalidImageError
 from inference.records import ModelMismatchError, ProductRecord
 from inference.scorer import Scorer, find_regions, heatmap_png
 from inference.store import ProductNotFoundError, open_store
+from pretrain.detectors import FeatureNormConfig
 
 
 def _record(threshold_scores=(0.05, 0.06, 0.055, 0.05), **change) -> ProductRecord:
@@ -22,7 +23,7 @@ def _record(threshold_scores=(0.05, 0.06, 0.055, 0.05), **change) -> ProductReco
         backbone="mobilenet_v2",
         image_size=64,
         shots=4,
-        detector="featurenorm",
+        detector_config=FeatureNormConfig(),
         pool=[np.zeros((4, 1), np.float32)],
         calibration=calibrate(list(threshold_scores), 0.01),
     )
@@ -140,7 +141,7 @@ def test_read_only_features_are_scored_without_a_torch_warning():
     import warnings
 
     from inference.scorer import maps_and_scores
-    from pretrain.evaluation.detectors import FeatureNorm
+    from pretrain.detectors import FeatureNorm
 
     rng = np.random.default_rng(0)
     features = [rng.normal(size=(2, 4, 3, 3)).astype(np.float32) for _ in range(2)]

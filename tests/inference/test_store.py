@@ -41,8 +41,12 @@ def test_records_read_back_identical_and_immutable(store_url, record_factory):
         back = reader.get("widget")
     assert back.calibration == original.calibration
     assert back.created_at == original.created_at
-    np.testing.assert_array_equal(back.memory, original.memory)
-    assert not back.pool[0].flags.writeable and not back.memory.flags.writeable
+    assert back.detector_config == original.detector_config
+    assert sorted(back.detector_state) == ["memory", "n_patches_seen"]
+    for key, value in original.detector_state.items():
+        np.testing.assert_array_equal(back.detector_state[key], value)
+    memory = back.detector_state["memory"]
+    assert not back.pool[0].flags.writeable and not memory.flags.writeable
 
 
 def test_reader_fetches_each_version_once_and_notices_new_ones(store_url, record_factory):
@@ -203,7 +207,7 @@ def test_redis_key_layout(redis_server, redis_url, record_factory):
     assert client.get(f"{prefix}:product:widget:latest") == b"1"
     assert client.smembers(f"{prefix}:products") == {b"widget"}
     blobs = client.hgetall(f"{prefix}:product:widget:v1:arrays")
-    assert sorted(blobs) == [b"memory", b"pool.0", b"pool.1"]
+    assert sorted(blobs) == [b"detector.memory", b"detector.n_patches_seen", b"pool.0", b"pool.1"]
     assert all(blob.startswith(b"\x93NUMPY") for blob in blobs.values())
     assert b'"product": "widget"' in client.get(f"{prefix}:product:widget:v1:meta")
 

@@ -1,4 +1,4 @@
-"""ADPretrain losses on constructed cases (method spec section 5)."""
+"""ADPretrain losses on constructed cases (docs/METHOD.md section 5)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def test_forward_matches_a_direct_transcription():
 
 
 def test_parameter_counts():
-    # DINOv2-L width by construction: 17.8 M per level, 71.4 M for 4 levels (method section 4).
+    # DINOv2-L width by construction: 17.8 M per level, 71.4 M for 4 levels
+    # (docs/METHOD.md section 4).
     dinov2_l = LevelProjector(1024)
     assert n_params(dinov2_l) == level_param_count(1024) == 17_840_384
     assert round(4 * n_params(dinov2_l) / 1e6, 1) == 71.4

@@ -5,6 +5,7 @@ These check the pipeline, never accuracy: the checkpoint is made by save_untrain
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from evaluation import bench, datasets, runner
 from pretrain.data.folders import Sample
-from pretrain.evaluation import bench, datasets, runner
 
 HEADLINE = (
     "image_auroc",
@@ -136,6 +137,9 @@ def test_eval_cli_json_report_and_refusal(untrained, bottle, tmp_path):
     assert 0.0 <= doc["image_auroc"] <= 1.0 and 0.0 <= doc["aupro"] <= 1.0
     assert doc["config"]["image_size"] == 96 and doc["config"]["shots"] == "2"
     assert doc["checkpoint"]["trained"] is False
+    assert doc["detector"]["bank_size"] == doc["detector"]["patches_seen"] > 0
+    # the installed package's version, never "unknown"
+    assert doc["versions"]["adqc"] == importlib.metadata.version("adqc") != "unknown"
     assert doc["per_defect"] and set(doc["per_defect"]) <= {
         "broken_large",
         "broken_small",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.evaluation.significance import paired_bootstrap
+from evaluation.significance import paired_bootstrap
 
 
 def _case(seed=0, n=30, size=16):

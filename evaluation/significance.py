@@ -4,7 +4,7 @@ Both feature sets score the same test images, so the images are resampled (with 
 normal and defective images separately, so every resample has both) and the metric difference
 b - a is recomputed on each resample. The 2.5 / 97.5 % quantiles give a 95 % interval.
 
-    python -m pretrain.evaluation.significance ../shared/datasets/mvtec_ad/bottle \
+    python -m evaluation.significance ../shared/datasets/mvtec_ad/bottle \
         --json docs/results/significance_bottle.json
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.evaluation import metrics as M
+from evaluation import metrics as M
 
 METRICS = ("image_auroc", "pixel_auroc")
 PIXEL_STRIDE = 4  # 224 px maps -> 56 x 56 per image: the bootstrap recomputes the curve often
@@ -84,8 +84,8 @@ def paired_bootstrap(
 
 def compare_features(category_dir: str, kinds, methods, shots, n_boot: int) -> dict[str, Any]:
     """Maps of both feature kinds for each (method, K) of one category, and their bootstrap."""
-    from pretrain.evaluation.datasets import load_category
-    from pretrain.evaluation.runner import (
+    from evaluation.datasets import load_category
+    from evaluation.runner import (
         EvalConfig,
         feature_set,
         load_model,

@@ -28,7 +28,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _shots_list(values: list[str]) -> list[int | None]:
-    from pretrain.evaluation.runner import parse_shots
+    from evaluation.runner import parse_shots
 
     out: list[int | None] = []
     for v in values:
@@ -72,7 +72,7 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Evaluate one detector on one category with K-shot references; write metrics JSON."""
-    from pretrain.evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
+    from evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -97,7 +97,7 @@ def eval_command(
         raise _fail(exc) from exc
     write_json(json_out, result)
     if report is not None:
-        from pretrain.evaluation.report import write_report
+        from evaluation.report import write_report
 
         page = write_report(report, result, fs, out)
         err.print(f"report: {page}")
@@ -158,9 +158,9 @@ def accuracy_command(
     ),
 ) -> None:
     """Accuracy benchmark: features {raw, adpretrain} x methods x shots {2,4,8,all}."""
-    from pretrain.evaluation.bench import markdown_table, run_accuracy, write_markdown
-    from pretrain.evaluation.detectors import FEATURE_KINDS, METHODS
-    from pretrain.evaluation.runner import parse_shots
+    from evaluation.bench import markdown_table, run_accuracy, write_markdown
+    from evaluation.runner import parse_shots
+    from pretrain.detectors import FEATURE_KINDS, METHODS
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.evaluation import metrics as M
+from evaluation import metrics as M
 
 N_EXAMPLES = 4
 

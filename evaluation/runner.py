@@ -20,6 +20,7 @@ Nothing is tuned on test images: every hyper-parameter is fixed in code and docu
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -34,16 +35,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.data.folders import DatasetError, Sample, load_sample
-from pretrain.evaluation import metrics as M
-from pretrain.evaluation.datasets import (
+from evaluation import metrics as M
+from evaluation.datasets import (
     Category,
     all_defects_masked,
     load_category,
     subsample_test,
 )
-from pretrain.evaluation.detectors import check_supported, make_detector
-from pretrain.evaluation.postprocess import image_scores
+from pretrain.data.folders import DatasetError, Sample, load_sample
+from pretrain.detectors import check_supported, image_scores, make_detector
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def feature_set(
     show_progress: bool = True,
 ) -> FeatureSet:
     """Train (K shots) and test features of one kind from the category's backbone features."""
-    from pretrain.residual import ReferencePool
+    from pretrain.residual import ReferencePool, leave_one_out_residuals
 
     t0 = time.perf_counter()
     model = lm.model
@@ -332,12 +332,11 @@ def feature_set(
             task = prog.add_task(f"{raw.category.name}: {kind} features", total=total)
             train = None
             if need_train:
-                parts = []
-                for i in range(n_pool):  # leave-one-out residuals of the pool images
-                    others = [torch.cat([f[:i], f[i + 1 :]]) for f in pool_feats]
-                    loo = ReferencePool.from_features(others)
-                    parts.append(_transform(model, [f[i : i + 1] for f in train_raw], loo, kind))
-                    prog.advance(task, 1)
+                projector = model.projector if kind == "adpretrain" else None
+                device = model.device
+                loo = leave_one_out_residuals([f.to(device) for f in pool_feats], projector)
+                parts = [[f.float().cpu() for f in loo]]  # the pool images, leave-one-out
+                prog.advance(task, n_pool)
                 for sl in _batches(n_train - n_pool, batch_size):
                     sl = slice(sl.start + n_pool, sl.stop + n_pool)
                     parts.append(_transform(model, [f[sl] for f in train_raw], pool, kind))
@@ -406,25 +405,15 @@ def run_method(
         out.update(M.pixel_metrics(maps, fs.masks))
     else:
         out.update({"pixel_auroc": None, "pixel_ap": None, "pixel_f1_max": None, "aupro": None})
-    info: dict[str, Any] = {}
-    if method == "patchcore":
-        info = {"bank_size": int(det.memory.shape[0]), "patches_seen": det.n_patches_seen}
-    elif method == "padim":
-        info = {
-            "channels": int(det.channel_idx.numel()),
-            "mean_shrinkage": float(det.shrinkage.mean()),
-        }
-    return MethodOutput(method, scores, maps, out, t1 - t0, t2 - t1, info)
+    return MethodOutput(method, scores, maps, out, t1 - t0, t2 - t1, det.info())
 
 
 # ------------------------------------------------------------------------------ the command
 
 
 def _versions() -> dict[str, str]:
-    import adqc
-
     return {
-        "adqc": getattr(adqc, "__version__", "unknown"),
+        "adqc": importlib.metadata.version("adqc"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pretrain.evaluation.datasets import load_category
-from pretrain.evaluation.detectors import UnsupportedCombinationError, check_supported
-from pretrain.evaluation.runner import (
+from evaluation.datasets import load_category
+from evaluation.runner import (
     DEFAULT_BACKBONE,
     DEFAULT_POOL_CAP,
     EvalConfig,
@@ -34,6 +33,7 @@ from pretrain.evaluation.runner import (
     untrained_warning,
     write_json,
 )
+from pretrain.detectors import UnsupportedCombinationError, check_supported
 
 BEGIN = "<!-- adqc bench accuracy {section}: generated, do not edit by hand -->"
 END = "<!-- adqc bench accuracy {section}: end -->"

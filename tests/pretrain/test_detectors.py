@@ -8,8 +8,8 @@ import torch
 from scipy import ndimage
 from sklearn.covariance import ledoit_wolf as sk_ledoit_wolf
 
-from pretrain.evaluation import detectors as D
-from pretrain.evaluation import postprocess as P
+import pretrain.detectors as D
+from pretrain.detectors import components as P
 
 
 def _levels(n, seed=0, shapes=((8, 16, 16), (16, 8, 8), (32, 4, 4))):
@@ -75,7 +75,8 @@ def test_featurenorm_formula_and_refusal_on_raw():
     D.check_supported("patchcore", "raw")
     with pytest.raises(ValueError):
         D.check_supported("knn", "raw")
-    assert isinstance(D.Detector.from_state(det.state()), D.FeatureNorm)
+    assert isinstance(D.load_detector(det.config, det.state_dict()), D.FeatureNorm)
+    assert det.state_dict() == {} and det.fitted
 
 
 # -------------------------------------------------------------------------------- PatchCore
@@ -86,15 +87,15 @@ def test_nearest_distances_matches_cdist_in_chunks():
     q = torch.randn(333, 24, generator=g)
     b = torch.randn(97, 24, generator=g)
     ref = torch.cdist(q.double(), b.double()).min(dim=1).values.float()
-    out = D.nearest_distances(q, b, max_chunk_elems=97 * 10)  # 34 chunks, last one partial
+    out = P.nearest_distances(q, b, max_chunk_elems=97 * 10)  # 34 chunks, last one partial
     assert torch.allclose(out, ref, atol=1e-4)
-    assert D.nearest_distances(b[:5], b).abs().max() < 1e-2  # a bank row is its own neighbour
+    assert P.nearest_distances(b[:5], b).abs().max() < 1e-2  # a bank row is its own neighbour
 
 
 def test_greedy_coreset_matches_naive_k_center():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(400, 16, generator=g)
-    sel = D.greedy_coreset(x, 25, project_dim=0, seed=3)
+    sel = P.greedy_coreset(x, 25, project_dim=0, seed=3)
     # naive reference: same start, recompute all distances each step
     start = int(torch.randint(400, (1,), generator=torch.Generator().manual_seed(3)).item())
     chosen = [start]
@@ -103,7 +104,7 @@ def test_greedy_coreset_matches_naive_k_center():
         chosen.append(int(d.argmax()))
     assert sel.tolist() == chosen
     assert len(set(sel.tolist())) == 25
-    assert D.greedy_coreset(x, 1000).tolist() == list(range(400))
+    assert P.greedy_coreset(x, 1000).tolist() == list(range(400))
 
 
 def test_patchcore_finds_defect_and_round_trips_state():
@@ -116,7 +117,7 @@ def test_patchcore_finds_defect_and_round_trips_state():
     assert m.shape == (2, 16, 16)
     assert m[0, :3, :3].mean() > 2 * m[1].mean()
     maps = det.anomaly_maps(test, 64)
-    assert D.Detector.from_state(det.state()).anomaly_maps(test, 64).allclose(maps)
+    assert torch.equal(D.load_detector(det.config, det.state_dict()).anomaly_maps(test, 64), maps)
     assert int(maps[0].flatten().argmax()) // 64 < 20  # peak in the defective top rows
 
 
@@ -124,7 +125,7 @@ def test_patchcore_coreset_when_bank_is_large():
     train = _levels(6, seed=0)
     det = D.PatchCore(coreset_threshold=1000, coreset_ratio=0.1)
     det.fit(train)
-    assert det.n_patches_seen == 6 * 256
+    assert int(det.n_patches_seen) == 6 * 256
     assert det.memory.shape[0] == int(np.ceil(0.1 * 6 * 256))
     # Every fitted patch is close to the coreset: its distance is bounded by the coverage
     # radius, far below the distance of an injected defect.
@@ -140,7 +141,7 @@ def test_patchcore_coreset_when_bank_is_large():
 def test_ledoit_wolf_matches_sklearn(n):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3, n, 7)) @ rng.normal(size=(7, 7))
-    mean, cov, shrink = D.ledoit_wolf(torch.from_numpy(x))
+    mean, cov, shrink = P.ledoit_wolf(torch.from_numpy(x))
     for p in range(3):
         sk_cov, sk_shrink = sk_ledoit_wolf(x[p])
         assert np.allclose(cov[p].numpy(), sk_cov, atol=1e-10)
@@ -159,23 +160,110 @@ def test_padim_few_shot_finds_defect_and_round_trips_state(k):
     assert m.shape == (2, 16, 16)
     assert torch.isfinite(m).all()
     assert m[0, :3, :3].mean() > 1.5 * m[1].mean()
-    state = det.state()
+    state = det.state_dict()
     assert state["precision"].shape == (256, 20, 20)
-    again = D.Detector.from_state(state)
-    assert again.anomaly_maps(test, 32).allclose(det.anomaly_maps(test, 32), atol=1e-5)
+    again = D.load_detector(det.config, {k: v.numpy() for k, v in state.items()})
+    assert torch.equal(again.anomaly_maps(test, 32), det.anomaly_maps(test, 32))
 
 
 def test_unfitted_detectors_raise():
-    with pytest.raises(RuntimeError):
+    with pytest.raises(D.NotFittedError, match="before fit"):
         D.PatchCore().score(_levels(1))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(D.NotFittedError):
         D.PaDiM().score(_levels(1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown method"):
         D.make_detector("nope")
 
 
+# --------------------------------------------------------------- modules, configs, state dicts
+
+
+@pytest.mark.parametrize("method", ["featurenorm", "patchcore", "padim"])
+def test_state_dict_round_trip_through_npy_bytes_scores_identically(method):
+    import io
+
+    train, test = _levels(3, seed=0), _with_defect(_levels(2, seed=1))
+    det = D.make_detector(method)
+    det.fit(train)
+    assert isinstance(det, torch.nn.Module)
+    assert list(det.state_dict()) == [name for name, _ in det.named_buffers()]  # all in buffers
+    assert not list(det.parameters())
+    stored = {}
+    for key, value in det.state_dict().items():  # what a product record does with the state
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(value.numpy()), allow_pickle=False)
+        stored[key] = np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False)
+        stored[key].flags.writeable = False
+    config = D.parse_config(det.config.model_dump(mode="json"))
+    assert config == det.config
+    again = D.load_detector(config, stored)
+    assert torch.equal(again.anomaly_maps(test, 48), det.anomaly_maps(test, 48))
+    assert torch.equal(again(test)[0], det.score(test)[0])
+
+
+def test_configs_are_typed_validated_and_resolved_by_fit():
+    det = D.make_detector("patchcore", n_levels=2)
+    assert det.config == D.PatchCoreConfig(n_levels=2) and det.config.embed_dim is None
+    det.fit(_levels(2))
+    assert det.config.embed_dim == 32 and det.config.target_dim == 32  # the widest level
+    assert D.detector_config("padim", n_channels=7) == D.PaDiMConfig(n_channels=7)
+    with pytest.raises(ValueError, match="n_channels"):
+        D.detector_config("padim", n_channels=0)
+    with pytest.raises(ValueError, match="extra|not permitted"):
+        D.detector_config("featurenorm", k=3)
+    with pytest.raises(TypeError, match="PaDiMConfig"):
+        D.PaDiM(D.PatchCoreConfig())
+
+
+def test_load_detector_refuses_wrong_state():
+    det = D.make_detector("patchcore")
+    det.fit(_levels(2))
+    state = dict(det.state_dict())
+    with pytest.raises(RuntimeError, match="memory"):
+        D.load_detector(det.config, {"n_patches_seen": state["n_patches_seen"]})
+    with pytest.raises(RuntimeError, match="bogus"):
+        D.load_detector(det.config, {**state, "bogus": torch.zeros(1)})
+    narrow = D.load_detector(det.config.model_copy(update={"target_dim": 8}), state)
+    with pytest.raises(ValueError, match="memory width"):
+        narrow.score(_levels(1))
+
+
+@pytest.mark.parametrize("method", ["featurenorm", "patchcore", "padim"])
+def test_leave_one_out_scores_fit_on_the_others(method):
+    features = _with_defect(_levels(4, seed=2), value=8.0)
+    config = D.detector_config(method)
+    scores = D.leave_one_out_scores(config, features, 32)
+    assert scores.shape == (4,)
+    for i in range(4):
+        det = D.make_detector(config)
+        others = [torch.cat([f[:i], f[i + 1 :]]) for f in features]
+        det.fit(others)
+        expect = P.image_scores(det.anomaly_maps([f[i : i + 1] for f in features], 32))[0]
+        assert scores[i].item() == pytest.approx(expect.item(), rel=1e-6)
+    assert int(scores.argmax()) == 0  # the image with the defect stands out
+    with pytest.raises(ValueError, match="at least 2"):
+        D.leave_one_out_scores(config, [f[:1] for f in features], 32)
+
+
+def test_leave_one_out_residuals_match_the_pool_of_the_others():
+    from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
+
+    levels = _levels(3, seed=4, shapes=((8, 6, 6), (16, 3, 3)))
+    loo = leave_one_out_residuals(levels)
+    assert [f.shape for f in loo] == [f.shape for f in levels]
+    others = ReferencePool.from_features([f[[0, 2]] for f in levels])
+    expect = pool_residuals([f[1:2] for f in levels], others)
+    for got, want in zip(loo, expect, strict=True):
+        assert torch.equal(got[1:2], want)
+    assert all(f.abs().sum() > 0 for f in loo)  # nobody matched itself
+    doubled = leave_one_out_residuals(levels, projector=lambda r: [2 * f for f in r])
+    assert all(torch.equal(d, 2 * f) for d, f in zip(doubled, loo, strict=True))
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_residuals([f[:1] for f in levels])
+
+
 def test_nearest_distances_low_precision_products_stay_close():
-    from pretrain.evaluation.detectors import nearest_distances
+    from pretrain.detectors.components import nearest_distances
 
     g = torch.Generator().manual_seed(0)
     q, bank = torch.randn(200, 64, generator=g), torch.randn(500, 64, generator=g)

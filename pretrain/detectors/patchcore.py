@@ -1,0 +1,103 @@
+"""PatchCore (Roth et al., CVPR 2022): nearest-neighbour distance to a memory bank of patches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from pretrain.detectors.base import Detector, DetectorConfig, check_levels, finest_grid
+from pretrain.detectors.components import greedy_coreset, nearest_distances
+
+
+class PatchCoreConfig(DetectorConfig):
+    """PatchCore settings; ``embed_dim`` / ``target_dim`` None = resolved from the features by
+    ``fit`` (the widest level), after which the detector's config carries the numbers."""
+
+    method: Literal["patchcore"] = "patchcore"
+    n_levels: int = Field(3, ge=1)
+    neighbourhood: int = Field(3, ge=1)
+    embed_dim: int | None = Field(None, ge=1)
+    target_dim: int | None = Field(None, ge=1)
+    coreset_ratio: float = Field(0.1, gt=0.0, le=1.0)
+    coreset_threshold: int = Field(10_000, ge=1)
+    project_dim: int = Field(128, ge=0)
+    seed: int = 0
+
+
+class PatchCore(Detector[PatchCoreConfig]):
+    """PatchCore on the last ``n_levels`` feature levels.
+
+    Embedding: 3x3 neighbourhood average per level; levels bilinearly upsampled to the finest
+    grid among them; each level's channels adaptive-average-pooled to a common width
+    ``embed_dim`` (default: the widest level), then the levels pooled together to
+    ``target_dim`` (default: embed_dim), as in the reference implementation's aggregator.
+    Memory bank (buffer ``memory`` [M, target_dim]): every patch of the fitted images while
+    there are at most ``coreset_threshold`` of them (few-shot: all K images' patches), else a
+    greedy coreset of ``coreset_ratio`` (random projection to ``project_dim`` for selection).
+    Token score: L2 distance to the nearest bank patch.
+    """
+
+    name = "patchcore"
+    config_class = PatchCoreConfig
+
+    def __init__(self, config: PatchCoreConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.register_buffer("memory", torch.empty(0, dtype=torch.float32))
+        self.register_buffer("n_patches_seen", torch.tensor(0, dtype=torch.int64))
+
+    def embed(self, features: Sequence[Tensor]) -> tuple[Tensor, tuple[int, int]]:
+        """Patch embeddings [B*h*w, target_dim] and the grid (h, w)."""
+        cfg = self.config
+        levels = check_levels(features, "PatchCore")[-cfg.n_levels :]
+        if cfg.embed_dim is None or cfg.target_dim is None:
+            embed_dim = cfg.embed_dim or max(f.shape[1] for f in levels)
+            cfg = self.config = cfg.model_copy(
+                update={"embed_dim": embed_dim, "target_dim": cfg.target_dim or embed_dim}
+            )
+        grid = finest_grid(levels)
+        p = cfg.neighbourhood
+        b = levels[0].shape[0]
+        parts = []
+        for f in levels:
+            if p > 1:
+                f = F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False)
+            if tuple(f.shape[-2:]) != grid:
+                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            tokens = f.permute(0, 2, 3, 1).reshape(-1, 1, f.shape[1])
+            parts.append(F.adaptive_avg_pool1d(tokens, cfg.embed_dim))  # [BHW,1,D]
+        stacked = torch.cat(parts, dim=1).reshape(b * grid[0] * grid[1], 1, -1)
+        emb = F.adaptive_avg_pool1d(stacked, cfg.target_dim).squeeze(1)
+        return emb.contiguous(), grid
+
+    def fit(self, features: Sequence[Tensor]) -> None:
+        emb, _ = self.embed(features)
+        seen = emb.shape[0]
+        # rows of the fitted embedding the bank keeps (None: all); not part of the state
+        self.selected: Tensor | None = None
+        if seen > self.config.coreset_threshold:
+            n_select = max(1, int(math.ceil(self.config.coreset_ratio * seen)))
+            idx = greedy_coreset(emb, n_select, self.config.project_dim, self.config.seed)
+            self.selected = idx
+            emb = emb[idx]
+        self.memory = emb.contiguous()
+        self.n_patches_seen = torch.tensor(seen, dtype=torch.int64)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        self._require_fitted()
+        if self.config.target_dim is not None and self.memory.shape[-1] != self.config.target_dim:
+            raise ValueError(
+                f"PatchCore: memory width {self.memory.shape[-1]} != target_dim "
+                f"{self.config.target_dim}"
+            )
+        emb, grid = self.embed(features)
+        d = nearest_distances(emb, self.memory.to(emb.device))
+        return [d.reshape(-1, grid[0], grid[1])]
+
+    def info(self) -> dict[str, Any]:
+        return {"bank_size": int(self.memory.shape[0]), "patches_seen": int(self.n_patches_seen)}
