@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adqc.stages_bench import DEFAULT_DATA, StagesConfig, run_stages, write_json
+from adqc.stages_bench import DEFAULT_DATA, StagesConfig, run_stages, write_json, write_markdown
 
 console = Console()
 OUT_DIR = Path("docs/perf")
@@ -89,6 +89,7 @@ def stages_command(
     threads: int = typer.Option(0, "--threads", min=0, help="torch intra-op threads (0: default)"),
     profile: Path = typer.Option(None, "--profile", help="write a torch.profiler table here"),
     smoke: bool = typer.Option(False, "--smoke", help="seconds-long run (CI)"),
+    doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
 ) -> None:
     """Time each in-process model stage (images/s, ms per stage, RSS) in one run."""
     if smoke:
@@ -112,6 +113,8 @@ def stages_command(
         console.print(f"[red]adqc bench stages: {e}[/red]")
         raise typer.Exit(2) from e
     write_json(result, json_out)
+    if doc is not None:
+        write_markdown(result, doc)
     print_stages(result)
     console.print(f"wrote {json_out}")
 
@@ -144,6 +147,7 @@ def all_command(
         [], "--with", help="also run: onboarding, pipeline, triton, anomalib (repeatable)"
     ),
     timeout: float = typer.Option(1800, "--timeout", help="seconds per child benchmark"),
+    doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
 ) -> None:
     """The benchmark suite in one command: stages (always), then what ``--with`` names."""
     children = {
@@ -167,6 +171,8 @@ def all_command(
     )
     stages = run_stages(cfg)
     write_json(stages, out / f"stages{suffix}.json")
+    if doc is not None:
+        write_markdown(stages, doc)
     summary["runs"]["stages"] = {"json": str(out / f"stages{suffix}.json"), "rc": 0}
     for name in with_:
         argv = [*children[name], "--json", str(out / f"{name}{suffix}.json")]

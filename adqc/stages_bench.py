@@ -487,3 +487,87 @@ def write_json(result: dict, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+BEGIN = "<!-- adqc bench stages: generated, do not edit by hand -->"
+END = "<!-- adqc bench stages: end -->"
+
+
+def render_markdown(result: dict) -> str:
+    """The stage, search and variant tables of one run, as markdown."""
+    la, lb = result["load_average_start"], result["load_average_end"]
+    lines = [
+        f"`{result['command']}` — {result['device']}, {result['threads']} threads, "
+        f"{result['cpu_count']} CPUs, model `{result['model_id']}`, images: {result['images']}, "
+        f"K = {result['shots']}; load average {la[0]} → {lb[0]} (1 min); peak RSS "
+        f"{result['peak_rss_mb']} MB; median of {result['config']['repeats']} calls.",
+        "",
+    ]
+    batches = sorted({r["batch"] for r in result["stages"]})
+    head = "| stage | " + " | ".join(f"B={b} ms/img | B={b} img/s" for b in batches) + " |"
+    lines += [head, "|---" * (1 + 2 * len(batches)) + "|"]
+    first = [r for r in result["stages"] if r["batch"] == batches[0]]
+    names = [r["stage"] for r in first if "ms_per_batch" in r]
+    rows = result["stages"] + result["totals"]
+    for name in [*names, "engine", "frame (featurenorm)"]:
+        cells = []
+        for b in batches:
+            r = next((r for r in rows if r["stage"] == name and r["batch"] == b), None)
+            cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
+        label = f"**{name}**" if name in ("engine", "frame (featurenorm)") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    search = result["search"]
+    low = search["low_precision"]
+    lines += [
+        "",
+        f"Residual 1-NN per image (batch {result['config']['search_batch']}) against the pool "
+        f"of K shots, float32 vs chunked {low}; 'same NN': fraction of patches whose "
+        f"neighbour is unchanged, per level.",
+        "",
+        f"| K | pool patches per level | fp32 ms/img | {low} ms/img | speed-up | same NN |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in search["residual"]:
+        lines.append(
+            f"| {r['shots']} | {' / '.join(map(str, r['pool_patches']))} | "
+            f"{r['fp32_ms_per_image']} | {r['low_ms_per_image']} | {r['speedup']} | "
+            f"{' / '.join(map(str, r['same_neighbour_fraction']))} |"
+        )
+    lines += [
+        "",
+        "PatchCore nearest distance per image (196 queries of width 320) against memory banks:",
+        "",
+        f"| bank rows | fp32 ms/img | {low} ms/img | speed-up | max relative error |",
+        "|---|---|---|---|---|",
+    ]
+    for r in search["bank"]:
+        lines.append(
+            f"| {r['bank_size']} | {r['fp32_ms_per_image']} | {r['low_ms_per_image']} | "
+            f"{r['speedup']} | {r['max_rel_error']} |"
+        )
+    if result.get("variants"):
+        lines += [
+            "",
+            "| stage | variant | batch | baseline ms | variant ms | speed-up | max abs diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["variants"]:
+            lines.append(
+                f"| {r['stage']} | {r['variant']} | {r['batch']} | {r['baseline_ms']} | "
+                f"{r['variant_ms']} | **{r['speedup']}** | {r['max_abs_diff']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: dict, path: Path | str) -> None:
+    """Replace the generated section of ``path`` (between the markers) with this run's tables;
+    append the section when the markers are absent."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{render_markdown(result)}{END}"
+    if BEGIN in text and END in text:
+        start, stop = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:start] + block + text[stop:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
