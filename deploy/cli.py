@@ -1,4 +1,5 @@
-"""`adqc export triton|onnx|torchscript` and `adqc bench triton` (mounted by adqc/cli.py)."""
+"""`adqc export triton|onnx|torchscript`, `adqc bench triton` and `adqc stack` (mounted by
+adqc/cli.py)."""
 
 from __future__ import annotations
 
@@ -190,3 +191,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["export"].command("onnx")(export_onnx_cmd)
     groups["export"].command("torchscript")(export_torchscript_cmd)
     groups["bench"].command("triton")(bench_triton)
+    from deploy.stack_cli import stack_app
+
+    app.add_typer(stack_app, name="stack")

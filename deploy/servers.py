@@ -1,10 +1,11 @@
-"""Start and stop real local servers (Redis, Apache Kafka in KRaft mode, Triton) on loopback.
+"""Start and stop real local servers (Redis, Kafka in KRaft mode, Triton, Jaeger) on loopback.
 
 Used by the test fixtures (tests/conftest.py) and by ``adqc bench pipeline``. Each server binds
 127.0.0.1 on free ports, waits until it really answers (with a timeout and an error that quotes
 the tail of the server's log), exposes its address, and stops cleanly. The binaries come from
 ``make servers`` (deploy/scripts/install_all.sh): Debian's redis-server, Kafka jars from Maven
-Central in ``.cache/kafka/libs``, and tritonserver from nvidia-pytriton in ``.cache/triton``.
+Central in ``.cache/kafka/libs``, tritonserver from nvidia-pytriton in ``.cache/triton`` and
+Jaeger v2 built from the Go module proxy in ``.cache/bin/jaeger``.
 
 Every class works as a context manager (``with RedisServer() as redis: ...``); ``start()`` and
 ``stop()`` may be called repeatedly on one object (restart tests keep the data and the ports),
@@ -103,6 +104,9 @@ class _ManagedServer:
     name = "server"
     startup_timeout = 60.0
     stop_timeout = 30.0
+    #: start the process in a process group of its own (pgid = pid): a Ctrl-C in the terminal
+    #: then reaches only the parent, which stops its servers in order (``adqc stack up``).
+    own_process_group = False
 
     def __init__(self, workdir: str | Path | None, startup_timeout: float | None) -> None:
         self._own_workdir = workdir is None
@@ -192,6 +196,7 @@ class _ManagedServer:
                     stdin=subprocess.DEVNULL,
                     cwd=self.workdir,
                     env=self._env(),
+                    process_group=0 if self.own_process_group else None,
                 )
             except OSError as err:
                 raise ServerStartError(f"{self.name}: cannot run {command[0]}: {err}") from err
@@ -863,3 +868,186 @@ class TritonServer(_ManagedServer):
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
             with contextlib.suppress(OSError):
                 region.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+class JaegerServer(_ManagedServer):
+    """Jaeger v2 (OTLP in, in-memory storage, query API + UI) from ``.cache/bin/jaeger``.
+
+    The binary is built from the Go module proxy by ``deploy/scripts/install_jaeger.sh``. The
+    server runs on a generated config (``workdir/jaeger.yaml``) so every port is chosen here
+    (free ones by default) and bound to 127.0.0.1; run bare, Jaeger would take the fixed ports
+    4317/4318/16686. Ready once the health check reports OK and the query API answers.
+
+    Args:
+        otlp_grpc_port, otlp_http_port: OTLP receiver ports (default: free ones).
+        query_port: query HTTP API and UI (``/api/traces/<id>``, ``/search``).
+        workdir: config + log directory (default: temporary, removed by ``close()``).
+        max_traces: traces kept in memory.
+    """
+
+    name = "jaeger"
+    startup_timeout = 60.0
+    stop_timeout = 15.0
+
+    def __init__(
+        self,
+        *,
+        otlp_grpc_port: int | None = None,
+        otlp_http_port: int | None = None,
+        query_port: int | None = None,
+        workdir: str | Path | None = None,
+        startup_timeout: float | None = None,
+        max_traces: int = 100_000,
+    ) -> None:
+        binary = cache_dir() / "bin" / "jaeger"
+        if not binary.is_file():
+            raise ServersNotInstalledError(
+                f"jaeger not found at {binary}: run `make servers` "
+                "(bash deploy/scripts/install_jaeger.sh builds it, ~6 min once per machine)"
+            )
+        super().__init__(workdir, startup_timeout)
+        self._binary = binary
+        self._auto_ports = otlp_grpc_port is None and otlp_http_port is None and query_port is None
+        self.otlp_grpc_port = otlp_grpc_port or free_port()
+        self.otlp_http_port = otlp_http_port or free_port()
+        self.query_port = query_port or free_port()
+        self._pick_internal_ports()
+        self.max_traces = max_traces
+        self.config_path = self.workdir / "jaeger.yaml"
+
+    def _pick_internal_ports(self) -> None:
+        self.query_grpc_port, self.health_port, self.metrics_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+
+    def _pick_ports(self) -> None:
+        self.otlp_grpc_port, self.otlp_http_port, self.query_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+        self._pick_internal_ports()
+
+    @property
+    def otlp_http_endpoint(self) -> str:
+        """The OTLP/HTTP traces URL (``telemetry.otlp_endpoint`` of ``adqc serve``)."""
+        return f"http://{LOOPBACK}:{self.otlp_http_port}/v1/traces"
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """``127.0.0.1:<port>`` of the OTLP gRPC receiver."""
+        return f"{LOOPBACK}:{self.otlp_grpc_port}"
+
+    @property
+    def query_url(self) -> str:
+        """Base URL of the query API and UI, ``http://127.0.0.1:<port>``."""
+        return f"http://{LOOPBACK}:{self.query_port}"
+
+    def config(self) -> dict[str, Any]:
+        """The Jaeger (OpenTelemetry Collector) configuration this server runs."""
+        at = f"{LOOPBACK}:"
+        return {
+            "service": {
+                "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+                "pipelines": {
+                    "traces": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch"],
+                        "exporters": ["jaeger_storage_exporter"],
+                    }
+                },
+                "telemetry": {
+                    "resource": {"service.name": "jaeger"},
+                    "metrics": {
+                        "level": "basic",
+                        "readers": [
+                            {
+                                "pull": {
+                                    "exporter": {
+                                        "prometheus": {"host": LOOPBACK, "port": self.metrics_port}
+                                    }
+                                }
+                            }
+                        ],
+                    },
+                    "logs": {"level": "info"},
+                },
+            },
+            "extensions": {
+                "healthcheckv2": {"use_v2": True, "http": {"endpoint": f"{at}{self.health_port}"}},
+                "jaeger_query": {
+                    "storage": {"traces": "memstore"},
+                    "http": {"endpoint": f"{at}{self.query_port}"},
+                    "grpc": {"endpoint": f"{at}{self.query_grpc_port}"},
+                },
+                "jaeger_storage": {
+                    "backends": {"memstore": {"memory": {"max_traces": self.max_traces}}}
+                },
+            },
+            "receivers": {
+                "otlp": {
+                    "protocols": {
+                        "grpc": {"endpoint": f"{at}{self.otlp_grpc_port}"},
+                        "http": {"endpoint": f"{at}{self.otlp_http_port}"},
+                    }
+                }
+            },
+            "processors": {"batch": {"timeout": "200ms"}},
+            "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+        }
+
+    def _prepare(self) -> None:
+        import yaml
+
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def _command(self) -> list[str]:
+        return [str(self._binary), "--config", str(self.config_path)]
+
+    def _get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        return _get_json(f"{self.query_url}{path}", timeout)
+
+    def _ready(self) -> bool:
+        url = f"http://{LOOPBACK}:{self.health_port}/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status != 200:
+                return False
+        return self._get_json("/api/services", timeout=2)[0] == 200 and port_open(
+            self.otlp_http_port
+        )
+
+    def services(self) -> list[str]:
+        """Service names that sent spans."""
+        status, body = self._get_json("/api/services")
+        return sorted(body.get("data") or []) if status == 200 and body else []
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """The trace ``trace_id`` (see :func:`jaeger_trace`)."""
+        return jaeger_trace(self.query_url, trace_id)
+
+
+def _get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    import json
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return err.code, json.loads(body or b"null")
+        except ValueError:
+            return err.code, body.decode(errors="replace")
+
+
+def jaeger_trace(query_url: str, trace_id: str) -> dict[str, Any] | None:
+    """Trace ``trace_id`` (32 hex) from a Jaeger query API (``/api/traces/<id>``); None when
+    not (yet) stored. Jaeger's JSON: ``spans`` (``operationName``, ``references``,
+    ``processID``, ``tags``) and ``processes`` (``serviceName`` by process id)."""
+    status, body = _get_json(f"{query_url.rstrip('/')}/api/traces/{trace_id}")
+    if status != 200 or not isinstance(body, dict) or not body.get("data"):
+        return None
+    return dict(body["data"][0])

@@ -3,7 +3,9 @@
 Each frame is one Kafka record: key = camera id, value = the encoded file bytes (or, with
 ``claim_check=True``, its ``file://`` URI), headers = :class:`~ingest.schemas.FrameHeaders`
 (product, line, camera, frame id, capture time, content type, image size and a fresh W3C
-``traceparent``, as an instrumented camera gateway would send).
+``traceparent``, as an instrumented camera gateway would send). With a ``tracer`` the
+``traceparent`` is that of a ``"<topic> publish"`` PRODUCER span, exported like any span, so
+the frame's trace starts at the camera.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
+from opentelemetry.trace import SpanKind, Tracer
 from PIL import Image, UnidentifiedImageError
 
 from ingest.schemas import CLAIM_CHECK_CONTENT_TYPE, FrameHeaders, utc_now
@@ -66,6 +69,8 @@ class CameraSimulator:
         topic: frames topic.
         product, line, camera: frame metadata (``camera`` is also the record key).
         claim_check: send ``file://`` URIs instead of image bytes.
+        tracer: make a PRODUCER span per frame (see :mod:`ingest.tracing`); default: a random
+            ``traceparent`` and no span.
     """
 
     def __init__(
@@ -76,8 +81,10 @@ class CameraSimulator:
         line: str = "line-1",
         camera: str = "cam-1",
         claim_check: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self.producer = producer
+        self.tracer = tracer
         self.topic = topic
         self.product = product
         self.line = line
@@ -85,8 +92,11 @@ class CameraSimulator:
         self.claim_check = claim_check
         self._run = uuid.uuid4().hex[:8]
 
-    def message(self, path: Path, index: int) -> tuple[bytes, bytes, FrameHeaders]:
-        """(key, value, headers) for ``path`` as the ``index``-th frame."""
+    def message(
+        self, path: Path, index: int, traceparent: str | None = None
+    ) -> tuple[bytes, bytes, FrameHeaders]:
+        """(key, value, headers) for ``path`` as the ``index``-th frame (a fresh
+        ``traceparent`` unless one is given)."""
         content_type = SUFFIX_CONTENT_TYPES.get(path.suffix.lower())
         if content_type is None:
             raise CameraSourceError(f"{path}: not a .png/.jpg/.jpeg file")
@@ -107,7 +117,7 @@ class CameraSimulator:
             frame_id=f"{self.camera}-{self._run}-{index:07d}",
             capture_time=utc_now(),
             content_type=content_type,
-            traceparent=new_traceparent(),
+            traceparent=traceparent or new_traceparent(),
             width=width,
             height=height,
         )
@@ -115,7 +125,27 @@ class CameraSimulator:
 
     def publish(self, path: Path, index: int) -> Any:
         """Send one frame; returns kafka-python's future and the headers sent."""
-        key, value, headers = self.message(path, index)
+        if self.tracer is None:
+            return self._send(*self.message(path, index))
+        from ingest.tracing import traceparent
+
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": self.topic,
+            "messaging.kafka.message.key": self.camera,
+            "adqc.product": self.product,
+            "adqc.line": self.line,
+        }
+        name = f"{self.topic} publish"
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            key, value, headers = self.message(path, index, traceparent(span))
+            span.set_attribute("messaging.message.id", headers.frame_id)
+            return self._send(key, value, headers)
+
+    def _send(self, key: bytes, value: bytes, headers: FrameHeaders) -> Any:
         future = self.producer.send(self.topic, key=key, value=value, headers=headers.to_kafka())
         return future, headers
 

@@ -137,6 +137,12 @@ def simulate_command(
     claim_check: bool = typer.Option(
         False, "--claim-check", help="send file:// URIs instead of image bytes"
     ),
+    otlp_endpoint: str | None = typer.Option(
+        None,
+        "--otlp-endpoint",
+        help="export a 'publish' span per frame to this OTLP/HTTP traces URL "
+        "(e.g. http://127.0.0.1:4318/v1/traces); the frame's traceparent points at it",
+    ),
 ) -> None:
     """Publish a folder's images to Kafka as frames of one camera."""
     from ingest.camera import CameraSimulator, CameraSourceError, list_images, make_producer
@@ -158,7 +164,20 @@ def simulate_command(
         ssl_keyfile=ssl_keyfile,
     )
     producer = make_producer(kafka=kafka)
-    sim = CameraSimulator(producer, topic, product, line, camera, claim_check=claim_check)
+    provider = None
+    if otlp_endpoint:
+        from ingest.tracing import tracer_provider
+
+        provider = tracer_provider("adqc-camera", otlp_endpoint)
+    sim = CameraSimulator(
+        producer,
+        topic,
+        product,
+        line,
+        camera,
+        claim_check=claim_check,
+        tracer=provider.get_tracer("adqc.camera") if provider is not None else None,
+    )
     columns = (
         TextColumn("[bold]camera[/bold] {task.description}"),
         BarColumn(),
@@ -183,6 +202,8 @@ def simulate_command(
         raise typer.Exit(130) from None
     finally:
         producer.close()
+        if provider is not None:
+            provider.shutdown()  # flush the spans still queued
     err.print(f"published {len(sent)} frame(s) of {product!r} to {topic!r}")
 
 

@@ -190,6 +190,38 @@ class TritonEngineSettings(_Section):
 
 
 EngineSettings = Annotated[LocalEngineSettings | TritonEngineSettings, Field(discriminator="kind")]
+_ENGINE_KINDS: dict[str, type[_Section]] = {
+    "local": LocalEngineSettings,
+    "triton": TritonEngineSettings,
+}
+
+
+def _engine_kind_of(key: str, kind: str) -> str | None:
+    """The other engine kind that has the setting ``key`` (None when none has it)."""
+    return next((k for k, m in _ENGINE_KINDS.items() if k != kind and key in m.model_fields), None)
+
+
+def _other_engine_defaults(value: Any) -> Any:
+    """Drop the keys of the *other* engine kind that hold that kind's default.
+
+    The example config (``--print-example``) lists the local engine's fields; switching it to
+    ``kind: triton`` (in the file, or with ``ADQC_ENGINE__KIND=triton``) must not fail on the
+    untouched local defaults. A non-default value of the other kind stays an error (its message
+    names the kind the key belongs to, see :func:`load_settings`).
+    """
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("kind", "local")
+    own = _ENGINE_KINDS.get(kind)
+    if own is None:
+        return value
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        other = None if key in own.model_fields else _engine_kind_of(key, kind)
+        if other is not None and item == _ENGINE_KINDS[other].model_fields[key].default:
+            continue  # the other kind's default, left over from the example config
+        kept[key] = item
+    return kept
 
 
 class StoreSettings(_Section):
@@ -303,6 +335,11 @@ class ServeSettings(BaseSettings):
         default="text", description="text, or one JSON object per line (env ADQC_LOG_FORMAT)"
     )
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_kind(cls, value: Any) -> Any:
+        return _other_engine_defaults(value)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -346,7 +383,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServeSettings
                 del loc[1]  # the tagged-union branch name is noise to the reader
             field = ".".join(loc) or "(top level)"
             env = "ADQC_" + "__".join(loc).upper()
-            lines.append(f"  {field}: {error['msg']} (YAML key {field!r} or env {env})")
+            msg = error["msg"]
+            if error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "engine":
+                kind = error["loc"][1] if len(error["loc"]) > 2 else "local"
+                other = _engine_kind_of(loc[1], str(kind))
+                if other is not None:
+                    msg += f": a setting of engine kind {other!r}, not {kind!r}"
+            lines.append(f"  {field}: {msg} (YAML key {field!r} or env {env})")
         raise SettingsError(f"{where}: invalid serve settings:\n" + "\n".join(lines)) from exc
     except _SourceError as exc:
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
@@ -366,7 +409,15 @@ def example_yaml() -> str:
         for name, field in ServeSettings.model_fields.items()
     }
     data = ServeSettings.model_construct(**defaults).model_dump(mode="json")
-    return yaml.safe_dump(_redacted(data), sort_keys=False)
+    text = yaml.safe_dump(_redacted(data), sort_keys=False)
+    triton = TritonEngineSettings().model_dump(mode="json")
+    note = (
+        "# engine.kind: local (in-process torch, the fields below) or triton (gRPC client:\n"
+        f"# {', '.join(f'{k}: {v}' for k, v in triton.items() if k != 'kind')}).\n"
+        "# Switching to triton needs only kind and url; the local fields may stay at their\n"
+        "# defaults.\n"
+    )
+    return text.replace("\nengine:\n", f"\n{note}engine:\n", 1)
 
 
 def _redacted(value: Any) -> Any:

@@ -135,3 +135,13 @@ def tls_material(tmp_path_factory: pytest.TempPathFactory) -> Any:
         client=ca.issue("client"),
         other_ca=make_ca(root / "other", name="adqc-untrusted-ca"),
     )
+
+
+@pytest.fixture(scope="session")
+def jaeger_server() -> Iterator[Any]:
+    """Jaeger v2 on free ports (`.otlp_http_endpoint`, `.query_url`, `.trace(trace_id)`)."""
+    from deploy.servers import JaegerServer
+
+    server = _start_server(JaegerServer)
+    yield server
+    server.close()

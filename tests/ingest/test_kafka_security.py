@@ -91,6 +91,9 @@ def test_camera_simulate_and_alarms_tail_over_secure_listeners(
     if scram:
         options[options.index("PLAIN")] = "SCRAM-SHA-512"
     frames, alarms = f"frames-{uuid.uuid4().hex[:8]}", f"alarms-{uuid.uuid4().hex[:8]}"
+    # topics with a leader before anyone writes: auto-creation under load answered
+    # NotLeaderForPartition for longer than the consumer waited
+    secure_broker.create_topics([frames, alarms])
     for i in range(3):
         Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
 
@@ -136,6 +139,7 @@ def test_camera_simulate_and_alarms_tail_over_secure_listeners(
 def test_alarm_tail_class_takes_the_security_settings(secure_broker: Any, tls_material: Any):
     kafka = _settings(secure_broker, tls_material, "SASL_SSL")
     topic = f"alarms-{uuid.uuid4().hex[:8]}"
+    secure_broker.create_topics([topic])
     producer = make_producer(kafka=kafka)
     producer.send(topic, value=_alarm("x").to_bytes()).get(timeout=30)
     producer.close()
