@@ -8,7 +8,7 @@ DATASETS ?= ../shared/datasets
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
 
 .PHONY: setup servers test test-unit test-integration test-faults lint pretrain demo clean \
-	bench-anomalib-venv bench-anomalib
+	bench-anomalib-venv bench-anomalib bench bench-smoke bench-gpu
 
 setup: $(STAMP)
 
@@ -76,6 +76,17 @@ BENCH_ANOMALIB_FLAGS ?= --shots 8
 bench-anomalib: setup bench-anomalib-venv
 	$(BIN)/adqc bench anomalib $(BENCH_ANOMALIB_DATA) $(BENCH_ANOMALIB_FLAGS) \
 		--json docs/results/anomalib_peer.json --markdown docs/RESULTS.md --section anomalib-peer
+
+# The benchmark suite (docs/PERFORMANCE.md): stages + full-shot onboarding, JSON in docs/perf/.
+bench: setup
+	$(BIN)/adqc bench all --with onboarding
+
+bench-smoke: setup
+	$(BIN)/adqc bench all --smoke --out .cache/bench-smoke
+
+# On a machine with a CUDA GPU: the model benches on cuda plus Triton KIND_GPU fp16 (short).
+bench-gpu: setup
+	bash deploy/scripts/bench_gpu.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

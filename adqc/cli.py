@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluation.cli",
     "inference.cli",
     "adqc.pipeline_bench",
+    "adqc.bench_cli",
     "adqc.demo_cli",
     "adqc.peerbench.cli",
 )

@@ -74,6 +74,9 @@ def export_triton(
     torch_threads: Annotated[
         int, typer.Option(min=0, help="torch threads per instance (0: torch's default).")
     ] = 0,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | fp16 (CUDA autocast; needs --kind gpu).")
+    ] = "fp32",
 ) -> None:
     """Write a self-contained Triton model repository (ensemble `adqc`)."""
     from deploy.triton_repo import build_model_repository
@@ -93,6 +96,7 @@ def export_triton(
             queue_delay_us=queue_delay_us,
             split_preprocess=split_preprocess,
             torch_threads=torch_threads,
+            precision=precision,
         )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

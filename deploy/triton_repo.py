@@ -91,6 +91,10 @@ class RepoSpec:
     extra: dict = field(default_factory=dict)
 
 
+#: compute precisions of the features model (fp16: CUDA autocast, GPU instances only)
+PRECISIONS = ("fp32", "fp16")
+
+
 def resolve_kind(kind: Kind) -> str:
     """``auto`` -> ``gpu`` when torch sees a CUDA device at export time, else ``cpu``."""
     if kind == "auto":
@@ -183,6 +187,7 @@ def features_config(spec: RepoSpec, *, queue_delay_us: int = 2000, **params: str
         "pool_cache_entries": "64",
         "pool_cache_mb": "1024",
         "torch_threads": "0",
+        "precision": "fp32",
         **params,
     }
     config = _config(
@@ -287,12 +292,15 @@ def build_model_repository(
     queue_delay_us: int = 2000,
     split_preprocess: bool = False,
     torch_threads: int = 0,
+    precision: str = "fp32",
     overwrite: bool = True,
 ) -> RepoSpec:
     """Write a self-contained Triton model repository for ``backbone`` + ``checkpoint``.
 
     ``checkpoint`` defaults to the shipped ``pretrain.checkpoint.default_checkpoint(backbone)``.
     The model is loaded once here to validate the checkpoint and measure the output shapes.
+    ``precision="fp16"`` (GPU instances only) runs backbone, residual search and projector
+    under CUDA autocast in float16; outputs stay FP32 tensors.
     """
     from pretrain.checkpoint import default_checkpoint, load_feature_model, model_id
 
@@ -301,6 +309,10 @@ def build_model_repository(
     if instances < 1:
         raise ValueError(f"instances must be >= 1, not {instances}")
     resolved_kind = resolve_kind(kind)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and resolved_kind != "gpu":
+        raise ValueError("precision fp16 needs GPU instances (--kind gpu): CPUs run it slower")
     # never write a password into the repository: the model adds it at start-up from
     # ADQC_REDIS_PASSWORD / ADQC_REDIS_PASSWORD_FILE (a mounted secret) or ADQC_STORE__URL
     redis_url, _password = split_password(redis_url)
@@ -334,7 +346,7 @@ def build_model_repository(
     version_dir = features_dir / "1"
     _write_shim(version_dir, "inference.triton.features")
     shutil.copyfile(checkpoint, version_dir / CHECKPOINT_FILE)
-    extra: dict[str, str] = {"torch_threads": str(int(torch_threads))}
+    extra: dict[str, str] = {"torch_threads": str(int(torch_threads)), "precision": precision}
     if weights is not None:
         (version_dir / "weights").mkdir(exist_ok=True)
         shutil.copyfile(weights, version_dir / "weights" / Path(weights).name)

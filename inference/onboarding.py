@@ -36,7 +36,7 @@ from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
 from pretrain.detectors import leave_one_out_scores, make_detector
 from pretrain.preprocess import resize_uint8
-from pretrain.residual import ReferencePool, leave_one_out_residuals
+from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
@@ -101,18 +101,20 @@ def build_record(
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
     model, size = engine.model, engine.image_size
     with torch.inference_mode():
-        raw = model.raw(model.preprocess(torch.from_numpy(shots)))
+        raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
-    loo = leave_one_out_residuals(raw, model.projector, model.chunk)
+    loo = leave_one_out_residuals(raw, engine.project, model.chunk)
     fitted = make_detector(detector)
     fitted.fit(loo)
     if calibration is not None and len(calibration):
         with torch.inference_mode():
-            features = model.projected(model.preprocess(torch.from_numpy(calibration)), pool)
+            x = model.preprocess(torch.from_numpy(calibration))
+            features = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
     else:
-        scores = leave_one_out_scores(fitted.config, loo, size).numpy().astype(np.float64)
+        scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
+        scores = scores.numpy().astype(np.float64)
         method = "leave-one-out"
     return ProductRecord(
         product=product,

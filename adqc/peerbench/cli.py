@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from inference.cli_conventions import hidden_alias, pick
+
 err = Console(stderr=True)
 
 DEFAULT_JSON = Path("docs/results/anomalib_peer.json")
@@ -32,7 +34,10 @@ def anomalib_command(
     markdown: Path | None = typer.Option(None, "--markdown", help="e.g. docs/RESULTS.md"),
     section: str = typer.Option("anomalib-peer", "--section"),
     features: list[str] = typer.Option(["raw,adpretrain"], "--features"),
-    methods: list[str] = typer.Option(["featurenorm,patchcore,padim"], "--methods"),
+    detectors: list[str] | None = typer.Option(
+        None, "--detectors", help="adqc detectors, comma-separated [default: all three]"
+    ),
+    methods: list[str] | None = hidden_alias("--methods"),
     no_peer: bool = typer.Option(False, "--no-peer", help="adqc rows only"),
     no_adqc: bool = typer.Option(False, "--no-adqc", help="anomalib rows only"),
     peer_python: Path | None = typer.Option(
@@ -71,7 +76,11 @@ def anomalib_command(
             shots=k,
             image_size=image_size,
             features=_split(features),
-            methods=_split(methods),
+            methods=_split(
+                pick(
+                    detectors, methods, "--detectors", "--methods", ["featurenorm,patchcore,padim"]
+                )
+            ),
             peer=not no_peer,
             adqc=not no_adqc,
             peer_python=peer_python or PEER_PYTHON,

@@ -148,6 +148,7 @@ class FeaturesService:
         pool_cache_entries: int = 64,
         pool_cache_bytes: int = 1 << 30,
         store=None,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
@@ -155,6 +156,11 @@ class FeaturesService:
         from pretrain.checkpoint import model_id as checkpoint_model_id
 
         self.device = torch.device(device)
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device, this instance runs on {device}")
+        self.precision = precision
         self.model = load_feature_model(
             backbone=backbone, checkpoint=checkpoint, weights=weights, device=str(self.device)
         )
@@ -268,7 +274,7 @@ class FeaturesService:
             key: (references.get(key) or self.reference(*key)).pool for key in dict.fromkeys(keys)
         }
         outputs: list[np.ndarray] | None = None
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for key, pool in pools.items():
                 index = [i for i, k in enumerate(keys) if k == key]
                 x = self._model_input(images[index])
@@ -329,6 +335,16 @@ class FeaturesService:
                     results[i] = [level[start : start + n] for level in levels]
                     start += n
         return results  # type: ignore[return-value]
+
+    def _autocast(self):
+        """CUDA float16 autocast for precision fp16, else a no-op context."""
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp16":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     def warm_up(self) -> None:
         """One forward pass without a pool, so the first request does not pay for it."""
@@ -409,6 +425,7 @@ class TritonPythonModel:
             input_is_preprocessed=_param(config, "input_is_preprocessed", "false") == "true",
             pool_cache_entries=int(_param(config, "pool_cache_entries", "64")),
             pool_cache_bytes=int(float(_param(config, "pool_cache_mb", "1024")) * 2**20),
+            precision=_param(config, "precision", "fp32"),
         )
         self.service.warm_up()
         self.images_input = "INPUT" if self.service.input_is_preprocessed else "IMAGES"

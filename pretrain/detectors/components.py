@@ -93,12 +93,19 @@ def image_scores(maps: Tensor) -> Tensor:
 # ------------------------------------------------------------------- nearest neighbours, coreset
 
 
-def nearest_distances(queries: Tensor, bank: Tensor, max_chunk_elems: int = 1 << 24) -> Tensor:
+def nearest_distances(
+    queries: Tensor,
+    bank: Tensor,
+    max_chunk_elems: int = 1 << 24,
+    search_dtype: torch.dtype | None = None,
+) -> Tensor:
     """L2 distance of every query row [Q,D] to its nearest bank row [M,D] -> [Q].
 
     Queries are processed in chunks through one preallocated [chunk, M] buffer
     (||q||^2 - 2 q.b + ||b||^2 via addmm into the buffer), so memory stays bounded
-    (~64 MB of float32 by default) whatever Q and M are.
+    (~64 MB of float32 by default) whatever Q and M are. ``search_dtype`` (torch.bfloat16 /
+    torch.float16): the q.b products in that precision, norms and sums in float32 (faster
+    where the hardware has such units; distances then carry that precision's error).
     """
     if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} disagree")
@@ -108,13 +115,18 @@ def nearest_distances(queries: Tensor, bank: Tensor, max_chunk_elems: int = 1 <<
     chunk = max(1, min(q.shape[0], max_chunk_elems // max(m, 1)))
     b_sq = (b * b).sum(dim=1)
     bt = b.t()
+    low = search_dtype is not None and search_dtype != torch.float32
+    bt_low = bt.to(search_dtype) if low else bt
     buf = torch.empty(chunk, m, dtype=torch.float32, device=q.device)
     out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
     for start in range(0, q.shape[0], chunk):
         qc = q[start : start + chunk]
         n = qc.shape[0]
         d = buf[:n]
-        torch.addmm(b_sq.unsqueeze(0), qc, bt, beta=1.0, alpha=-2.0, out=d)
+        if low:
+            d.copy_(torch.mm(qc.to(search_dtype), bt_low)).mul_(-2.0).add_(b_sq.unsqueeze(0))
+        else:
+            torch.addmm(b_sq.unsqueeze(0), qc, bt, beta=1.0, alpha=-2.0, out=d)
         d.add_((qc * qc).sum(dim=1, keepdim=True))
         out[start : start + n] = d.amin(dim=1)
     return out.clamp_(min=0.0).sqrt_()

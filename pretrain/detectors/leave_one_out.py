@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pretrain.detectors.base import DetectorConfig
+from pretrain.detectors.base import Detector, DetectorConfig, finest_grid
 from pretrain.detectors.components import DEFAULT_SIGMA, image_scores
+from pretrain.detectors.patchcore import PatchCore
 from pretrain.detectors.registry import make_detector
 
 
@@ -23,10 +24,18 @@ def leave_one_out_scores(
     features: Sequence[Tensor],
     image_size: int | Sequence[int],
     sigma: float = DEFAULT_SIGMA,
+    fitted: Detector | None = None,
 ) -> Tensor:
     """Image scores [K] of K normal images (features per level [K,C,h,w]), each image scored
     by a detector of ``config`` fitted on the other K-1 (a detector without fitted state
-    scores all K in one batch)."""
+    scores all K in one batch).
+
+    PatchCore above its coreset threshold is the exception: refitting would run K greedy
+    coresets (minutes each at full shot), so one bank fitted on all K images (``fitted``, or
+    fitted here) is reused with the rows that came from image i removed: the leave-one-out of
+    the coreset, not the coreset of the leave-one-out (docs/ONBOARDING.md). Below the
+    threshold no coreset is involved and the refit is exact.
+    """
     k = int(features[0].shape[0])
     if k < 2:
         raise ValueError(f"leave-one-out scoring needs at least 2 images, got {k}")
@@ -35,10 +44,39 @@ def leave_one_out_scores(
         if not list(probe.buffers()):  # nothing to fit: the others change nothing
             probe.fit(features)
             return image_scores(probe.anomaly_maps(features, image_size, sigma))
+        if isinstance(probe, PatchCore):
+            grid = finest_grid(features[-probe.config.n_levels :])
+            per_image = grid[0] * grid[1]
+            if (k - 1) * per_image > probe.config.coreset_threshold:
+                return _patchcore_shared_bank(fitted, probe, features, image_size, sigma, per_image)
         scores = torch.empty(k, dtype=torch.float32)
         for i in range(k):
             detector = make_detector(config)
             detector.fit([torch.cat([f[:i], f[i + 1 :]]) for f in features])
             held_out = [f[i : i + 1] for f in features]
             scores[i] = image_scores(detector.anomaly_maps(held_out, image_size, sigma))[0]
+    return scores
+
+
+def _patchcore_shared_bank(
+    fitted: Detector | None,
+    probe: PatchCore,
+    features: Sequence[Tensor],
+    image_size: int | Sequence[int],
+    sigma: float,
+    per_image: int,
+) -> Tensor:
+    k = int(features[0].shape[0])
+    if not isinstance(fitted, PatchCore) or getattr(fitted, "selected", None) is None:
+        fitted = probe
+        fitted.fit(features)
+    selected = fitted.selected if fitted.selected is not None else torch.arange(len(fitted.memory))
+    source = selected // per_image
+    scores = torch.empty(k, dtype=torch.float32)
+    for i in range(k):
+        rest = PatchCore(fitted.config)
+        rest.memory = fitted.memory[source != i]
+        rest.n_patches_seen = fitted.n_patches_seen
+        held_out = [f[i : i + 1] for f in features]
+        scores[i] = image_scores(rest.anomaly_maps(held_out, image_size, sigma))[0]
     return scores

@@ -78,9 +78,12 @@ class PatchCore(Detector[PatchCoreConfig]):
     def fit(self, features: Sequence[Tensor]) -> None:
         emb, _ = self.embed(features)
         seen = emb.shape[0]
+        # rows of the fitted embedding the bank keeps (None: all); not part of the state
+        self.selected: Tensor | None = None
         if seen > self.config.coreset_threshold:
             n_select = max(1, int(math.ceil(self.config.coreset_ratio * seen)))
             idx = greedy_coreset(emb, n_select, self.config.project_dim, self.config.seed)
+            self.selected = idx
             emb = emb[idx]
         self.memory = emb.contiguous()
         self.n_patches_seen = torch.tensor(seen, dtype=torch.int64)

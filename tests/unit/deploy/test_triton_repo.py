@@ -167,6 +167,33 @@ def test_split_preprocess_gpu_layout(tmp_path, checkpoint):
     )
 
 
+def test_gpu_fp16_rendered_config(tmp_path, checkpoint):
+    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="gpu", precision="fp16")
+    text = (tmp_path / "adqc_features" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in text
+    feats = tr.read_config(tmp_path / "adqc_features" / "config.pbtxt")
+    assert feats.parameters["precision"].string_value == "fp16"
+    assert [g.kind for g in feats.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert all(o.data_type == mc.TYPE_FP32 for o in feats.output)  # outputs stay FP32
+    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu")
+    feats = tr.read_config(tmp_path / "adqc_features" / "config.pbtxt")
+    assert feats.parameters["precision"].string_value == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs GPU"):
+        tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision must be"):
+        tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="gpu", precision="int4")
+
+
+def test_service_refuses_fp16_on_cpu(checkpoint):
+    from inference.triton.features import FeaturesService
+
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        FeaturesService(
+            backbone="mobilenet_v2", checkpoint=checkpoint, model_id="x", store_url="memory://",
+            precision="fp16",
+        )  # fmt: skip
+
+
 def test_bad_arguments(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         tr.build_model_repository(tmp_path, checkpoint=tmp_path / "nope.pt")

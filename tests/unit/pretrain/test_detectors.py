@@ -260,3 +260,15 @@ def test_leave_one_out_residuals_match_the_pool_of_the_others():
     assert all(torch.equal(d, 2 * f) for d, f in zip(doubled, loo, strict=True))
     with pytest.raises(ValueError, match="at least 2"):
         leave_one_out_residuals([f[:1] for f in levels])
+
+
+def test_nearest_distances_low_precision_products_stay_close():
+    from pretrain.detectors.components import nearest_distances
+
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(200, 64, generator=g), torch.randn(500, 64, generator=g)
+    exact = nearest_distances(q, bank)
+    low = nearest_distances(q, bank, search_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == exact.shape
+    assert float(((low - exact).abs() / exact).max()) < 0.05
+    torch.testing.assert_close(nearest_distances(q, bank, search_dtype=torch.float32), exact)

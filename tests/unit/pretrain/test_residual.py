@@ -81,3 +81,35 @@ def test_pool_helpers_and_errors():
         ReferencePool([torch.randn(3, 4, 5)])
     with pytest.raises(ValueError, match="empty"):
         nearest_residuals(torch.randn(1, 4, 2, 2), torch.zeros(0, 4))
+
+
+def test_low_precision_search_picks_a_near_best_neighbour():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 32, 6, 6, generator=g)
+    pool = torch.randn(300, 32, generator=g)
+    pn = F.normalize(pool, dim=1)
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, 32)
+    best32, idx32 = nearest_indices(flat, pn, chunk=128)
+    _, idx16 = nearest_indices(flat, pn, chunk=128, search_dtype=torch.bfloat16)
+    chosen = (F.normalize(flat, dim=1) * pn[idx16]).sum(dim=1)
+    assert torch.all(chosen >= best32 - 2e-2)  # bf16: within its rounding of the best cosine
+    assert (idx16 == idx32).float().mean() > 0.8
+    res = nearest_residuals(feats, pool, chunk=128, search_dtype=torch.bfloat16)
+    assert res.dtype == torch.float32
+    want = (flat - pool[idx16]).reshape(2, 6, 6, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(res, want)
+    # the default (no search_dtype) is unchanged
+    torch.testing.assert_close(
+        nearest_residuals(feats, pool, chunk=128),
+        (flat - pool[idx32]).reshape(2, 6, 6, 32).permute(0, 3, 1, 2),
+    )
+
+
+def test_pool_caches_its_low_precision_copy():
+    g = torch.Generator().manual_seed(1)
+    pool = ReferencePool([torch.randn(50, 8, generator=g)])
+    first = pool.normed_as(torch.bfloat16)
+    assert first[0].dtype == torch.bfloat16 and pool.normed_as(torch.bfloat16) is first
+    assert pool.normed_as(None) is pool.normed
+    out = pool_residuals([torch.randn(1, 8, 3, 3, generator=g)], pool, search_dtype=torch.bfloat16)
+    assert out[0].shape == (1, 8, 3, 3)

@@ -1,0 +1,57 @@
+"""The benchmark suite's smoke mode (what CI runs): every stage and table is produced, from
+synthetic images, with a small untrained checkpoint (timings are not asserted, only shape)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from adqc.cli import build_app
+from pretrain.checkpoint import save_untrained
+
+STAGES = {
+    "decode+resize",
+    "normalise",
+    "backbone",
+    "residual",
+    "projector",
+    "detector:featurenorm",
+    "detector:patchcore",
+    "maps+regions",
+}
+
+
+def test_bench_all_smoke_writes_every_stage(tmp_path):
+    ckpt = save_untrained(tmp_path / "untrained.pt", num_tokens=16)
+    from adqc import stages_bench as bench_cli
+
+    out = tmp_path / "perf"
+    cfg = bench_cli.StagesConfig.smoke_config(data=None, checkpoint=str(ckpt), batches=(2,))
+    result = bench_cli.run_stages(cfg)
+    stages = {r["stage"] for r in result["stages"] if "ms_per_batch" in r}
+    assert stages == STAGES
+    assert all(r["images_per_s"] > 0 for r in result["stages"] if "ms_per_batch" in r)
+    assert {r["stage"] for r in result["totals"]} == {"engine", "frame (featurenorm)"}
+    assert result["images"] == "synthetic"
+    assert result["search"]["residual"][0]["pool_patches"] == [196, 196, 49]
+    assert 0.0 <= min(result["search"]["residual"][0]["same_neighbour_fraction"]) <= 1.0
+    assert result["search"]["bank"][0]["max_rel_error"] < 0.1
+    assert result["peak_rss_mb"] > 0 and len(result["load_average_start"]) == 3
+    bench_cli.write_json(result, out / "stages-smoke.json")
+    assert json.loads((out / "stages-smoke.json").read_text())["config"]["smoke"] is True
+
+
+def test_bench_all_smoke_cli(tmp_path, monkeypatch):
+    """`adqc bench all --smoke` end to end through the CLI (shipped checkpoint)."""
+    out = tmp_path / "perf"
+    result = CliRunner().invoke(
+        build_app(), ["bench", "all", "--smoke", "--out", str(out), "--data", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    suite = json.loads((out / "suite-smoke.json").read_text())
+    assert suite["runs"]["stages"]["rc"] == 0
+    assert (out / "stages-smoke.json").is_file()
+    bad = CliRunner().invoke(build_app(), ["bench", "all", "--smoke", "--out", str(out),
+                                           "--with", "nope"])  # fmt: skip
+    assert bad.exit_code != 0
