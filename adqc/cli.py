@@ -14,11 +14,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli",
     "deploy.cli",
     "pretrain.cli",
+    "benchmarks.cli",
     "evaluation.cli",
     "inference.cli",
-    "adqc.pipeline_bench",
     "adqc.demo_cli",
-    "adqc.peerbench.cli",
+    "benchmarks.peer.cli",
 )
 
 GROUPS = {
