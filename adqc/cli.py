@@ -14,12 +14,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli",
     "deploy.cli",
     "pretrain.cli",
+    "benchmarks.cli",
     "evaluation.cli",
     "inference.cli",
-    "adqc.pipeline_bench",
-    "adqc.bench_cli",
+    "benchmarks.stages_cli",
     "adqc.demo_cli",
-    "adqc.peerbench.cli",
+    "benchmarks.peer.cli",
 )
 
 GROUPS = {

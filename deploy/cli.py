@@ -1,9 +1,8 @@
-"""`adqc export triton|onnx|torchscript`, `adqc bench triton` and `adqc stack` (mounted by
-adqc/cli.py)."""
+"""`adqc export triton|onnx|torchscript` and `adqc stack` (mounted by adqc/cli.py); `adqc bench
+triton` lives in benchmarks/cli.py."""
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -157,58 +156,11 @@ def export_torchscript_cmd(
     typer.echo(f"wrote {out}: {', '.join(spec.files)} ({spec.model_id})")
 
 
-def bench_triton(
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per request.")] = 8,
-    batch: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,
-    requests: Annotated[int, typer.Option(min=1, help="Timed requests.")] = 50,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed requests first.")] = 5,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
-    checkpoint: CheckpointOpt = None,
-    backbone: BackboneOpt = "mobilenet_v2",
-    url: Annotated[
-        str | None,
-        typer.Option(help="gRPC url of a running Triton; default: start Redis + Triton here."),
-    ] = None,
-    product: Annotated[
-        str | None, typer.Option(help="With --url: an onboarded product to score.")
-    ] = None,
-    store: Annotated[str | None, typer.Option(help="With --url: the store of --product.")] = None,
-    torch_threads: Annotated[
-        int, typer.Option(min=0, help="torch threads of the served model (0: default).")
-    ] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
-) -> None:
-    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
-    from deploy.triton_bench import run_bench
-    from inference.cli_conventions import pick
-
-    try:
-        result = run_bench(
-            batch=pick(None, batch, "--batch-size", "--batch", batch_size),
-            requests=requests,
-            warmup=warmup,
-            concurrency=concurrency,
-            backbone=backbone,
-            checkpoint=checkpoint,
-            url=url,
-            product=product,
-            store_url=store,
-            torch_threads=torch_threads,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
-    text = json.dumps(result, indent=2)
-    typer.echo(text)
-    if json_out is not None:
-        json_out.write_text(text + "\n")
-
-
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount the export commands on `adqc export` and the Triton benchmark on `adqc bench`."""
+    """Mount the export commands on `adqc export` and `adqc stack`."""
     groups["export"].command("triton")(export_triton)
     groups["export"].command("onnx")(export_onnx_cmd)
     groups["export"].command("torchscript")(export_torchscript_cmd)
-    groups["bench"].command("triton")(bench_triton)
     from deploy.stack_cli import stack_app
 
     app.add_typer(stack_app, name="stack")

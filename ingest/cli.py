@@ -327,36 +327,8 @@ def tail_command(
         err.print(f"{s.unique} alarm(s), {s.duplicates} duplicate(s) dropped, {s.invalid} invalid")
 
 
-def soak_command(
-    frames: int = typer.Option(2000, "--frames", min=1, help="frames to push through"),
-    hostile_every: int = typer.Option(10, "--hostile-every", min=1, help="every Nth is hostile"),
-    sample_every: int = typer.Option(100, "--sample-every", min=1, help="RSS sample period"),
-    out: Path | None = typer.Option(None, "--out", help="write the JSON result here"),
-) -> None:
-    """RSS soak of serve's per-frame memory path (decode, heatmap, DLQ record) with hostile
-    frames mixed in; prints the RSS series summary (docs/RELIABILITY.md)."""
-    import json
-    import sys
-
-    from ingest.soak import run_soak
-
-    def progress(n: int, rss: float) -> None:
-        typer.echo(f"{n:>7} frames  RSS {rss:8.1f} MiB", err=True)
-
-    result = run_soak(frames, hostile_every, sample_every, progress=progress)
-    result["command"] = "adqc bench soak " + " ".join(sys.argv[3:])
-    text = json.dumps(result, indent=2)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-    summary = {k: v for k, v in result.items() if k != "samples"}
-    typer.echo(json.dumps(summary, indent=2))
-
-
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount ``serve`` at the top level, ``camera simulate`` / ``alarms tail`` and
-    ``bench soak``."""
+    """Mount ``serve`` at the top level, ``camera simulate`` and ``alarms tail``."""
     app.command("serve")(serve_command)
-    groups["bench"].command("soak")(soak_command)
     groups["camera"].command("simulate")(simulate_command)
     groups["alarms"].command("tail")(tail_command)

@@ -2,7 +2,7 @@
 
 Runs inside the peer's own environment (.cache/anomalib-venv, built by install.sh), never the
 product's: it imports anomalib, timm and torch only, nothing from adqc. Invoked by
-``adqc bench anomalib`` (adqc/peerbench/runner.py) with ``--dir D``:
+``adqc bench anomalib`` (benchmarks/peer/runner.py) with ``--dir D``:
 
 - reads ``D/inputs.npz`` (per group g: ``refs_g`` [K,S,S,3] and ``test_g`` [N,S,S,3] uint8,
   decoded and resized by adqc) and ``D/inputs.json`` (ImageNet mean/std, group names, whether

@@ -15,7 +15,15 @@ import sys
 import pytest
 
 SERVE_PATH = ("ingest.runtime", "ingest.loop", "ingest.messages", "inference.scorer")
-NOT_FOR_SERVING = ("matplotlib", "onnx", "onnxruntime", "elpv_dataset", "sklearn", "evaluation")
+NOT_FOR_SERVING = (
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "elpv_dataset",
+    "sklearn",
+    "evaluation",
+    "benchmarks",
+)
 EXTRAS = {"matplotlib": "eval", "elpv_dataset": "demo", "sklearn": "train"}
 
 
@@ -43,7 +51,7 @@ def test_the_cli_wiring_imports_nothing_heavy() -> None:
     code = "from adqc.cli import build_app; build_app()"
     loaded = _loaded_after(("adqc.cli",), extra=code)
     assert "typer" in loaded
-    assert loaded & set(NOT_FOR_SERVING) - {"evaluation"} == set()
+    assert loaded & set(NOT_FOR_SERVING) - {"evaluation", "benchmarks"} == set()
 
 
 def test_the_probe_would_see_a_heavy_import() -> None:

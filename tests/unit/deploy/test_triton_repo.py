@@ -19,8 +19,8 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
+from benchmarks.triton import synthetic_record
 from deploy import triton_repo as tr
-from deploy.triton_bench import synthetic_record
 from inference.records import ModelMismatchError, ProductRecord
 from inference.store import ProductNotFoundError, open_store
 from inference.triton.features import (

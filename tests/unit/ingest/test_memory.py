@@ -76,13 +76,3 @@ def test_the_serve_decoder_keeps_at_most_decode_max_side() -> None:
     image, shape = decode_sized(buffer.getvalue(), headers, FrameLimits(), 1024)
     assert shape == (4096, 8192) and image.shape == (512, 1024, 3)
     assert json.dumps(list(image.shape))
-
-
-def test_the_soak_benchmark_reports_an_rss_series() -> None:
-    from ingest.soak import run_soak
-
-    result = run_soak(frames=8, hostile_every=2, sample_every=4)
-    assert result["scored"] + result["dlq"] == 8
-    assert result["dlq"] >= 2  # the random 16 MiB and truncated frames
-    assert [s["frame"] for s in result["samples"]] == [0, 4, 8]
-    assert result["rss_max_mib"] >= result["rss_start_mib"] > 0

@@ -56,8 +56,8 @@ def anomalib_command(
     ),
 ) -> None:
     """Stock anomalib 2.7 PatchCore/PaDiM next to adqc: same weights, images and metric code."""
-    from adqc.peerbench import scoring, table
-    from adqc.peerbench.runner import PEER_PYTHON, BenchOptions, PeerError, bench_class
+    from benchmarks.peer import scoring, table
+    from benchmarks.peer.runner import PEER_PYTHON, BenchOptions, PeerError, bench_class
     from pretrain.data.folders import DatasetError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -122,7 +122,7 @@ def levels_command(
     section: str = typer.Option("levels-issue11", "--section"),
 ) -> None:
     """MobileNetV2 level candidates on raw/residual detectors; the rule of docs/BACKBONES.md."""
-    from adqc.peerbench import levels, scoring, table
+    from benchmarks.peer import levels, scoring, table
 
     t0 = time.perf_counter()
     wanted = _split([candidates])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adqc.peerbench.exchange import Inputs
+from benchmarks.peer.exchange import Inputs
 from evaluation.datasets import Category
 from evaluation.runner import (
     EvalConfig,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from adqc.peerbench.cases import BenchClass
+from benchmarks.peer.cases import BenchClass
 from evaluation.datasets import all_defects_masked
 from pretrain.data.folders import load_sample
 from pretrain.preprocess import load_batch

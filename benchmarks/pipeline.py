@@ -1,7 +1,8 @@
 """The pipeline benchmark: sustained frames/s and end-to-end latency through Kafka.
 
-Given a running Kafka broker and Redis (the ``adqc bench pipeline`` command in
-:mod:`adqc.pipeline_bench` starts them), this module
+Given a running Kafka broker and Redis (:func:`run_with_servers` starts its own, with
+``deploy.servers``, for the ``adqc bench pipeline`` command in :mod:`benchmarks.cli`), this
+module
 
 1. onboards a product (K good shots) into Redis with the local engine;
 2. measures the **engine-only** rate in this process, on the same decoded frames and batch
@@ -26,6 +27,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -398,3 +400,63 @@ def run_pipeline_bench(
     }
     (workdir / "result.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def _serve_argv(config: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "from adqc.cli import main; main()",
+        "serve",
+        "--config",
+        str(config),
+    ]
+
+
+def _security(protocol: str, directory: Path) -> tuple[dict, dict]:
+    """(client KafkaSettings fields, KafkaBroker arguments) for ``protocol``, with throw-away
+    certificates in ``directory`` and a random SASL password."""
+    import secrets
+
+    from deploy.tls import make_ca
+
+    if protocol == "PLAINTEXT":
+        return {}, {}
+    ca = make_ca(directory)
+    password = secrets.token_urlsafe(16)
+    broker = {"tls": ca.issue("broker"), "tls_ca": ca.cert, "sasl_users": {"bench": password}}
+    client: dict = {}
+    if protocol.endswith("SSL"):
+        client["ssl_cafile"] = ca.cert
+    if protocol == "SSL":
+        pair = ca.issue("bench-client")
+        client |= {"ssl_certfile": pair.cert, "ssl_keyfile": pair.key}
+    if protocol.startswith("SASL"):
+        client |= {
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "bench",
+            "sasl_password": password,
+        }
+    return client, broker
+
+
+def run_with_servers(
+    config: BenchConfig, security_protocol: str, workdir: Path, console: Console
+) -> dict[str, Any]:
+    """Start a Kafka broker (serving ``security_protocol`` with certificates made for the run
+    under ``workdir``) and Redis with ``deploy.servers``, run the benchmark against them with
+    ``adqc serve`` as the worker, and stop both; returns the result dictionary."""
+    from deploy.servers import KafkaBroker, RedisServer
+
+    console.print(f"starting Kafka ({security_protocol}) and Redis (deploy.servers)")
+    security, broker_options = _security(security_protocol, workdir / "tls")
+    with (
+        KafkaBroker(partitions=config.partitions, **broker_options) as broker,
+        RedisServer() as redis,
+    ):
+        kafka = KafkaSettings(
+            bootstrap=[broker.bootstrap_for(security_protocol)],
+            security_protocol=security_protocol,
+            **security,
+        )
+        return run_pipeline_bench(kafka, redis.url, _serve_argv, workdir, config, console)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from adqc.peerbench import adqc_side, exchange, scoring
-from adqc.peerbench.cases import capped, load_bench_class
+from benchmarks.peer import adqc_side, exchange, scoring
+from benchmarks.peer.cases import capped, load_bench_class
 from evaluation.runner import LoadedModel
 from pretrain.backbones.cnn import MOBILENET_V2_BLOCKS
 
@@ -137,7 +137,7 @@ def decide(rows: list[dict[str, Any]], candidates=CANDIDATES) -> dict[str, Any]:
 
 def markdown(doc: dict[str, Any]) -> str:
     """The decision (scores per candidate) and every measured point."""
-    from adqc.peerbench.table import _fmt
+    from benchmarks.peer.table import _fmt
 
     rows, d = doc["rows"], doc["decision"]
     classes = sorted(d["class_scores"])

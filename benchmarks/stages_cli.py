@@ -92,7 +92,7 @@ def stages_command(
     smoke: bool = typer.Option(False, "--smoke", help="seconds-long run (CI)"),
     doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
 ) -> None:
-    from adqc.stages_bench import StagesConfig, run_stages, write_json, write_markdown
+    from benchmarks.stages import StagesConfig, run_stages, write_json, write_markdown
 
     """Time each in-process model stage (images/s, ms per stage, RSS) in one run."""
     if smoke:
@@ -152,7 +152,7 @@ def all_command(
     timeout: float = typer.Option(1800, "--timeout", help="seconds per child benchmark"),
     doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
 ) -> None:
-    from adqc.stages_bench import StagesConfig, run_stages, write_json, write_markdown
+    from benchmarks.stages import StagesConfig, run_stages, write_json, write_markdown
 
     """The benchmark suite in one command: stages (always), then what ``--with`` names."""
     children = {
@@ -268,7 +268,7 @@ def onboarding_command(
     ),
     build: bool = typer.Option(False, "--build-record", help="also time build_record once"),
 ) -> None:
-    from adqc.stages_bench import write_json
+    from benchmarks.stages import write_json
 
     """Time full-shot onboarding (``adqc product add`` without the store) by phase."""
     from inference.onboarding import OnboardingError, find_images

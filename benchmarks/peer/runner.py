@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adqc.peerbench import adqc_side, exchange, scoring
-from adqc.peerbench.cases import capped, load_bench_class
+from benchmarks.peer import adqc_side, exchange, scoring
+from benchmarks.peer.cases import capped, load_bench_class
 
 log = logging.getLogger(__name__)
 

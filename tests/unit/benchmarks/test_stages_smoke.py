@@ -24,11 +24,11 @@ STAGES = {
 
 def test_bench_all_smoke_writes_every_stage(tmp_path):
     ckpt = save_untrained(tmp_path / "untrained.pt", num_tokens=16)
-    from adqc import stages_bench as bench_cli
+    from benchmarks import stages as stages_bench
 
     out = tmp_path / "perf"
-    cfg = bench_cli.StagesConfig.smoke_config(data=None, checkpoint=str(ckpt), batches=(2,))
-    result = bench_cli.run_stages(cfg)
+    cfg = stages_bench.StagesConfig.smoke_config(data=None, checkpoint=str(ckpt), batches=(2,))
+    result = stages_bench.run_stages(cfg)
     stages = {r["stage"] for r in result["stages"] if "ms_per_batch" in r}
     assert stages == STAGES
     assert all(r["images_per_s"] > 0 for r in result["stages"] if "ms_per_batch" in r)
@@ -38,7 +38,7 @@ def test_bench_all_smoke_writes_every_stage(tmp_path):
     assert 0.0 <= min(result["search"]["residual"][0]["same_neighbour_fraction"]) <= 1.0
     assert result["search"]["bank"][0]["max_rel_error"] < 0.1
     assert result["peak_rss_mb"] > 0 and len(result["load_average_start"]) == 3
-    bench_cli.write_json(result, out / "stages-smoke.json")
+    stages_bench.write_json(result, out / "stages-smoke.json")
     assert json.loads((out / "stages-smoke.json").read_text())["config"]["smoke"] is True
 
 

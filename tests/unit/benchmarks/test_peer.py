@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adqc.peerbench import exchange, scoring, table
-from adqc.peerbench.cases import fabric_code, load_bench_class
-from adqc.peerbench.levels import CANDIDATES, Candidate, decide
-from adqc.peerbench.runner import PEER_SCRIPT, peer_ready
+from benchmarks.peer import exchange, scoring, table
+from benchmarks.peer.cases import fabric_code, load_bench_class
+from benchmarks.peer.levels import CANDIDATES, Candidate, decide
+from benchmarks.peer.runner import PEER_SCRIPT, peer_ready
 from evaluation import metrics as M
 from pretrain.data.folders import DatasetError
 
@@ -238,7 +238,7 @@ def test_torchvision_weights_map_onto_timm_exactly() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not peer_ready(), reason="no anomalib venv (make bench-anomalib-venv)")
 def test_peer_script_runs_stock_anomalib(masked: Path, tmp_path: Path) -> None:
-    from adqc.peerbench.runner import BenchOptions, run_peer
+    from benchmarks.peer.runner import BenchOptions, run_peer
 
     bc = load_bench_class(str(masked), shots=2)
     inputs = exchange.prepare(bc, 2, 64)

@@ -1,0 +1,174 @@
+"""``adqc bench soak|triton|pipeline``: the benchmark drivers' commands (mounted by adqc/cli.py).
+
+Imports stay light (typer, rich): each command imports its driver when it runs, so
+``adqc --help`` loads neither Kafka nor torch. ``adqc bench anomalib|levels`` live in
+:mod:`benchmarks.peer.cli`; ``adqc bench accuracy`` in :mod:`evaluation.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploy.cli import BackboneOpt, CheckpointOpt
+from inference.cli_conventions import pick
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=code)
+
+
+def soak_command(
+    frames: int = typer.Option(2000, "--frames", min=1, help="frames to push through"),
+    hostile_every: int = typer.Option(10, "--hostile-every", min=1, help="every Nth is hostile"),
+    sample_every: int = typer.Option(100, "--sample-every", min=1, help="RSS sample period"),
+    out: Path | None = typer.Option(None, "--out", help="write the JSON result here"),
+) -> None:
+    """RSS soak of serve's per-frame memory path (decode, heatmap, DLQ record) with hostile
+    frames mixed in; prints the RSS series summary (docs/RELIABILITY.md)."""
+    from benchmarks.soak import run_soak
+
+    def progress(n: int, rss: float) -> None:
+        typer.echo(f"{n:>7} frames  RSS {rss:8.1f} MiB", err=True)
+
+    result = run_soak(frames, hostile_every, sample_every, progress=progress)
+    result["command"] = "adqc bench soak " + " ".join(sys.argv[3:])
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    summary = {k: v for k, v in result.items() if k != "samples"}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def bench_triton(
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per request.")] = 8,
+    batch: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Timed requests.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed requests first.")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
+    checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = "mobilenet_v2",
+    url: Annotated[
+        str | None,
+        typer.Option(help="gRPC url of a running Triton; default: start Redis + Triton here."),
+    ] = None,
+    product: Annotated[
+        str | None, typer.Option(help="With --url: an onboarded product to score.")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="With --url: the store of --product.")] = None,
+    torch_threads: Annotated[
+        int, typer.Option(min=0, help="torch threads of the served model (0: default).")
+    ] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
+    from benchmarks.triton import run_bench
+    from inference.cli_conventions import pick
+
+    try:
+        result = run_bench(
+            batch=pick(None, batch, "--batch-size", "--batch", batch_size),
+            requests=requests,
+            warmup=warmup,
+            concurrency=concurrency,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            url=url,
+            product=product,
+            store_url=store,
+            torch_threads=torch_threads,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if json_out is not None:
+        json_out.write_text(text + "\n")
+
+
+def pipeline_command(
+    json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
+    frames: int = typer.Option(400, "--frames", help="backlog frames for the throughput phase"),
+    latency_frames: int = typer.Option(200, "--latency-frames"),
+    latency_load: float = typer.Option(
+        0.7, "--latency-load", help="latency phase rate as a fraction of the measured rate"
+    ),
+    batch_size: int = typer.Option(
+        8, "--batch-size", help="serve batch size (engine-only uses the same)"
+    ),
+    batch: int | None = typer.Option(None, "--batch", hidden=True),
+    decode_workers: int = typer.Option(1, "--decode-workers"),
+    defect_every: int = typer.Option(5, "--defect-every", help="one defective frame in N"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="default: the shipped one"),
+    data: Path | None = typer.Option(None, "--data", help="MVTec-layout category folder"),
+    security_protocol: str = typer.Option(
+        "PLAINTEXT",
+        "--security-protocol",
+        help="PLAINTEXT, SSL (mutual TLS), SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512): the "
+        "benchmark's own broker serves it with certificates made for the run",
+    ),
+) -> None:
+    """Frames/s and p50/p99 latency through Kafka -> engine -> results/alarms vs engine-only."""
+    from benchmarks.pipeline import BenchConfig, BenchError, run_with_servers
+
+    console = Console(stderr=True, soft_wrap=True)
+    config = BenchConfig(
+        frames=frames,
+        batch_size=pick(None, batch, "--batch-size", "--batch", batch_size),
+        decode_workers=decode_workers,
+        defect_every=defect_every,
+        latency_frames=latency_frames,
+        latency_load=latency_load,
+        checkpoint=checkpoint,
+    )
+    if data is not None:
+        config.data = data
+    if security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        console.print(f"[red]error:[/red] unknown --security-protocol {security_protocol!r}")
+        raise typer.Exit(2)
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-") as tmp:
+        try:
+            result = run_with_servers(config, security_protocol, Path(tmp), console)
+        except BenchError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    result["command"] = "adqc bench pipeline " + " ".join(sys.argv[3:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title="adqc pipeline benchmark")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "frames_per_s",
+        "engine_frames_per_s",
+        "engine_features_frames_per_s",
+        "ratio",
+        "serve_cpu_ms_per_frame",
+        "engine_cpu_ms_per_frame",
+        "cpu_ratio",
+        "p50_ms",
+        "p99_ms",
+        "latency_rate_fps",
+        "mean_batch_size",
+        "alarms",
+        "dlq",
+    ):
+        table.add_row(key, str(result[key]))
+    Console().print(table)
+    console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Mount ``adqc bench soak``, ``adqc bench triton`` and ``adqc bench pipeline``."""
+    groups["bench"].command("soak")(soak_command)
+    groups["bench"].command("triton")(bench_triton)
+    groups["bench"].command("pipeline")(pipeline_command)
