@@ -49,6 +49,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from evaluation.datasets import DatasetError, elpv_data_dir
 from evaluation.metrics import auroc
 from inference.calibration import DEFAULT_TARGET_FAR
 from inference.frames import load_frame
@@ -84,16 +85,9 @@ class Frame:
 def elpv_root() -> Path:
     """The installed elpv-dataset's data folder (labels.csv + images/)."""
     try:
-        import elpv_dataset
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise DemoError(
-            "the elpv-dataset package is not installed: pip install 'adqc[demo]' "
-            "(`make setup` installs it)"
-        ) from exc
-    root = Path(elpv_dataset.__file__).resolve().parent / "data"
-    if not (root / "labels.csv").is_file():
-        raise DemoError(f"elpv-dataset has no labels.csv under {root}")
-    return root
+        return elpv_data_dir()
+    except DatasetError as exc:  # not installed, or installed without labels.csv
+        raise DemoError(str(exc)) from exc
 
 
 def elpv_frames(root: Path | None = None) -> list[Frame]:

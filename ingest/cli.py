@@ -45,6 +45,25 @@ CertfileOption = typer.Option(None, "--ssl-certfile", help="client certificate (
 KeyfileOption = typer.Option(None, "--ssl-keyfile", help="client private key (mutual TLS)")
 
 
+#: the parameter names of the Kafka connection options (BootstrapOption ... KeyfileOption)
+#: that a command passes on to :func:`_kafka_or_exit`
+KAFKA_OPTION_NAMES = (
+    "bootstrap",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
+
+
+def _kafka_options(values: dict[str, object]) -> dict[str, object]:
+    """The Kafka connection options out of a command's parameters (its ``locals()``)."""
+    return {name: values[name] for name in KAFKA_OPTION_NAMES}
+
+
 def _kafka_or_exit(**options: object) -> KafkaSettings:
     """KafkaSettings from the environment + options; checks the broker once.
 
@@ -183,16 +202,7 @@ def simulate_command(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     total = count if count is not None else (None if loop else len(paths))
-    kafka = _kafka_or_exit(
-        bootstrap=bootstrap,
-        security_protocol=security_protocol,
-        sasl_mechanism=sasl_mechanism,
-        sasl_username=sasl_username,
-        sasl_password=sasl_password,
-        ssl_cafile=ssl_cafile,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
+    kafka = _kafka_or_exit(**_kafka_options(locals()))
     try:
         producer = make_producer(kafka=kafka)
     except KafkaError as exc:
@@ -272,16 +282,7 @@ def tail_command(
     limit = pick(limit, max_alias, "--limit", "--max", None)
 
     out = Console(highlight=False)
-    kafka = _kafka_or_exit(
-        bootstrap=bootstrap,
-        security_protocol=security_protocol,
-        sasl_mechanism=sasl_mechanism,
-        sasl_username=sasl_username,
-        sasl_password=sasl_password,
-        ssl_cafile=ssl_cafile,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
+    kafka = _kafka_or_exit(**_kafka_options(locals()))
     try:
         tail = AlarmTail(topic=topic, from_beginning=from_beginning, group=group, kafka=kafka)
     except TimeoutError as exc:

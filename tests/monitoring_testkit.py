@@ -4,18 +4,15 @@ metric names; integration: the chart rendered by helm)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
+from helm_testkit import CHART
 
 from ingest.settings import TelemetrySettings
 from ingest.telemetry import Telemetry
 
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "helm" / "adqc"
-MONITORING = CHART / "ci" / "monitoring-values.yaml"
 DASHBOARD = CHART / "dashboards" / "adqc-overview.json"
 #: Grafana's variables, replaced by something PromQL parses
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}

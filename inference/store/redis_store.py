@@ -37,14 +37,9 @@ _AUTH_ERRORS = (redis.AuthenticationError, redis.exceptions.AuthenticationWrongN
 
 T = TypeVar("T")
 
-_PUBLISH = """
-local v = redis.call('INCR', KEYS[1])
-local base = ARGV[2] .. ':v' .. v
-redis.call('SET', base .. ':meta', ARGV[5])
-if #ARGV > 5 then
-  redis.call('HSET', base .. ':arrays', unpack(ARGV, 6, #ARGV))
-end
-redis.call('SET', KEYS[2], v)
+# Shared by _PUBLISH and _FILL: index version ``v`` (KEYS[3] versions, KEYS[4] products) and
+# drop all but the newest ARGV[3] versions, never the pinned one.
+_INDEX_AND_PRUNE = """
 redis.call('ZADD', KEYS[3], v, v)
 redis.call('SADD', KEYS[4], ARGV[1])
 local pinned = redis.call('GET', ARGV[2] .. ':pinned')
@@ -55,9 +50,24 @@ for _, o in ipairs(old) do
     redis.call('ZREM', KEYS[3], o)
   end
 end
+"""
+
+_PUBLISH = (
+    """
+local v = redis.call('INCR', KEYS[1])
+local base = ARGV[2] .. ':v' .. v
+redis.call('SET', base .. ':meta', ARGV[5])
+if #ARGV > 5 then
+  redis.call('HSET', base .. ':arrays', unpack(ARGV, 6, #ARGV))
+end
+redis.call('SET', KEYS[2], v)
+"""
+    + _INDEX_AND_PRUNE
+    + """
 redis.call('PUBLISH', ARGV[4], cjson.encode({event='published', product=ARGV[1], version=v}))
 return v
 """
+)
 
 _REMOVE = """
 local existed = redis.call('DEL', KEYS[1])
@@ -74,7 +84,8 @@ return existed
 
 # Cache fill (TieredStore): put a version the durable store already numbered; never lowers
 # ``seq`` or ``latest``; publishes an event only for a new publish (ARGV[6] == "1").
-_FILL = """
+_FILL = (
+    """
 local v = tonumber(ARGV[4])
 local base = ARGV[2] .. ':v' .. v
 redis.call('SET', base .. ':meta', ARGV[7])
@@ -87,21 +98,15 @@ local latest = tonumber(ARGV[5])
 if tonumber(redis.call('GET', KEYS[2]) or '0') < latest then
   redis.call('SET', KEYS[2], latest)
 end
-redis.call('ZADD', KEYS[3], v, v)
-redis.call('SADD', KEYS[4], ARGV[1])
-local pinned = redis.call('GET', ARGV[2] .. ':pinned')
-local old = redis.call('ZRANGE', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
-for _, o in ipairs(old) do
-  if o ~= pinned then
-    redis.call('DEL', ARGV[2] .. ':v' .. o .. ':meta', ARGV[2] .. ':v' .. o .. ':arrays')
-    redis.call('ZREM', KEYS[3], o)
-  end
-end
+"""
+    + _INDEX_AND_PRUNE
+    + """
 if ARGV[6] == '1' then
   redis.call('PUBLISH', KEYS[5], cjson.encode({event='published', product=ARGV[1], version=v}))
 end
 return v
 """
+)
 
 #: query parameters this module reads (the rest go to redis-py unchanged)
 _OWN_PARAMS = {"prefix", "keep", "max_bytes", "cache", "retries", "backoff"}

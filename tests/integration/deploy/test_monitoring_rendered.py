@@ -9,32 +9,25 @@ histograms as ``_bucket``/``_sum``/``_count``, gauges as is). Skipped when helm 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from monitoring_testkit import dashboard_exprs, exported, metric_names  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "helm" / "adqc"
-MONITORING = CHART / "ci" / "monitoring-values.yaml"
-DASHBOARD = CHART / "dashboards" / "adqc-overview.json"
-#: Grafana's variables, replaced by something PromQL parses
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-#: label_values(<metric or selector>, <label>) in dashboard variable queries
-LABEL_VALUES = re.compile(r"^label_values\((.+),\s*\w+\)$")
+from helm_testkit import CHART, MONITORING, helm_binary
+from monitoring_testkit import (  # noqa: F401
+    DASHBOARD,
+    dashboard_exprs,
+    exported,
+    metric_names,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
-    helm = REPO / ".cache" / "bin" / "helm"
-    if not helm.exists():
-        pytest.skip(f"helm not found at {helm}: `make servers` installs it")
+    helm = helm_binary()
     done = subprocess.run(
         [str(helm), "template", "rel", str(CHART), "-n", "qc", "-f", str(MONITORING)],
         capture_output=True,

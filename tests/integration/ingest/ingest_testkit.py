@@ -77,6 +77,22 @@ def serve_config(
     return config
 
 
+def serve_topics(
+    broker: Any,
+    tag: str,
+    store_url: str,
+    checkpoint: Path,
+    *,
+    partitions: int = 1,
+    **sections: Any,
+) -> tuple[Topics, dict[str, Any]]:
+    """Unique topics for one test, created on ``broker`` with ``partitions`` each, and the
+    :func:`serve_config` that uses them (``sections`` as there)."""
+    topics = Topics.unique(tag)
+    broker.create_topics(topics.names(), partitions=partitions)
+    return topics, serve_config(broker.bootstrap, topics, store_url, checkpoint, **sections)
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from ingest_testkit import (
     ServeProcess,
-    Topics,
     answered,
     committed,
     fault_report,
     running_loop,
-    serve_config,
+    serve_topics,
     write_config,
 )
 from PIL import Image
@@ -118,13 +117,11 @@ def test_hostile_frames_of_every_kind_against_a_serve_process(
 ) -> None:
     from kafka import KafkaProducer
 
-    topics = Topics.unique("hostile")
-    kafka_broker.create_topics(topics.names(), partitions=1)
     claims = tmp_path / "claims"
     claims.mkdir()
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "hostile",
         product.store_url,
         ingest_checkpoint,
         limits={"claim_check_roots": [str(claims)], "claim_check_timeout_s": 2.0},
@@ -204,13 +201,12 @@ class SlowOverloadedScorer:
 def test_a_slow_overloaded_engine_is_back_pressure_not_dlq(
     kafka_broker: Any, product: Any, scorer: Any, frame_images: Any, ingest_checkpoint: Path
 ) -> None:
-    topics = Topics.unique("slow")
-    kafka_broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "slow",
         product.store_url,
         ingest_checkpoint,
+        partitions=2,
         batch={"size": 4, "max_in_flight": 8},
         retry={"initial_backoff_s": 0.1, "max_backoff_s": 0.5},
     )

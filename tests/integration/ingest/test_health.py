@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import Topics, running_loop, serve_config
+from ingest_testkit import running_loop, serve_topics
 
 from ingest.settings import load_settings
 from ingest.telemetry import Telemetry
@@ -40,13 +40,12 @@ def _wait_for(predicate: Any, timeout_s: float) -> Any:
 def test_healthz_fails_while_the_loop_is_stuck(
     kafka_broker: Any, product: Any, scorer: Any, ingest_checkpoint: Path
 ) -> None:
-    topics = Topics.unique("health")
-    kafka_broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "health",
         product.store_url,
         ingest_checkpoint,
+        partitions=2,
         telemetry={"prometheus_port": 0, "prometheus_addr": "127.0.0.1", "stall_after_s": 1.0},
     )
     settings = load_settings(None, **config)

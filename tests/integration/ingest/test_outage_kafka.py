@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import Topics, committed, producer, read_all, running_loop, serve_config
+from ingest_testkit import (
+    committed,
+    producer,
+    read_all,
+    running_loop,
+    serve_topics,
+)
 
 from ingest.camera import CameraSimulator
 from ingest.schemas import ResultMessage
@@ -35,9 +41,7 @@ def test_store_outage_is_retried_without_committing(
     name = f"outage-{uuid.uuid4().hex[:6]}"
     onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
     scorer = Scorer(local_engine, store, batch_size=4)
-    topics = Topics.unique("outage")
-    kafka_broker.create_topics(topics.names(), partitions=1)
-    config = serve_config(kafka_broker.bootstrap, topics, redis.url, ingest_checkpoint)
+    topics, config = serve_topics(kafka_broker, "outage", redis.url, ingest_checkpoint)
     config["telemetry"] = {"prometheus_port": 0, "prometheus_addr": "127.0.0.1"}
     config["retry"] = {"initial_backoff_s": 0.1, "max_backoff_s": 0.5}
     settings = load_settings(None, **config)

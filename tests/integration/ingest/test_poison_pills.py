@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from ingest_testkit import Topics, answered, committed, running_loop, serve_config
+from ingest_testkit import Topics, answered, committed, running_loop, serve_config, serve_topics
 from PIL import Image
 
 from ingest.schemas import AlarmMessage, DlqInfo, DlqReason, FrameHeaders, utc_now
@@ -62,13 +62,11 @@ def test_huge_bad_frames_and_huge_heatmaps_never_stop_the_loop(
     ingest_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
-    topics = Topics.unique("pill")
-    kafka_broker.create_topics(topics.names(), partitions=1)
     root = tmp_path / "claims"
     root.mkdir()
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "pill",
         product.store_url,
         ingest_checkpoint,
         limits={"claim_check_roots": [str(root)]},

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from ingest_testkit import (
     ServeProcess,
-    Topics,
     answered,
     fault_report,
     producer,
-    serve_config,
+    serve_topics,
     write_config,
 )
 
@@ -132,9 +131,9 @@ def _stop_all(workers: list[ServeProcess]) -> list[int]:
 def test_two_and_three_live_workers_join_and_leave_under_load(
     kafka_broker: Any, product: Any, frame_images: Any, ingest_checkpoint: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.unique("rebal")
-    kafka_broker.create_topics(topics.names(), partitions=4)
-    config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+    topics, config = serve_topics(
+        kafka_broker, "rebal", product.store_url, ingest_checkpoint, partitions=4
+    )
     path = write_config(tmp_path / "serve.yaml", config)
     stream = Stream(
         kafka_broker.bootstrap,
@@ -189,9 +188,7 @@ def test_broker_restart_under_load_keeps_workers_alive(
     tmp_path: Path,
 ) -> None:
     broker = kafka_broker_factory()
-    topics = Topics.unique("brk")
-    broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+    topics, config = serve_topics(broker, "brk", product.store_url, ingest_checkpoint, partitions=2)
     path = write_config(tmp_path / "serve.yaml", config)
     stream = Stream(
         broker.bootstrap, topics.frames, product.name, frame_images.good + frame_images.defect

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import ServeProcess, Topics, producer, read_all, serve_config, write_config
+from ingest_testkit import (
+    ServeProcess,
+    producer,
+    read_all,
+    serve_topics,
+    write_config,
+)
 
 from ingest.camera import CameraSimulator
 from ingest.schemas import ResultMessage
@@ -34,9 +40,7 @@ def test_flushall_mid_stream_is_answered_from_the_durable_copy(
     with open_store(store_url) as store:
         onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
 
-    topics = Topics.unique("flush")
-    kafka_broker.create_topics(topics.names(), partitions=1)
-    config = serve_config(kafka_broker.bootstrap, topics, store_url, ingest_checkpoint)
+    topics, config = serve_topics(kafka_broker, "flush", store_url, ingest_checkpoint)
     path = write_config(tmp_path / "serve.yaml", config)
     images = frame_images.good + frame_images.defect
     prod = producer(kafka_broker.bootstrap)

@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ingest_testkit import Topics, committed, producer, read_all, running_loop, serve_config
+from ingest_testkit import (
+    Topics,
+    committed,
+    producer,
+    read_all,
+    running_loop,
+    serve_config,
+    serve_topics,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,9 +68,9 @@ def test_frames_become_results_and_alarms(
     import ingest.loop
 
     monkeypatch.setattr(ingest.loop, "LAG_INTERVAL_S", 0.2)
-    topics = Topics.unique("e2e")
-    kafka_broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+    topics, config = serve_topics(
+        kafka_broker, "e2e", product.store_url, ingest_checkpoint, partitions=2
+    )
     config["telemetry"] = {"prometheus_port": 0, "prometheus_addr": "127.0.0.1"}
     settings = load_settings(None, **config)
     exporter = InMemorySpanExporter()

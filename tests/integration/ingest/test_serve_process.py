@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from ingest_testkit import (
     ServeProcess,
-    Topics,
     committed,
     producer,
     read_all,
-    serve_config,
+    serve_topics,
     write_config,
 )
 
@@ -34,9 +33,9 @@ def _results(records: list[Any]) -> list[ResultMessage]:
 def test_hard_kill_and_restart_loses_no_frame(
     kafka_broker: Any, product: Any, frame_images: Any, ingest_checkpoint: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.unique("kill")
-    kafka_broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+    topics, config = serve_topics(
+        kafka_broker, "kill", product.store_url, ingest_checkpoint, partitions=2
+    )
     path = write_config(tmp_path / "serve.yaml", config)
     images = frame_images.good + frame_images.defect
     prod = producer(kafka_broker.bootstrap)
@@ -107,11 +106,9 @@ def test_hard_kill_and_restart_loses_no_frame(
 def test_sigterm_finishes_the_batch_in_flight_and_commits(
     kafka_broker: Any, product: Any, frame_images: Any, ingest_checkpoint: Path, tmp_path: Path
 ) -> None:
-    topics = Topics.unique("term")
-    kafka_broker.create_topics(topics.names(), partitions=1)
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "term",
         product.store_url,
         ingest_checkpoint,
         batch={"size": 2, "max_in_flight": 4, "decode_workers": 1},

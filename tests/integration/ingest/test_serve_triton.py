@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import Topics, producer, read_all, running_loop, serve_config
+from ingest_testkit import producer, read_all, running_loop, serve_topics
 
 from ingest.camera import CameraSimulator
 from ingest.runtime import build_scorer
@@ -43,9 +43,7 @@ def test_serve_over_triton_matches_the_local_engine(
     name = f"triton-{uuid.uuid4().hex[:6]}"
     onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
 
-    topics = Topics.unique("triton")
-    kafka_broker.create_topics(topics.names(), partitions=1)
-    config = serve_config(kafka_broker.bootstrap, topics, store_url, ingest_checkpoint)
+    topics, config = serve_topics(kafka_broker, "triton", store_url, ingest_checkpoint)
     config["engine"] = {"kind": "triton", "url": server.grpc_url, "timeout_s": 60}
     settings = load_settings(None, **config)
     scorer = build_scorer(settings)  # the configured engine: TritonEngine over gRPC

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import Topics, running_loop, serve_config
+from ingest_testkit import Topics, running_loop, serve_topics
 
 from ingest import smoke
 from ingest.settings import load_settings
@@ -29,9 +29,9 @@ def test_smoke_frame_round_trips_through_the_loop(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    topics = Topics.unique("smoke")
-    kafka_broker.create_topics(topics.names(), partitions=2)
-    config = serve_config(kafka_broker.bootstrap, topics, product.store_url, ingest_checkpoint)
+    topics, config = serve_topics(
+        kafka_broker, "smoke", product.store_url, ingest_checkpoint, partitions=2
+    )
     settings = load_settings(None, **config)
     _env(monkeypatch, kafka_broker.bootstrap, topics)
     with running_loop(settings, scorer, Telemetry(settings.telemetry)):

@@ -12,10 +12,9 @@ import pytest
 from ingest_testkit import (
     REPO_ROOT,
     ServeProcess,
-    Topics,
     adqc_command,
     read_all,
-    serve_config,
+    serve_topics,
     write_config,
 )
 
@@ -47,11 +46,9 @@ def test_a_frame_trace_runs_from_the_camera_through_serve_in_jaeger(
     ingest_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
-    topics = Topics.unique("trace")
-    kafka_broker.create_topics(topics.names(), partitions=1)
-    config = serve_config(
-        kafka_broker.bootstrap,
-        topics,
+    topics, config = serve_topics(
+        kafka_broker,
+        "trace",
         product.store_url,
         ingest_checkpoint,
         telemetry={"prometheus_port": None, "otlp_endpoint": jaeger_server.otlp_http_endpoint},

@@ -9,20 +9,12 @@ tests/integration/deploy/test_monitoring_rendered.py (they need the helm binary)
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
-from monitoring_testkit import dashboard_exprs, exported, metric_names  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "helm" / "adqc"
-MONITORING = CHART / "ci" / "monitoring-values.yaml"
-DASHBOARD = CHART / "dashboards" / "adqc-overview.json"
-#: Grafana's variables, replaced by something PromQL parses
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-#: label_values(<metric or selector>, <label>) in dashboard variable queries
-LABEL_VALUES = re.compile(r"^label_values\((.+),\s*\w+\)$")
+from monitoring_testkit import (  # noqa: F401
+    dashboard_exprs,
+    exported,
+    metric_names,
+)
 
 
 def test_the_extractor_finds_every_selector() -> None:

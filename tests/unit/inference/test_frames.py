@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from frame_testkit import frame_headers
 from PIL import Image
 
 from inference.frames import FrameError, decode_frame, load_frame
 from inference.onboarding import load_images
 from ingest.decode import decode_frame as decode_kafka_frame
-from ingest.schemas import DlqReason, FrameHeaders, MessageError
+from ingest.schemas import DlqReason, MessageError
 from ingest.settings import FrameLimits
 from pretrain.preprocess import ImageLoadError, load_image, resize_uint8
 
@@ -43,17 +43,6 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _headers(content_type: str = "image/png") -> FrameHeaders:
-    return FrameHeaders(
-        product="p",
-        line="l",
-        camera="c",
-        frame_id="f",
-        capture_time=datetime.now(UTC),
-        content_type=content_type,
-    )
-
-
 @pytest.mark.parametrize("kind", list(_images()))
 def test_kafka_and_onboarding_paths_decode_identically(kind: str, tmp_path: Path) -> None:
     data = _png(_images()[kind])
@@ -61,8 +50,8 @@ def test_kafka_and_onboarding_paths_decode_identically(kind: str, tmp_path: Path
     path.write_bytes(data)
     limits = FrameLimits(claim_check_roots=[tmp_path])
 
-    kafka = decode_kafka_frame(data, _headers(), limits)
-    claim = decode_kafka_frame(path.as_uri().encode(), _headers("text/uri-list"), limits)
+    kafka = decode_kafka_frame(data, frame_headers(), limits)
+    claim = decode_kafka_frame(path.as_uri().encode(), frame_headers("text/uri-list"), limits)
     onboarding = load_frame(path)
     pretraining = load_image(path)
 
@@ -105,7 +94,7 @@ def test_file_errors_name_the_file_and_carry_a_reason(tmp_path: Path) -> None:
         load_frame(big, FrameLimits(max_side=32))
     assert err.value.reason == DlqReason.WRONG_SIZE
     with pytest.raises(MessageError) as kafka_err:
-        decode_kafka_frame(big.read_bytes(), _headers(), FrameLimits(max_side=32))
+        decode_kafka_frame(big.read_bytes(), frame_headers(), FrameLimits(max_side=32))
     assert kafka_err.value.reason is DlqReason.WRONG_SIZE
 
 
@@ -126,7 +115,7 @@ def _claim(path: Path | str) -> bytes:
 
 def _claim_error(uri: bytes, limits: FrameLimits) -> MessageError:
     with pytest.raises(MessageError) as err:
-        decode_kafka_frame(uri, _headers("text/uri-list"), limits)
+        decode_kafka_frame(uri, frame_headers("text/uri-list"), limits)
     return err.value
 
 
@@ -138,7 +127,7 @@ def test_claim_checks_are_off_without_roots(tmp_path: Path) -> None:
     assert "claim checks are off" in error.detail
     # the same file is accepted once its directory is a root
     ok = decode_kafka_frame(
-        _claim(path), _headers("text/uri-list"), FrameLimits(claim_check_roots=[tmp_path])
+        _claim(path), frame_headers("text/uri-list"), FrameLimits(claim_check_roots=[tmp_path])
     )
     assert ok.shape == (40, 56, 3)
 
@@ -190,7 +179,9 @@ def test_a_symlink_out_of_the_roots_is_refused(tmp_path: Path) -> None:
     # a symlink that stays inside the root is fine
     (root / "real.png").write_bytes(outside.read_bytes())
     (root / "inside.png").symlink_to(root / "real.png")
-    assert decode_kafka_frame(_claim(root / "inside.png"), _headers("text/uri-list"), limits).shape
+    assert decode_kafka_frame(
+        _claim(root / "inside.png"), frame_headers("text/uri-list"), limits
+    ).shape
 
 
 def test_claim_check_reads_are_bounded_by_max_bytes(tmp_path: Path) -> None:

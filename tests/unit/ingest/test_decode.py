@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from frame_testkit import frame_headers
 from PIL import Image
 
 from ingest.decode import decode_frame
@@ -21,32 +21,20 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _headers(content_type: str = "image/png", **over: object) -> FrameHeaders:
-    return FrameHeaders(
-        product="p",
-        line="l",
-        camera="c",
-        frame_id="f",
-        capture_time=datetime.now(UTC),
-        content_type=content_type,
-        **over,
-    )
-
-
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
 
 def test_png_decodes_exactly_and_jpeg_approximately() -> None:
-    out = decode_frame(_encode(IMAGE, "PNG"), _headers(), FrameLimits())
+    out = decode_frame(_encode(IMAGE, "PNG"), frame_headers(), FrameLimits())
     assert out.dtype == np.uint8 and out.shape == (48, 64, 3)
     assert np.array_equal(out, IMAGE)
-    jpeg = decode_frame(_encode(IMAGE, "JPEG"), _headers("image/jpeg"), FrameLimits())
+    jpeg = decode_frame(_encode(IMAGE, "JPEG"), frame_headers("image/jpeg"), FrameLimits())
     assert jpeg.shape == (48, 64, 3)
 
 
 def test_grayscale_frames_become_rgb() -> None:
     gray = _encode(IMAGE[..., 0], "PNG")
-    out = decode_frame(gray, _headers(), FrameLimits())
+    out = decode_frame(gray, frame_headers(), FrameLimits())
     assert out.shape == (48, 64, 3)
     assert np.array_equal(out[..., 0], out[..., 2])
 
@@ -56,88 +44,88 @@ def test_claim_check_reads_the_file(tmp_path: Path) -> None:
     path.write_bytes(_encode(IMAGE, "PNG"))
     uri = path.as_uri().encode()
     limits = FrameLimits(claim_check_roots=[tmp_path])
-    out = decode_frame(uri, _headers("text/uri-list"), limits)
+    out = decode_frame(uri, frame_headers("text/uri-list"), limits)
     assert np.array_equal(out, IMAGE)
 
 
 @pytest.mark.parametrize(
     ("value", "headers", "limits", "reason", "fragment"),
     [
-        (b"", _headers(), FrameLimits(), DlqReason.UNDECODABLE_IMAGE, "empty"),
-        (b"garbage", _headers(), FrameLimits(), DlqReason.UNDECODABLE_IMAGE, "cannot decode"),
+        (b"", frame_headers(), FrameLimits(), DlqReason.UNDECODABLE_IMAGE, "empty"),
+        (b"garbage", frame_headers(), FrameLimits(), DlqReason.UNDECODABLE_IMAGE, "cannot decode"),
         (
             _encode(IMAGE, "PNG")[:200],
-            _headers(),
+            frame_headers(),
             FrameLimits(),
             DlqReason.UNDECODABLE_IMAGE,
             "cannot decode",
         ),
         (
             _encode(IMAGE, "JPEG"),
-            _headers("image/png"),
+            frame_headers("image/png"),
             FrameLimits(),
             DlqReason.UNDECODABLE_IMAGE,
             "data is JPEG",
         ),
         (
             _encode(IMAGE, "GIF"),
-            _headers(),
+            frame_headers(),
             FrameLimits(),
             DlqReason.UNDECODABLE_IMAGE,
             "GIF",
         ),
         (
             _encode(IMAGE, "PNG"),
-            _headers(width=64, height=40),
+            frame_headers(width=64, height=40),
             FrameLimits(),
             DlqReason.WRONG_SIZE,
             "declare 64x40",
         ),
         (
             _encode(IMAGE, "PNG"),
-            _headers(),
+            frame_headers(),
             FrameLimits(min_side=50),
             DlqReason.WRONG_SIZE,
             "64x48",
         ),
         (
             _encode(IMAGE, "PNG"),
-            _headers(),
+            frame_headers(),
             FrameLimits(max_side=60),
             DlqReason.WRONG_SIZE,
             "64x48",
         ),
         (
             _encode(IMAGE, "PNG"),
-            _headers(),
+            frame_headers(),
             FrameLimits(max_bytes=100),
             DlqReason.WRONG_SIZE,
             "max_bytes",
         ),
         (
             b"http://example.com/x.png",
-            _headers("text/uri-list"),
+            frame_headers("text/uri-list"),
             FrameLimits(claim_check_roots=[Path("/srv/frames")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "file://",
         ),
         (
             b"file:///nonexistent/x.png",
-            _headers("text/uri-list"),
+            frame_headers("text/uri-list"),
             FrameLimits(claim_check_roots=[Path("/nonexistent")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "/nonexistent/x.png",
         ),
         (
             b"file:///etc/hostname",
-            _headers("text/uri-list"),
+            frame_headers("text/uri-list"),
             FrameLimits(claim_check_roots=[Path("/srv/frames")]),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "outside the allowed roots",
         ),
         (
             b"file:///etc/hostname",
-            _headers("text/uri-list"),
+            frame_headers("text/uri-list"),
             FrameLimits(),
             DlqReason.CLAIM_CHECK_UNREADABLE,
             "claim checks are off",
