@@ -9,13 +9,13 @@ mean of the per-group image AUROCs is reported beside the pooled one for grouped
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluation import metrics as M
+from evaluation.runner import write_json
 
 KEY_FIELDS = ("class", "shots", "source", "features", "method")
 
@@ -103,23 +103,9 @@ def merge_rows(doc: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     return doc
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def write_doc(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(doc), indent=2) + "\n")
-    tmp.replace(path)
+    """Write the peer JSON atomically (NaN -> null), as every evaluation result is written."""
+    write_json(path, doc)
 
 
 def operating_point(
