@@ -79,6 +79,11 @@ def commit_map(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, Offse
     return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
 
+#: how often the serve consumer refreshes topic metadata (ms): bounds the idle time of a worker
+#: that joined before its topic's partitions were known
+METADATA_MAX_AGE_MS = 10_000
+
+
 def create_consumer(
     settings: ServeSettings,
     listener: ConsumerRebalanceListener | None = None,
@@ -96,6 +101,10 @@ def create_consumer(
         "max_poll_records": settings.batch.max_in_flight,
         "fetch_max_wait_ms": 50,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        # a worker that joins before the frames topic's metadata is known is assigned nothing
+        # ("No partition metadata"); kafka-python rejoins once a metadata refresh shows the
+        # partitions, by default only after 5 minutes of idling
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)

@@ -51,3 +51,24 @@ def test_gaps_in_offsets_and_revoked_partitions() -> None:
     tracker.forget([A])
     tracker.done(A, 9)  # late completion of a revoked partition is ignored
     assert tracker.committable() == {}
+
+
+def test_serve_consumer_refreshes_metadata_within_seconds(monkeypatch) -> None:
+    """A worker that joined before its topic's partitions were known must not idle for
+    kafka-python's default 5 minutes: the serve consumer refreshes metadata every few seconds."""
+    import ingest.consumer as consumer_module
+    from ingest.settings import load_settings
+
+    made: dict = {}
+
+    class FakeConsumer:
+        def __init__(self, **config) -> None:
+            made.update(config)
+
+        def subscribe(self, topics, listener=None) -> None:
+            made["topics"] = topics
+
+    monkeypatch.setattr(consumer_module, "KafkaConsumer", FakeConsumer)
+    consumer_module.create_consumer(load_settings(None))
+    assert made["metadata_max_age_ms"] <= 10_000
+    assert made["topics"] == [load_settings(None).topics.frames]
