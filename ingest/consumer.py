@@ -7,11 +7,13 @@ DLQ record acknowledged by the broker), so a crash re-delivers every unfinished 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ingest.settings import ServeSettings
@@ -74,13 +76,15 @@ class OffsetTracker:
             self._committed.pop(tp, None)
 
 
+log = logging.getLogger(__name__)
+
+
 def commit_map(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     """kafka-python's commit argument for ``{partition: next offset}``."""
     return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
 
-#: how often the serve consumer refreshes topic metadata (ms): bounds the idle time of a worker
-#: that joined before its topic's partitions were known
+#: how often the serve consumer refreshes topic metadata (ms)
 METADATA_MAX_AGE_MS = 10_000
 
 
@@ -101,12 +105,16 @@ def create_consumer(
         "max_poll_records": settings.batch.max_in_flight,
         "fetch_max_wait_ms": 50,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
-        # a worker that joins before the frames topic's metadata is known is assigned nothing
-        # ("No partition metadata"); kafka-python rejoins once a metadata refresh shows the
-        # partitions, by default only after 5 minutes of idling
+        # refresh topic metadata every few seconds (kafka-python's default is 5 minutes)
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)
     consumer.subscribe([settings.topics.frames], listener=listener)
+    # load the topic's metadata before the first poll joins the group: a join made on the
+    # bootstrap metadata alone assigned nothing ("No partition metadata") and stayed idle
+    try:
+        consumer.partitions_for_topic(settings.topics.frames)
+    except KafkaError as exc:  # best effort: the group join still works, and is retried
+        log.warning("metadata of %s not loaded before joining: %s", settings.topics.frames, exc)
     return consumer

@@ -54,8 +54,8 @@ def test_gaps_in_offsets_and_revoked_partitions() -> None:
 
 
 def test_serve_consumer_refreshes_metadata_within_seconds(monkeypatch) -> None:
-    """A worker that joined before its topic's partitions were known must not idle for
-    kafka-python's default 5 minutes: the serve consumer refreshes metadata every few seconds."""
+    """The serve consumer loads its topic's metadata before the first poll joins the group (a
+    join on bootstrap metadata alone was assigned nothing) and refreshes it every few seconds."""
     import ingest.consumer as consumer_module
     from ingest.settings import load_settings
 
@@ -68,7 +68,12 @@ def test_serve_consumer_refreshes_metadata_within_seconds(monkeypatch) -> None:
         def subscribe(self, topics, listener=None) -> None:
             made["topics"] = topics
 
+        def partitions_for_topic(self, topic):
+            made.setdefault("metadata_loaded_for", []).append(topic)
+            return {0}
+
     monkeypatch.setattr(consumer_module, "KafkaConsumer", FakeConsumer)
     consumer_module.create_consumer(load_settings(None))
     assert made["metadata_max_age_ms"] <= 10_000
-    assert made["topics"] == [load_settings(None).topics.frames]
+    frames = load_settings(None).topics.frames
+    assert made["topics"] == [frames] and made["metadata_loaded_for"] == [frames]
