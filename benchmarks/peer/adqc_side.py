@@ -29,12 +29,14 @@ from evaluation.runner import (
     load_model,
 )
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
-from pretrain.detectors import check_supported, image_scores, leave_one_out_scores, make_detector
+from pretrain.detectors import check_supported, image_scores, leave_one_out_maps, make_detector
 
 BATCH = 16
 #: row name -> (detector, constructor arguments); plain names are the detectors' defaults
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore_n1": ("patchcore", {"neighbourhood": 1}),  # no 3x3 aggregation (side check)
+    # anomalib 2.x's embedding: the last two levels concatenated (on taps 6 + 13: its layers)
+    "patchcore_concat": ("patchcore", {"aggregation": "concat", "n_levels": 2}),
 }
 
 
@@ -55,6 +57,7 @@ class Scored:
     fit_seconds: float
     score_seconds: float
     info: dict[str, Any]
+    loo_maps: torch.Tensor | None = None  # [K,S,S] of the references, leave-one-out
 
 
 def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = True) -> Scored:
@@ -74,10 +77,12 @@ def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = 
     scores = image_scores(torch.from_numpy(maps)).numpy().astype(np.float64)
     t2 = time.perf_counter()
     info: dict[str, Any] = dict(det.info())
+    loo_maps = None
     if calibrate_threshold and fs.train is not None and fs.train[0].shape[0] >= 2:
         # exactly what `adqc product add` does without calibration images
         # (inference/onboarding.py): leave-one-out scores of the K references, then the rule
-        normal = leave_one_out_scores(det.config, fs.train, fs.image_size)
+        loo_maps = leave_one_out_maps(det.config, fs.train, fs.image_size, fitted=det)
+        normal = image_scores(loo_maps)
         try:
             cal = calibrate(normal.numpy().astype(np.float64).tolist(), DEFAULT_TARGET_FAR)
             info["threshold"] = cal.threshold
@@ -85,7 +90,7 @@ def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = 
         except CalibrationError as exc:
             info["threshold_error"] = str(exc)
     info["calibration_s"] = time.perf_counter() - t2
-    return Scored(scores, maps, t1 - t0, t2 - t1, info)
+    return Scored(scores, maps, t1 - t0, t2 - t1, info, loo_maps)
 
 
 def supported(kind: str, method: str) -> bool:

@@ -33,12 +33,20 @@ def anomalib_command(
     json_out: Path = typer.Option(DEFAULT_JSON, "--json", help="rows are merged into this JSON"),
     markdown: Path | None = typer.Option(None, "--markdown", help="e.g. docs/RESULTS.md"),
     section: str = typer.Option("anomalib-peer", "--section"),
-    features: list[str] = typer.Option(["raw,adpretrain"], "--features"),
+    features: list[str] = typer.Option(
+        ["raw,adpretrain"],
+        "--features",
+        help="adqc rows: raw, residual, adpretrain; candidate = the default-detector "
+        "candidates (benchmarks/peer/candidates.py)",
+    ),
     detectors: list[str] | None = typer.Option(
         None, "--detectors", help="adqc detectors, comma-separated [default: all three]"
     ),
     methods: list[str] | None = hidden_alias("--methods"),
     no_peer: bool = typer.Option(False, "--no-peer", help="adqc rows only"),
+    peer_models: list[str] = typer.Option(
+        ["patchcore,padim"], "--peer-models", help="anomalib models: patchcore, padim"
+    ),
     no_adqc: bool = typer.Option(False, "--no-adqc", help="anomalib rows only"),
     peer_python: Path | None = typer.Option(
         None, "--peer-python", help="python of the anomalib venv (.cache/anomalib-venv)"
@@ -71,6 +79,9 @@ def anomalib_command(
     doc = scoring.load_doc(json_out)
     command = "adqc bench anomalib " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     run_info = {"command": command, "classes": []}
+    unknown = set(_split(peer_models)) - {"patchcore", "padim"}
+    if unknown:
+        raise typer.BadParameter(f"--peer-models: unknown {sorted(unknown)}; patchcore, padim")
     for k in [int(s) for s in _split(shots)]:
         opts = BenchOptions(
             shots=k,
@@ -87,6 +98,7 @@ def anomalib_command(
             checkpoint=checkpoint,
             checkpoint_for=pairs,
             max_test=max_test,
+            peer_models=tuple(_split(peer_models)),
         )
         for spec in data:
             try:

@@ -41,6 +41,7 @@ class BenchOptions:
     checkpoint_for: dict[str, str] = field(default_factory=dict)  # class -> LODO checkpoint
     seed: int = 0
     max_test: int | None = None  # cap per class (stratified by label, seed 0)
+    peer_models: tuple[str, ...] = ("patchcore", "padim")
 
 
 def peer_ready(python: Path = PEER_PYTHON) -> bool:
@@ -66,6 +67,7 @@ def run_peer(inputs: exchange.Inputs, folder: Path, opts: BenchOptions):
         )
     exchange.write_peer_inputs(inputs, folder)
     cmd = [str(opts.peer_python), str(PEER_SCRIPT), "--dir", str(folder), "--seed", str(opts.seed)]
+    cmd += ["--models", ",".join(opts.peer_models)]
     log.info("peer: %s", " ".join(cmd))
     proc = subprocess.run(cmd, env=peer_env(), stdout=sys.stderr, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -77,8 +79,8 @@ def kinds_for(class_name: str, seen: bool, opts: BenchOptions) -> tuple[list[str
     """Feature kinds for this class and its checkpoint; adpretrain needs an unseen class."""
     if class_name in opts.checkpoint_for:
         return opts.features, opts.checkpoint_for[class_name]
-    if seen and "adpretrain" in opts.features:
-        return [k for k in opts.features if k != "adpretrain"], None
+    if seen and ({"adpretrain", "candidate"} & set(opts.features)):
+        return [k for k in opts.features if k not in ("adpretrain", "candidate")], None
     return opts.features, opts.checkpoint
 
 
@@ -130,8 +132,15 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                 f"{bc.name} was in the shipped projector's pretraining set: adpretrain rows "
                 "need a leave-one-dataset-out checkpoint (--checkpoint-for CLASS=PATH); skipped"
             )
-        lm = adqc_side.load(opts.backbone, checkpoint, kinds)
-        for out in adqc_side.run(lm, inputs, kinds, opts.methods):
+        want_candidates = "candidate" in kinds
+        kinds = [k for k in kinds if k != "candidate"]
+        lm = adqc_side.load(opts.backbone, checkpoint, kinds + ["adpretrain"] * want_candidates)
+        outs = adqc_side.run(lm, inputs, kinds, opts.methods) if kinds else []
+        if want_candidates:
+            from benchmarks.peer import candidates
+
+            outs += candidates.run(lm, candidates.aux_model(), inputs)
+        for out in outs:
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {
                 "detector": out.info,

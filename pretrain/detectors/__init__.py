@@ -9,7 +9,7 @@ features came from (raw backbone levels, residuals, or projected residuals).
 from pretrain.detectors.base import Detector, DetectorConfig, NotFittedError
 from pretrain.detectors.components import anomaly_map, gaussian_blur, image_scores
 from pretrain.detectors.featurenorm import FeatureNorm, FeatureNormConfig
-from pretrain.detectors.leave_one_out import leave_one_out_scores
+from pretrain.detectors.leave_one_out import leave_one_out_maps, leave_one_out_scores
 from pretrain.detectors.padim import PaDiM, PaDiMConfig
 from pretrain.detectors.patchcore import PatchCore, PatchCoreConfig
 from pretrain.detectors.registry import (
@@ -45,6 +45,7 @@ __all__ = [
     "detector_config",
     "gaussian_blur",
     "image_scores",
+    "leave_one_out_maps",
     "leave_one_out_scores",
     "load_detector",
     "make_detector",

@@ -27,8 +27,19 @@ def leave_one_out_scores(
     fitted: Detector | None = None,
 ) -> Tensor:
     """Image scores [K] of K normal images (features per level [K,C,h,w]), each image scored
-    by a detector of ``config`` fitted on the other K-1 (a detector without fitted state
-    scores all K in one batch).
+    by a detector of ``config`` fitted on the other K-1 (see :func:`leave_one_out_maps`)."""
+    return image_scores(leave_one_out_maps(config, features, image_size, sigma, fitted))
+
+
+def leave_one_out_maps(
+    config: DetectorConfig,
+    features: Sequence[Tensor],
+    image_size: int | Sequence[int],
+    sigma: float = DEFAULT_SIGMA,
+    fitted: Detector | None = None,
+) -> Tensor:
+    """Anomaly maps [K,S,S] of K normal images, each image scored by a detector of ``config``
+    fitted on the other K-1 (a detector without fitted state scores all K in one batch).
 
     PatchCore above its coreset threshold is the exception: refitting would run K greedy
     coresets (minutes each at full shot), so one bank fitted on all K images (``fitted``, or
@@ -43,19 +54,19 @@ def leave_one_out_scores(
         probe = make_detector(config)
         if not list(probe.buffers()):  # nothing to fit: the others change nothing
             probe.fit(features)
-            return image_scores(probe.anomaly_maps(features, image_size, sigma))
+            return probe.anomaly_maps(features, image_size, sigma)
         if isinstance(probe, PatchCore):
             grid = finest_grid(features[-probe.config.n_levels :])
             per_image = grid[0] * grid[1]
             if (k - 1) * per_image > probe.config.coreset_threshold:
                 return _patchcore_shared_bank(fitted, probe, features, image_size, sigma, per_image)
-        scores = torch.empty(k, dtype=torch.float32)
+        maps = []
         for i in range(k):
             detector = make_detector(config)
             detector.fit([torch.cat([f[:i], f[i + 1 :]]) for f in features])
             held_out = [f[i : i + 1] for f in features]
-            scores[i] = image_scores(detector.anomaly_maps(held_out, image_size, sigma))[0]
-    return scores
+            maps.append(detector.anomaly_maps(held_out, image_size, sigma))
+    return torch.cat(maps)
 
 
 def _patchcore_shared_bank(
@@ -72,11 +83,11 @@ def _patchcore_shared_bank(
         fitted.fit(features)
     selected = fitted.selected if fitted.selected is not None else torch.arange(len(fitted.memory))
     source = selected // per_image
-    scores = torch.empty(k, dtype=torch.float32)
+    maps = []
     for i in range(k):
         rest = PatchCore(fitted.config)
         rest.memory = fitted.memory[source != i]
         rest.n_patches_seen = fitted.n_patches_seen
         held_out = [f[i : i + 1] for f in features]
-        scores[i] = image_scores(rest.anomaly_maps(held_out, image_size, sigma))[0]
-    return scores
+        maps.append(rest.anomaly_maps(held_out, image_size, sigma))
+    return torch.cat(maps)

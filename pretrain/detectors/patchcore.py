@@ -28,6 +28,9 @@ class PatchCoreConfig(DetectorConfig):
     coreset_threshold: int = Field(10_000, ge=1)
     project_dim: int = Field(128, ge=0)
     seed: int = 0
+    #: "pool": channels pooled to a common width per level, then together (reference
+    #: implementation); "concat": levels concatenated as they are (anomalib 2.x)
+    aggregation: Literal["pool", "concat"] = "pool"
 
 
 class PatchCore(Detector[PatchCoreConfig]):
@@ -37,6 +40,8 @@ class PatchCore(Detector[PatchCoreConfig]):
     grid among them; each level's channels adaptive-average-pooled to a common width
     ``embed_dim`` (default: the widest level), then the levels pooled together to
     ``target_dim`` (default: embed_dim), as in the reference implementation's aggregator.
+    With ``aggregation="concat"`` the upsampled levels are concatenated channel-wise instead
+    (anomalib 2.x's ``generate_embedding``: every channel weighs the same, no pooling).
     Memory bank (buffer ``memory`` [M, target_dim]): every patch of the fitted images while
     there are at most ``coreset_threshold`` of them (few-shot: all K images' patches), else a
     greedy coreset of ``coreset_ratio`` (random projection to ``project_dim`` for selection).
@@ -55,6 +60,9 @@ class PatchCore(Detector[PatchCoreConfig]):
         """Patch embeddings [B*h*w, target_dim] and the grid (h, w)."""
         cfg = self.config
         levels = check_levels(features, "PatchCore")[-cfg.n_levels :]
+        if cfg.aggregation == "concat" and (cfg.embed_dim is None or cfg.target_dim is None):
+            width = sum(f.shape[1] for f in levels)
+            cfg = self.config = cfg.model_copy(update={"embed_dim": width, "target_dim": width})
         if cfg.embed_dim is None or cfg.target_dim is None:
             embed_dim = cfg.embed_dim or max(f.shape[1] for f in levels)
             cfg = self.config = cfg.model_copy(
@@ -70,7 +78,15 @@ class PatchCore(Detector[PatchCoreConfig]):
             if tuple(f.shape[-2:]) != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             tokens = f.permute(0, 2, 3, 1).reshape(-1, 1, f.shape[1])
+            if cfg.aggregation == "concat":
+                parts.append(tokens)
+                continue
             parts.append(F.adaptive_avg_pool1d(tokens, cfg.embed_dim))  # [BHW,1,D]
+        if cfg.aggregation == "concat":
+            width = sum(t.shape[-1] for t in parts)
+            if width != cfg.target_dim:
+                raise ValueError(f"PatchCore: concatenated width {width} != {cfg.target_dim}")
+            return torch.cat(parts, dim=2).reshape(-1, cfg.target_dim).contiguous(), grid
         stacked = torch.cat(parts, dim=1).reshape(b * grid[0] * grid[1], 1, -1)
         emb = F.adaptive_avg_pool1d(stacked, cfg.target_dim).squeeze(1)
         return emb.contiguous(), grid

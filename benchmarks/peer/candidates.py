@@ -1,0 +1,132 @@
+"""Default-detector candidates of issue 11 (docs/BACKBONES.md, "Choosing the default").
+
+Members, each fitted on the K references of a group exactly as ``adqc eval`` fits a detector:
+
+- ``s8-patchcore``: PatchCore on raw MobileNetV2 features at anomalib's taps (torchvision
+  ``features.6`` + ``features.13``, strides 8 and 16, a 28x28 grid at 224): 3x3 average,
+  levels upsampled to 28x28 and concatenated (128 channels), full memory bank below 10k patches
+  (no coreset at few-shot);
+- ``adp-featurenorm`` / ``adp-padim`` / ``adp-patchcore``: the shipped projector's features
+  (``features.10/13/17``) with adqc's detectors.
+
+Candidates are single members or ensembles (``pretrain.detectors.ensemble``: members' maps as
+z-scores of their own leave-one-out normal image scores, averaged). Every candidate's threshold
+is calibrated from the combined leave-one-out scores of the references, as onboarding would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.peer import adqc_side
+from benchmarks.peer.adqc_side import AdqcOutput
+from benchmarks.peer.exchange import Inputs
+from evaluation.datasets import Category
+from evaluation.runner import LoadedModel, RawFeatures, feature_set
+from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
+from pretrain.detectors.ensemble import ensemble_scores
+
+AUX_TAPS = (6, 13)
+#: member -> (feature source, row method of adqc_side.score_features)
+MEMBERS: dict[str, tuple[str, str]] = {
+    "s8-patchcore": ("stride8", "patchcore_concat"),
+    "adp-featurenorm": ("adpretrain", "featurenorm"),
+    "adp-padim": ("adpretrain", "padim"),
+    "adp-patchcore": ("adpretrain", "patchcore"),
+}
+#: candidate -> members (order fixed before the runs, docs/BACKBONES.md)
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "s8-patchcore": ("s8-patchcore",),
+    "s8-patchcore+adp-featurenorm": ("s8-patchcore", "adp-featurenorm"),
+    "s8-patchcore+adp-padim": ("s8-patchcore", "adp-padim"),
+    "s8-patchcore+adp-featurenorm+adp-padim": ("s8-patchcore", "adp-featurenorm", "adp-padim"),
+    "adp-featurenorm+adp-padim": ("adp-featurenorm", "adp-padim"),
+}
+
+
+def aux_model() -> LoadedModel:
+    """MobileNetV2 (the shipped ImageNet weights) tapped at anomalib PatchCore's layers."""
+    from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
+    from pretrain.model import FeatureModel
+
+    return LoadedModel(FeatureModel(tapped_mobilenet_v2(AUX_TAPS), None), {})
+
+
+def _threshold(loo_scores: torch.Tensor) -> float:
+    try:
+        return calibrate(loo_scores.double().tolist(), DEFAULT_TARGET_FAR).threshold
+    except CalibrationError:
+        return float("nan")
+
+
+def run(
+    lm: LoadedModel,
+    aux: LoadedModel,
+    inputs: Inputs,
+    candidates: dict[str, tuple[str, ...]] = CANDIDATES,
+) -> list[AdqcOutput]:
+    """Every candidate's rows on ``inputs`` (features "candidate"), groups concatenated."""
+    bc = inputs.bench_class
+    needed = sorted({m for members in candidates.values() for m in members})
+    sources = {MEMBERS[m][0] for m in needed}
+    scores: dict[str, list[np.ndarray]] = {c: [] for c in candidates}
+    maps: dict[str, list[np.ndarray]] = {c: [] for c in candidates}
+    seconds = dict.fromkeys(candidates, 0.0)
+    thresholds: dict[str, list[float]] = {c: [] for c in candidates}
+    for g, group in enumerate(bc.groups):
+        refs = group.references(inputs.shots)
+        member_out, member_s, source_s = {}, {}, {}
+        for source in sorted(sources):
+            model = aux if source == "stride8" else lm
+            t0 = time.perf_counter()
+            train = adqc_side._backbone(model, inputs.refs[g])
+            test = adqc_side._backbone(model, inputs.test[g])
+            raw = RawFeatures(
+                category=Category(bc.name, bc.spec, refs, group.test),
+                image_size=inputs.image_size,
+                train_paths=refs,
+                train=train,
+                test=test,
+                samples=group.test,
+                masks=None,
+                seconds=time.perf_counter() - t0,
+            )
+            kind = "raw" if source == "stride8" else source
+            fs = feature_set(model, raw, kind, inputs.shots, show_progress=False)
+            source_s[source] = raw.seconds + fs.seconds
+            for m in needed:
+                if MEMBERS[m][0] != source:
+                    continue
+                out = adqc_side.score_features(fs, MEMBERS[m][1], calibrate_threshold=True)
+                member_out[m] = out
+                member_s[m] = out.fit_seconds + out.score_seconds
+        for c, members in candidates.items():
+            test_maps = [torch.from_numpy(member_out[m].maps) for m in members]
+            loo_maps = [member_out[m].loo_maps for m in members]
+            if len(members) == 1:
+                c_maps, c_scores = test_maps[0], torch.from_numpy(member_out[members[0]].scores)
+                c_loo = loo_maps[0].flatten(1).amax(1)
+            else:
+                c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
+            scores[c].append(c_scores.double().numpy())
+            if inputs.masks is not None:
+                maps[c].append(c_maps.float().numpy())
+            thresholds[c].append(_threshold(c_loo))
+            used = {MEMBERS[m][0] for m in members}
+            seconds[c] += sum(source_s[s] for s in used) + sum(member_s[m] for m in members)
+    info: dict[str, Any] = {"aux_taps": list(AUX_TAPS)}
+    return [
+        AdqcOutput(
+            "candidate",
+            c,
+            np.concatenate(scores[c]),
+            np.concatenate(maps[c]) if maps[c] else None,
+            seconds[c],
+            {**info, "members": list(candidates[c]), "group_thresholds": thresholds[c]},
+        )
+        for c in candidates
+    ]
