@@ -32,6 +32,7 @@ err = Console(stderr=True)
 class Detector(StrEnum):
     """Detectors a product can be onboarded with (inference.onboarding.DETECTOR_CHOICES)."""
 
+    ensemble = "ensemble"
     featurenorm = "featurenorm"
     patchcore = "patchcore"
     padim = "padim"
@@ -85,7 +86,12 @@ def product_add(
     target_far: float = typer.Option(
         DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
     ),
-    detector: Detector = typer.Option(Detector.featurenorm, "--detector", help="Detector."),
+    detector: Detector = typer.Option(
+        Detector.ensemble,
+        "--detector",
+        help="Detector: ensemble = stride-8 PatchCore + adpretrain FeatureNorm, each normalised "
+        "by its leave-one-out normal scores (docs/BACKBONES.md).",
+    ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Projector checkpoint.", show_default="the shipped one"

@@ -34,7 +34,14 @@ from inference.frames import load_frame
 from inference.records import DetectorName, ProductRecord, check_product_name
 from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
-from pretrain.detectors import leave_one_out_scores, make_detector
+from inference.stride8 import Stride8Source, shared_stride8
+from pretrain.detectors import (
+    Ensemble,
+    default_ensemble,
+    fit_ensemble,
+    leave_one_out_scores,
+    make_detector,
+)
 from pretrain.preprocess import resize_uint8
 from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
 
@@ -42,7 +49,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
 MIN_SHOTS = 2
 #: detectors a product can be onboarded with
-DETECTOR_CHOICES: tuple[DetectorName, ...] = ("featurenorm", "patchcore", "padim")
+DETECTOR_CHOICES: tuple[DetectorName, ...] = ("ensemble", "featurenorm", "patchcore", "padim")
+#: the default: stride-8 PatchCore + adpretrain FeatureNorm (docs/BACKBONES.md)
+DEFAULT_DETECTOR: DetectorName = "ensemble"
 
 
 class OnboardingError(ValueError):
@@ -87,9 +96,10 @@ def build_record(
     product: str,
     shots: np.ndarray,
     *,
-    detector: DetectorName = "featurenorm",
+    detector: DetectorName = DEFAULT_DETECTOR,
     target_far: float = DEFAULT_TARGET_FAR,
     calibration: np.ndarray | None = None,
+    stride8: Stride8Source | None = None,
 ) -> ProductRecord:
     """An unpublished record (version 0) from uint8 [K,S,S,3] shots (S = engine.image_size)."""
     check_product_name(product)
@@ -104,17 +114,26 @@ def build_record(
         raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
     loo = leave_one_out_residuals(raw, engine.project, model.chunk)
-    fitted = make_detector(detector)
-    fitted.fit(loo)
+    if detector == "ensemble":
+        stride8 = stride8 or shared_stride8()
+        fitted = Ensemble(default_ensemble(len(loo)))
+        loo_scores = fit_ensemble(fitted, list(loo) + stride8(shots), size)
+    else:
+        fitted = make_detector(detector)
+        fitted.fit(loo)
+        loo_scores = None
     if calibration is not None and len(calibration):
         with torch.inference_mode():
             x = model.preprocess(torch.from_numpy(calibration))
             features = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
+        if detector == "ensemble":
+            features = list(features) + stride8(calibration)
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
     else:
-        scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
-        scores = scores.numpy().astype(np.float64)
+        if loo_scores is None:
+            loo_scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
+        scores = loo_scores.numpy().astype(np.float64)
         method = "leave-one-out"
     return ProductRecord(
         product=product,
@@ -173,7 +192,7 @@ def onboard(
     shots: int = DEFAULT_SHOTS,
     calibration_images: str | Path | Sequence[Path] | None = None,
     target_far: float = DEFAULT_TARGET_FAR,
-    detector: DetectorName = "featurenorm",
+    detector: DetectorName = DEFAULT_DETECTOR,
 ) -> OnboardingResult:
     """Build the product's record from the first ``shots`` images and publish it."""
     started = time.perf_counter()

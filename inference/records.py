@@ -39,7 +39,7 @@ STATE_PREFIX = "detector."
 #: Product names become Redis keys and directory names: keep them to a safe alphabet.
 PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-DetectorName = Literal["featurenorm", "patchcore", "padim"]
+DetectorName = Literal["featurenorm", "patchcore", "padim", "ensemble"]
 
 
 class ModelMismatchError(ValueError):

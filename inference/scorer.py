@@ -30,7 +30,8 @@ from inference.records import ProductRecord
 from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
-from pretrain.detectors import Detector, image_scores, load_detector
+from inference.stride8 import Stride8Source, shared_stride8
+from pretrain.detectors import Detector, Ensemble, image_scores, load_detector
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect
@@ -42,6 +43,11 @@ MAX_REGIONS = 32
 def detector_for(record: ProductRecord) -> Detector:
     """The record's detector, ready to score (rebuilt from its config and state dict)."""
     return load_detector(record.detector_config, record.detector_state)
+
+
+def needs_stride8(detector: Detector) -> bool:
+    """True for an ensemble with a member on the raw stride-8 features (inference/stride8.py)."""
+    return isinstance(detector, Ensemble) and "stride8" in detector.config.sources()
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -118,11 +124,20 @@ class Scorer:
     """Scores batches of frames of one product with an engine and a reference store."""
 
     def __init__(
-        self, engine: Engine, store: ReferenceStore, *, batch_size: int = 16, cache_size: int = 16
+        self,
+        engine: Engine,
+        store: ReferenceStore,
+        *,
+        batch_size: int = 16,
+        cache_size: int = 16,
+        stride8: Stride8Source | None = None,
     ) -> None:
+        """``stride8``: the raw stride-8 features of ensemble records (default: one shared
+        in-process extractor, loaded when the first such record is scored)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.engine = engine
+        self._stride8 = stride8
         self.store = store
         self.batch_size = batch_size
         self._detectors: LruCache[tuple[str, int, str], Detector] = LruCache(cache_size)
@@ -168,6 +183,9 @@ class Scorer:
             batch = np.stack([resize_uint8(image, size) for image in chunk])
             t1 = time.perf_counter()
             features = self.engine.features(batch, record)
+            if needs_stride8(detector):
+                self._stride8 = self._stride8 or shared_stride8()
+                features = list(features) + self._stride8(batch)
             t2 = time.perf_counter()
             maps, scores = maps_and_scores(detector, features, size)
             t3 = time.perf_counter()

@@ -8,8 +8,19 @@ features came from (raw backbone levels, residuals, or projected residuals).
 
 from pretrain.detectors.base import Detector, DetectorConfig, NotFittedError
 from pretrain.detectors.components import anomaly_map, gaussian_blur, image_scores
+from pretrain.detectors.ensemble import (
+    Ensemble,
+    EnsembleConfig,
+    EnsembleMember,
+    MemberScale,
+    default_ensemble,
+)
 from pretrain.detectors.featurenorm import FeatureNorm, FeatureNormConfig
-from pretrain.detectors.leave_one_out import leave_one_out_maps, leave_one_out_scores
+from pretrain.detectors.leave_one_out import (
+    fit_ensemble,
+    leave_one_out_maps,
+    leave_one_out_scores,
+)
 from pretrain.detectors.padim import PaDiM, PaDiMConfig
 from pretrain.detectors.patchcore import PatchCore, PatchCoreConfig
 from pretrain.detectors.registry import (
@@ -30,6 +41,12 @@ __all__ = [
     "FEATURE_KINDS",
     "METHODS",
     "AnyDetectorConfig",
+    "Ensemble",
+    "EnsembleConfig",
+    "EnsembleMember",
+    "MemberScale",
+    "default_ensemble",
+    "fit_ensemble",
     "Detector",
     "DetectorConfig",
     "FeatureNorm",

@@ -1,24 +1,46 @@
 """Detectors combined after normalising each by its leave-one-out normal scores.
 
-Each member's maps are turned into z-scores with the mean and standard deviation of that
-member's leave-one-out image scores on the K references (``leave_one_out_maps``: every
-reference scored by the member fitted on the other K-1), so members whose raw scales differ by
-orders of magnitude weigh the same; the combined map is the mean of the members' z-maps and the
-image score its maximum, as for a single detector. No defective image is involved.
+Each member's maps become z-scores with the mean and standard deviation of that member's
+leave-one-out image scores on the K references (every reference scored by the member fitted on
+the other K-1: ``leave_one_out.fit_ensemble``), so members whose raw scales differ by orders of
+magnitude weigh the same; the combined map is the mean of the members' z-maps and the image
+score its maximum, as for a single detector. No defective image is involved.
+
+Members read different feature sources (e.g. the projector's levels and raw stride-8 backbone
+levels): the ensemble takes one flat list of levels and each member names the indices it
+reads (``EnsembleMember.levels``). Post-processing (bilinear upsampling, mean over levels,
+Gaussian) is linear and keeps constants, so ``forward`` returns every member's z-scored token
+maps weighted so that the shared ``anomaly_map`` gives exactly the mean of the members' maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
-from torch import Tensor
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
 
+from pretrain.detectors.base import Detector, DetectorConfig, NotFittedError
 from pretrain.detectors.components import image_scores
+from pretrain.detectors.featurenorm import FeatureNorm, FeatureNormConfig
+from pretrain.detectors.padim import PaDiM, PaDiMConfig
+from pretrain.detectors.patchcore import PatchCore, PatchCoreConfig
 
 #: floor of a member's spread, relative to its mean (K nearly equal LOO scores)
 MIN_RELATIVE_STD = 1e-3
+#: where a member's features come from (the scorer and onboarding build the flat list)
+FeatureSource = Literal["adpretrain", "stride8"]
+MemberConfig = Annotated[
+    FeatureNormConfig | PatchCoreConfig | PaDiMConfig, Field(discriminator="method")
+]
+_MEMBER_CLASSES: dict[str, type[Detector]] = {
+    "featurenorm": FeatureNorm,
+    "patchcore": PatchCore,
+    "padim": PaDiM,
+}
 
 
 @dataclass(frozen=True)
@@ -64,3 +86,107 @@ def ensemble_scores(
     maps = combine_maps(member_maps, scales)
     loo = combine_maps(member_loo_maps, scales)
     return maps, image_scores(maps), image_scores(loo)
+
+
+class EnsembleMember(BaseModel):
+    """One member: its detector, its feature source and the flat-list levels it reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: FeatureSource
+    levels: tuple[int, ...] = Field(min_length=1)
+    detector: MemberConfig
+
+
+class EnsembleConfig(DetectorConfig):
+    """Members in a fixed order (the default is ``DEFAULT_ENSEMBLE``)."""
+
+    method: Literal["ensemble"] = "ensemble"
+    members: tuple[EnsembleMember, ...] = Field(min_length=1)
+
+    def sources(self) -> tuple[FeatureSource, ...]:
+        """The feature sources the members read, in first-use order."""
+        return tuple(dict.fromkeys(m.source for m in self.members))
+
+
+class Ensemble(Detector[EnsembleConfig]):
+    """Members fitted on their own levels; buffers ``scale_mean`` / ``scale_std`` [M]."""
+
+    name = "ensemble"
+    config_class = EnsembleConfig
+
+    def __init__(self, config: EnsembleConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.members = nn.ModuleList(
+            _MEMBER_CLASSES[m.detector.method](m.detector) for m in self.config.members
+        )
+        self.register_buffer("scale_mean", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("scale_std", torch.empty(0, dtype=torch.float64))
+
+    def member_features(self, features: Sequence[Tensor], index: int) -> list[Tensor]:
+        """The levels member ``index`` reads from the flat list."""
+        levels = self.config.members[index].levels
+        if max(levels) >= len(features):
+            raise ValueError(
+                f"ensemble member {index} reads levels {levels} but {len(features)} were given"
+            )
+        return [features[i] for i in levels]
+
+    def fit(self, features: Sequence[Tensor]) -> None:
+        """Fit every member on its levels (the scales come from ``set_scales``)."""
+        for i, member in enumerate(self.members):
+            member.fit(self.member_features(features, i))
+        resolved = tuple(
+            spec.model_copy(update={"detector": member.config})
+            for spec, member in zip(self.config.members, self.members, strict=True)
+        )
+        self.config = self.config.model_copy(update={"members": resolved})
+
+    def set_scales(self, scales: Sequence[MemberScale]) -> None:
+        if len(scales) != len(self.members):
+            raise ValueError(f"{len(scales)} scales for {len(self.members)} members")
+        self.scale_mean = torch.tensor([s.mean for s in scales], dtype=torch.float64)
+        self.scale_std = torch.tensor([s.std for s in scales], dtype=torch.float64)
+
+    @property
+    def fitted(self) -> bool:
+        return self.scale_mean.numel() == len(self.members) and all(m.fitted for m in self.members)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        if not self.fitted:
+            raise NotFittedError("Ensemble.score called before fit and set_scales")
+        outputs = [m(self.member_features(features, i)) for i, m in enumerate(self.members)]
+        total = sum(len(o) for o in outputs)
+        levels: list[Tensor] = []
+        for i, maps in enumerate(outputs):
+            mean, std = float(self.scale_mean[i]), float(self.scale_std[i])
+            weight = total / (len(self.members) * len(maps))
+            levels += [(s.float() - mean) / std * weight for s in maps]
+        return levels
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"members": [m.detector.method for m in self.config.members]}
+        for i, m in enumerate(self.members):
+            out.update({f"member{i}_{k}": v for k, v in m.info().items()})
+        return out
+
+
+def default_ensemble(projected_levels: int = 3) -> EnsembleConfig:
+    """The default detector of `adqc product add` (docs/BACKBONES.md, "Choosing the default
+    detector"): the flat feature list is the projector's ``projected_levels`` levels, then the
+    two raw stride-8 levels."""
+    stride8 = (projected_levels, projected_levels + 1)
+    return EnsembleConfig(
+        members=(
+            EnsembleMember(
+                source="stride8",
+                levels=stride8,
+                detector=PatchCoreConfig(aggregation="concat", n_levels=2),
+            ),
+            EnsembleMember(
+                source="adpretrain",
+                levels=tuple(range(projected_levels)),
+                detector=FeatureNormConfig(),
+            ),
+        )
+    )

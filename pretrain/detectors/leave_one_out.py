@@ -15,6 +15,7 @@ from torch import Tensor
 
 from pretrain.detectors.base import Detector, DetectorConfig, finest_grid
 from pretrain.detectors.components import DEFAULT_SIGMA, image_scores
+from pretrain.detectors.ensemble import Ensemble, MemberScale, combine_maps
 from pretrain.detectors.patchcore import PatchCore
 from pretrain.detectors.registry import make_detector
 
@@ -52,6 +53,8 @@ def leave_one_out_maps(
         raise ValueError(f"leave-one-out scoring needs at least 2 images, got {k}")
     with torch.inference_mode():
         probe = make_detector(config)
+        if isinstance(probe, Ensemble):
+            raise ValueError("leave-one-out maps of an ensemble: use fit_ensemble")
         if not list(probe.buffers()):  # nothing to fit: the others change nothing
             probe.fit(features)
             return probe.anomaly_maps(features, image_size, sigma)
@@ -91,3 +94,26 @@ def _patchcore_shared_bank(
         held_out = [f[i : i + 1] for f in features]
         maps.append(rest.anomaly_maps(held_out, image_size, sigma))
     return torch.cat(maps)
+
+
+def fit_ensemble(
+    ensemble: Ensemble,
+    features: Sequence[Tensor],
+    image_size: int | Sequence[int],
+    sigma: float = DEFAULT_SIGMA,
+) -> Tensor:
+    """Fit the members on the K references' flat feature list (leave-one-out features, as
+    for one detector), set each member's scale from its leave-one-out image scores, and return
+    the ensemble's own leave-one-out image scores [K] (what the threshold is calibrated on)."""
+    ensemble.fit(features)
+    member_maps = [
+        leave_one_out_maps(
+            spec.detector, ensemble.member_features(features, i), image_size, sigma, member
+        )
+        for i, (spec, member) in enumerate(
+            zip(ensemble.config.members, ensemble.members, strict=True)
+        )
+    ]
+    scales = [MemberScale.from_loo(image_scores(m)) for m in member_maps]
+    ensemble.set_scales(scales)
+    return image_scores(combine_maps(member_maps, scales))

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field, TypeAdapter
 
 from pretrain.detectors.base import Detector, DetectorConfig
+from pretrain.detectors.ensemble import Ensemble, EnsembleConfig
 from pretrain.detectors.featurenorm import FeatureNorm, FeatureNormConfig
 from pretrain.detectors.padim import PaDiM, PaDiMConfig
 from pretrain.detectors.patchcore import PatchCore, PatchCoreConfig
@@ -21,11 +22,13 @@ DETECTORS: dict[str, type[Detector]] = {
     FeatureNorm.name: FeatureNorm,
     PatchCore.name: PatchCore,
     PaDiM.name: PaDiM,
+    Ensemble.name: Ensemble,
 }
 
 #: any detector's config, told apart by its ``method`` field (what a product record stores)
 AnyDetectorConfig = Annotated[
-    FeatureNormConfig | PatchCoreConfig | PaDiMConfig, Field(discriminator="method")
+    FeatureNormConfig | PatchCoreConfig | PaDiMConfig | EnsembleConfig,
+    Field(discriminator="method"),
 ]
 _CONFIG = TypeAdapter(AnyDetectorConfig)
 

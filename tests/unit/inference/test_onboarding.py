@@ -56,7 +56,7 @@ def test_local_engine_features_and_checks(local_engine):
         local_engine.features(shots[:1], other)
 
 
-@pytest.mark.parametrize("detector", ["featurenorm", "patchcore", "padim"])
+@pytest.mark.parametrize("detector", ["ensemble", "featurenorm", "patchcore", "padim"])
 def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
     store = open_store("memory://")
     result = onboard(local_engine, store, "cloth", good_dir, shots=3, detector=detector)
@@ -80,6 +80,10 @@ def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
         assert record.detector_config.target_dim == max(spec.channels)  # resolved by fit
     elif detector == "padim":
         assert record.detector_state["precision"].shape == (max(patches), 100, 100)
+    elif detector == "ensemble":  # the default: stride-8 PatchCore (28x28, 32 + 96 channels)
+        assert record.detector_state["members.0.memory"].shape == (3 * 28 * 28, 128)
+        assert record.detector_state["scale_std"].shape == (2,)
+        assert min(record.detector_state["scale_std"]) > 0
     else:
         assert record.detector_state == {}
     # the stored record (decoded from its bytes by a fresh store object) scores like the original

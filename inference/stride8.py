@@ -1,0 +1,83 @@
+"""Raw stride-8 backbone features for ensemble members (``pretrain.detectors.ensemble``).
+
+MobileNetV2 with the shipped ImageNet weights, tapped at ``features.6`` + ``features.13``
+(strides 8 and 16: the layers anomalib's PatchCore uses, a 28x28 grid at 224): the ``stride8``
+feature source of the default detector (docs/BACKBONES.md). It runs in the worker's process
+beside any engine (in-process or Triton), in ONNX Runtime on CPU when available (exported once
+into the same cache as the engine's graphs), else torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain.model import FeatureModel
+
+logger = logging.getLogger(__name__)
+STRIDE8_TAPS = (6, 13)
+#: anything mapping uint8 [B,S,S,3] to the stride-8 level maps (a Stride8Features)
+Stride8Source = Callable[[np.ndarray], list[torch.Tensor]]
+
+
+class Stride8Features:
+    """uint8 [B,S,S,3] -> raw level maps [B,32,S/8,S/8] and [B,96,S/16,S/16] (torch)."""
+
+    def __init__(
+        self,
+        weights: Path | str | None = None,
+        runtime: str = "auto",
+        cache_dir: Path | str | None = None,
+    ) -> None:
+        from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
+
+        backbone = tapped_mobilenet_v2(STRIDE8_TAPS, Path(weights) if weights else None)
+        self.model = FeatureModel(backbone, None)
+        self._session = None
+        if runtime not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
+        if runtime != "torch":
+            try:
+                self._session = self._onnx_session(cache_dir)
+            except (ImportError, OSError) as exc:
+                if runtime == "onnxruntime":
+                    raise
+                logger.warning("onnxruntime unavailable (%s); stride-8 features run torch", exc)
+        self.runtime = "onnxruntime" if self._session is not None else "torch"
+
+    def _onnx_session(self, cache_dir: Path | str | None):
+        import onnxruntime as ort
+
+        from inference.engines.onnx_runtime import OPSET, _Backbone, _export, default_cache_dir
+
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        tag = f"{self.model.spec.name}-torch{torch.__version__.split('+')[0]}-op{OPSET}"
+        path = folder / f"{tag}-backbone.onnx"
+        if not path.is_file():
+            size = int(self.model.spec.image_size)
+            names = [f"level_{i}" for i in range(len(STRIDE8_TAPS))]
+            x = torch.zeros(2, 3, size, size)
+            _export(_Backbone(self.model.backbone), (x,), path, ["input"], names)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: np.ndarray) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
+            if self._session is None:
+                return [f.float() for f in self.model.raw(x)]
+            out = self._session.run(None, {"input": np.ascontiguousarray(x.numpy())})
+        return [torch.from_numpy(a) for a in out]
+
+
+@functools.lru_cache(maxsize=1)
+def shared_stride8() -> Stride8Features:
+    """One extractor per process (loaded on first use)."""
+    return Stride8Features()

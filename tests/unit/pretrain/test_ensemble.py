@@ -1,0 +1,111 @@
+"""The LOO-normalised ensemble detector and PatchCore's concat embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.detectors import (
+    Ensemble,
+    EnsembleConfig,
+    EnsembleMember,
+    FeatureNormConfig,
+    MemberScale,
+    NotFittedError,
+    PaDiMConfig,
+    PatchCore,
+    PatchCoreConfig,
+    default_ensemble,
+    fit_ensemble,
+    image_scores,
+    leave_one_out_maps,
+    load_detector,
+    parse_config,
+)
+from pretrain.detectors.ensemble import combine_maps
+
+SIZE = 32
+
+
+def _features(n: int, seed: int) -> list[torch.Tensor]:
+    """Flat list: three 'projected' levels (4x4, 4x4, 2x2), then two 'stride-8' levels."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(6, 4, 4), (8, 4, 4), (10, 2, 2), (3, 8, 8), (5, 4, 4)]
+    return [torch.randn(n, *s, generator=g) for s in shapes]
+
+
+def _config() -> EnsembleConfig:
+    return EnsembleConfig(
+        members=(
+            EnsembleMember(
+                source="stride8",
+                levels=(3, 4),
+                detector=PatchCoreConfig(aggregation="concat", n_levels=2),
+            ),
+            EnsembleMember(source="adpretrain", levels=(0, 1, 2), detector=FeatureNormConfig()),
+            EnsembleMember(source="adpretrain", levels=(0, 1, 2), detector=PaDiMConfig()),
+        )
+    )
+
+
+def test_maps_are_the_mean_of_the_members_z_maps() -> None:
+    train, test = _features(6, 0), _features(3, 1)
+    ens = Ensemble(_config())
+    loo = fit_ensemble(ens, train, SIZE)
+    member_maps, scales = [], []
+    for i, member in enumerate(ens.members):
+        feats = ens.member_features(test, i)
+        member_maps.append(member.anomaly_maps(feats, SIZE))
+        member_loo = leave_one_out_maps(
+            ens.config.members[i].detector, ens.member_features(train, i), SIZE
+        )
+        scales.append(MemberScale.from_loo(image_scores(member_loo)))
+    expected = combine_maps(member_maps, scales)
+    assert torch.allclose(ens.anomaly_maps(test, SIZE), expected, atol=1e-4)
+    assert loo.shape == (6,)
+    assert abs(float(ens.scale_mean[0]) - scales[0].mean) < 1e-9
+
+
+def test_state_dict_round_trip_gives_the_same_maps() -> None:
+    train, test = _features(5, 2), _features(2, 3)
+    ens = Ensemble(_config())
+    fit_ensemble(ens, train, SIZE)
+    again = load_detector(ens.config, ens.state_dict())
+    assert torch.equal(again.anomaly_maps(test, SIZE), ens.anomaly_maps(test, SIZE))
+    assert parse_config(ens.config.model_dump(mode="json")) == ens.config
+
+
+def test_unfitted_ensemble_refuses_to_score() -> None:
+    ens = Ensemble(_config())
+    ens.fit(_features(4, 4))  # members fitted, no scales yet
+    with pytest.raises(NotFittedError):
+        ens.anomaly_maps(_features(1, 5), SIZE)
+
+
+def test_member_reading_missing_levels_is_named() -> None:
+    ens = Ensemble(_config())
+    with pytest.raises(ValueError, match="reads levels"):
+        ens.fit(_features(4, 4)[:3])
+
+
+def test_default_ensemble_reads_projected_levels_then_stride8() -> None:
+    cfg = default_ensemble(3)
+    assert cfg.sources() == ("stride8", "adpretrain")
+    assert cfg.members[0].levels == (3, 4) and cfg.members[1].levels == (0, 1, 2)
+
+
+def test_patchcore_concat_embedding_is_anomalib_style() -> None:
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4)
+    det = PatchCore(aggregation="concat", n_levels=2)
+    emb, grid = det.embed([a, b])
+    pa = F.avg_pool2d(a, 3, 1, 1, count_include_pad=False)
+    pb = F.interpolate(
+        F.avg_pool2d(b, 3, 1, 1, count_include_pad=False),
+        size=(8, 8),
+        mode="bilinear",
+        align_corners=False,
+    )
+    want = torch.cat([pa, pb], 1).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert grid == (8, 8) and det.config.target_dim == 8
+    assert torch.allclose(emb, want, atol=1e-6)
