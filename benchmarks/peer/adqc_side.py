@@ -36,7 +36,10 @@ BATCH = 16
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore_n1": ("patchcore", {"neighbourhood": 1}),  # no 3x3 aggregation (side check)
     # anomalib 2.x's embedding: the last two levels concatenated (on taps 6 + 13: its layers)
-    "patchcore_concat": ("patchcore", {"aggregation": "concat", "n_levels": 2}),
+    "patchcore_concat": (
+        "patchcore",
+        {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True},
+    ),
 }
 
 

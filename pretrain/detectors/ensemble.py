@@ -181,7 +181,7 @@ def default_ensemble(projected_levels: int = 3) -> EnsembleConfig:
             EnsembleMember(
                 source="stride8",
                 levels=stride8,
-                detector=PatchCoreConfig(aggregation="concat", n_levels=2),
+                detector=PatchCoreConfig(aggregation="concat", n_levels=2, pool_include_pad=True),
             ),
             EnsembleMember(
                 source="adpretrain",

@@ -31,6 +31,9 @@ class PatchCoreConfig(DetectorConfig):
     #: "pool": channels pooled to a common width per level, then together (reference
     #: implementation); "concat": levels concatenated as they are (anomalib 2.x)
     aggregation: Literal["pool", "concat"] = "pool"
+    #: the 3x3 average counts the zero padding at the border (torch's AvgPool2d default, as
+    #: anomalib): border patches shrink toward zero in references and frames alike
+    pool_include_pad: bool = False
 
 
 class PatchCore(Detector[PatchCoreConfig]):
@@ -74,7 +77,9 @@ class PatchCore(Detector[PatchCoreConfig]):
         parts = []
         for f in levels:
             if p > 1:
-                f = F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False)
+                f = F.avg_pool2d(
+                    f, p, stride=1, padding=p // 2, count_include_pad=cfg.pool_include_pad
+                )
             if tuple(f.shape[-2:]) != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             tokens = f.permute(0, 2, 3, 1).reshape(-1, 1, f.shape[1])
