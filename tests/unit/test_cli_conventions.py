@@ -68,7 +68,7 @@ def test_product_default_target_far_matches_calibration():
     [
         (
             "product add",
-            ["featurenorm|patchcore|padim", "[default: featurenorm]", "$ADQC_STORE__URL"],
+            ["ensemble|featurenorm|patchcore|padim", "[default: ensemble]", "$ADQC_STORE__URL"],
         ),
         ("eval", ["featurenorm|patchcore|padim"]),
         ("export triton", ["auto|gpu|cpu", "[default: auto]", "$ADQC_STORE__URL"]),
