@@ -32,6 +32,7 @@ err = Console(stderr=True)
 class Detector(StrEnum):
     """Detectors a product can be onboarded with (inference.onboarding.DETECTOR_CHOICES)."""
 
+    s8_patchcore = "s8-patchcore"
     ensemble = "ensemble"
     featurenorm = "featurenorm"
     patchcore = "patchcore"
@@ -87,10 +88,11 @@ def product_add(
         DEFAULT_TARGET_FAR, "--target-far", help="Target false-alarm rate on good parts."
     ),
     detector: Detector = typer.Option(
-        Detector.ensemble,
+        Detector.s8_patchcore,
         "--detector",
-        help="Detector: ensemble = stride-8 PatchCore + adpretrain FeatureNorm, each normalised "
-        "by its leave-one-out normal scores (docs/BACKBONES.md).",
+        help="Detector: s8-patchcore = PatchCore on raw stride-8 features (anomalib's layers); "
+        "ensemble = that + adpretrain FeatureNorm, each z-scored by its leave-one-out normal "
+        "scores; featurenorm/patchcore/padim on the projector's features (docs/BACKBONES.md).",
     ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(

@@ -37,11 +37,13 @@ from inference.store import ReferenceStore
 from inference.stride8 import Stride8Source, shared_stride8
 from pretrain.detectors import (
     Ensemble,
-    default_ensemble,
     fit_ensemble,
+    flat_features,
     leave_one_out_scores,
     make_detector,
+    preset_config,
 )
+from pretrain.detectors.ensemble import PRESETS
 from pretrain.preprocess import resize_uint8
 from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
 
@@ -49,9 +51,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SHOTS = 8
 MIN_SHOTS = 2
 #: detectors a product can be onboarded with
-DETECTOR_CHOICES: tuple[DetectorName, ...] = ("ensemble", "featurenorm", "patchcore", "padim")
-#: the default: stride-8 PatchCore + adpretrain FeatureNorm (docs/BACKBONES.md)
-DEFAULT_DETECTOR: DetectorName = "ensemble"
+DETECTOR_CHOICES: tuple[DetectorName, ...] = (
+    "s8-patchcore",
+    "ensemble",
+    "featurenorm",
+    "patchcore",
+    "padim",
+)
+#: the default, chosen against anomalib by the rule in docs/BACKBONES.md
+DEFAULT_DETECTOR: DetectorName = "s8-patchcore"
 
 
 class OnboardingError(ValueError):
@@ -113,26 +121,32 @@ def build_record(
     with torch.inference_mode():
         raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
     pool = ReferencePool.from_features(raw)
-    loo = leave_one_out_residuals(raw, engine.project, model.chunk)
-    if detector == "ensemble":
-        stride8 = stride8 or shared_stride8()
-        fitted = Ensemble(default_ensemble(len(loo)))
-        loo_scores = fit_ensemble(fitted, list(loo) + stride8(shots), size)
+    stride8 = stride8 or shared_stride8()
+    config = preset_config(detector, len(raw)) if detector in PRESETS else None
+    reads = config.sources() if config is not None else ("adpretrain",)
+    loo = None
+    if "adpretrain" in reads:
+        loo = leave_one_out_residuals(raw, engine.project, model.chunk)
+    if config is not None:
+        fitted = Ensemble(config)
+        s8 = stride8(shots) if "stride8" in reads else None
+        loo_scores = fit_ensemble(fitted, flat_features(config, loo, s8), size)
     else:
         fitted = make_detector(detector)
         fitted.fit(loo)
-        loo_scores = None
+        loo_scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
     if calibration is not None and len(calibration):
-        with torch.inference_mode():
-            x = model.preprocess(torch.from_numpy(calibration))
-            features = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
-        if detector == "ensemble":
-            features = list(features) + stride8(calibration)
+        projected = s8 = None
+        if "adpretrain" in reads:
+            with torch.inference_mode():
+                x = model.preprocess(torch.from_numpy(calibration))
+                projected = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
+        if "stride8" in reads:
+            s8 = stride8(calibration)
+        features = flat_features(config, projected, s8) if config is not None else projected
         _, scores = maps_and_scores(fitted, features, size)
         method = "held-out"
     else:
-        if loo_scores is None:
-            loo_scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
         scores = loo_scores.numpy().astype(np.float64)
         method = "leave-one-out"
     return ProductRecord(

@@ -39,7 +39,7 @@ STATE_PREFIX = "detector."
 #: Product names become Redis keys and directory names: keep them to a safe alphabet.
 PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-DetectorName = Literal["featurenorm", "patchcore", "padim", "ensemble"]
+DetectorName = Literal["s8-patchcore", "ensemble", "featurenorm", "patchcore", "padim"]
 
 
 class ModelMismatchError(ValueError):
@@ -208,8 +208,9 @@ class ProductRecord(BaseModel):
 
     @property
     def detector(self) -> str:
-        """The detector's name ('featurenorm', 'patchcore' or 'padim')."""
-        return self.detector_config.method
+        """The detector's name: its method ('featurenorm', 'patchcore', 'padim'), or for an
+        ensemble its preset ('s8-patchcore', 'ensemble')."""
+        return getattr(self.detector_config, "preset", None) or self.detector_config.method
 
     @property
     def nbytes(self) -> int:

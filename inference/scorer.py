@@ -31,7 +31,7 @@ from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
 from inference.stride8 import Stride8Source, shared_stride8
-from pretrain.detectors import Detector, Ensemble, image_scores, load_detector
+from pretrain.detectors import Detector, Ensemble, flat_features, image_scores, load_detector
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect
@@ -43,11 +43,6 @@ MAX_REGIONS = 32
 def detector_for(record: ProductRecord) -> Detector:
     """The record's detector, ready to score (rebuilt from its config and state dict)."""
     return load_detector(record.detector_config, record.detector_state)
-
-
-def needs_stride8(detector: Detector) -> bool:
-    """True for an ensemble with a member on the raw stride-8 features (inference/stride8.py)."""
-    return isinstance(detector, Ensemble) and "stride8" in detector.config.sources()
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -163,6 +158,20 @@ class Scorer:
                 self._detectors.put(record.cache_key, detector)
         return detector
 
+    def _features(self, detector: Detector, batch: np.ndarray, record: ProductRecord) -> list:
+        """What the record's detector reads: the engine's projected levels, and for ensembles
+        the raw stride-8 levels (in-process); an ensemble without an adpretrain member never
+        calls the engine."""
+        if not isinstance(detector, Ensemble):
+            return self.engine.features(batch, record)
+        sources = detector.config.sources()
+        projected = self.engine.features(batch, record) if "adpretrain" in sources else None
+        s8 = None
+        if "stride8" in sources:
+            self._stride8 = self._stride8 or shared_stride8()
+            s8 = self._stride8(batch)
+        return flat_features(detector.config, projected, s8)
+
     def score(self, images: Sequence[np.ndarray], product: str) -> list[ScoreResult]:
         """Score uint8 HxWx3 images (any size) of ``product``; one result per image, in order."""
         images = [check_image(image, i) for i, image in enumerate(images)]
@@ -182,10 +191,7 @@ class Scorer:
             t0 = time.perf_counter()
             batch = np.stack([resize_uint8(image, size) for image in chunk])
             t1 = time.perf_counter()
-            features = self.engine.features(batch, record)
-            if needs_stride8(detector):
-                self._stride8 = self._stride8 or shared_stride8()
-                features = list(features) + self._stride8(batch)
+            features = self._features(detector, batch, record)
             t2 = time.perf_counter()
             maps, scores = maps_and_scores(detector, features, size)
             t3 = time.perf_counter()

@@ -44,6 +44,12 @@ def anomalib_command(
     ),
     methods: list[str] | None = hidden_alias("--methods"),
     no_peer: bool = typer.Option(False, "--no-peer", help="adqc rows only"),
+    candidates: list[str] | None = typer.Option(
+        None, "--candidates", help="with --features candidate: only these (comma-separated)"
+    ),
+    bootstrap: int = typer.Option(
+        0, "--bootstrap", help="paired bootstrap resamples of each adqc row vs anomalib PatchCore"
+    ),
     peer_models: list[str] = typer.Option(
         ["patchcore,padim"], "--peer-models", help="anomalib models: patchcore, padim"
     ),
@@ -82,6 +88,11 @@ def anomalib_command(
     unknown = set(_split(peer_models)) - {"patchcore", "padim"}
     if unknown:
         raise typer.BadParameter(f"--peer-models: unknown {sorted(unknown)}; patchcore, padim")
+    from benchmarks.peer.candidates import CANDIDATES
+
+    wrong = set(_split(candidates or [])) - set(CANDIDATES)
+    if wrong:
+        raise typer.BadParameter(f"--candidates: unknown {sorted(wrong)}; {', '.join(CANDIDATES)}")
     for k in [int(s) for s in _split(shots)]:
         opts = BenchOptions(
             shots=k,
@@ -99,6 +110,8 @@ def anomalib_command(
             checkpoint_for=pairs,
             max_test=max_test,
             peer_models=tuple(_split(peer_models)),
+            candidates=tuple(_split(candidates)) if candidates else None,
+            bootstrap=bootstrap,
         )
         for spec in data:
             try:

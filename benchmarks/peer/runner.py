@@ -42,6 +42,8 @@ class BenchOptions:
     seed: int = 0
     max_test: int | None = None  # cap per class (stratified by label, seed 0)
     peer_models: tuple[str, ...] = ("patchcore", "padim")
+    candidates: tuple[str, ...] | None = None  # None: every candidate of candidates.py
+    bootstrap: int = 0  # paired bootstrap resamples of each adqc row vs anomalib PatchCore
 
 
 def peer_ready(python: Path = PEER_PYTHON) -> bool:
@@ -84,6 +86,18 @@ def kinds_for(class_name: str, seen: bool, opts: BenchOptions) -> tuple[list[str
     return opts.features, opts.checkpoint
 
 
+def vs_peer(peer, out, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:
+    """Paired bootstrap (95 % interval) of adqc row - anomalib PatchCore, image and pixel
+    AUROC, resampling test images (evaluation.significance)."""
+    from evaluation.significance import paired_bootstrap
+
+    have_maps = inputs.masks is not None and peer.maps is not None and out.maps is not None
+    a = {"scores": peer.scores, "maps": peer.maps if have_maps else None}
+    b = {"scores": out.scores, "maps": out.maps if have_maps else None}
+    masks = inputs.masks if have_maps else None
+    return paired_bootstrap(a, b, inputs.labels, masks, n_boot=opts.bootstrap, seed=opts.seed)
+
+
 def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All rows of one class at K = opts.shots, and a note on what ran."""
     t0 = time.perf_counter()
@@ -107,10 +121,12 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
         "decode_s": round(decode_s, 2),
     }
     common = {"class_name": bc.name, "shots": opts.shots, "labels": inputs.labels}
+    peer_patchcore = None
     if opts.peer:
         folder = opts.work_dir / bc.name.replace("/", "_") / f"k{opts.shots}"
         outputs, report = run_peer(inputs, folder, opts)
         info["peer"] = {k: v for k, v in report.items() if k != "models"}
+        peer_patchcore = outputs.get("patchcore")
         for name, out in outputs.items():
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {"detector": {k: v for k, v in out.info.items() if k != "seconds"}}
@@ -139,7 +155,12 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
         if want_candidates:
             from benchmarks.peer import candidates
 
-            outs += candidates.run(lm, candidates.aux_model(), inputs)
+            chosen = {
+                c: m
+                for c, m in candidates.CANDIDATES.items()
+                if opts.candidates is None or c in opts.candidates
+            }
+            outs += candidates.run(lm, candidates.aux_model(), inputs, chosen)
         for out in outs:
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {
@@ -150,6 +171,8 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                     out.scores, inputs.labels, out.info.get("group_thresholds", []), sizes
                 ),
             }
+            if opts.bootstrap and peer_patchcore is not None:
+                extra["vs_anomalib_patchcore"] = vs_peer(peer_patchcore, out, inputs, opts)
             rows.append(
                 scoring.make_row(
                     source="adqc",

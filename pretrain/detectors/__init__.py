@@ -13,7 +13,8 @@ from pretrain.detectors.ensemble import (
     EnsembleConfig,
     EnsembleMember,
     MemberScale,
-    default_ensemble,
+    flat_features,
+    preset_config,
 )
 from pretrain.detectors.featurenorm import FeatureNorm, FeatureNormConfig
 from pretrain.detectors.leave_one_out import (
@@ -45,7 +46,8 @@ __all__ = [
     "EnsembleConfig",
     "EnsembleMember",
     "MemberScale",
-    "default_ensemble",
+    "flat_features",
+    "preset_config",
     "fit_ensemble",
     "Detector",
     "DetectorConfig",

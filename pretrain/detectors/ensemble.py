@@ -6,11 +6,13 @@ the other K-1: ``leave_one_out.fit_ensemble``), so members whose raw scales diff
 magnitude weigh the same; the combined map is the mean of the members' z-maps and the image
 score its maximum, as for a single detector. No defective image is involved.
 
-Members read different feature sources (e.g. the projector's levels and raw stride-8 backbone
-levels): the ensemble takes one flat list of levels and each member names the indices it
-reads (``EnsembleMember.levels``). Post-processing (bilinear upsampling, mean over levels,
-Gaussian) is linear and keeps constants, so ``forward`` returns every member's z-scored token
-maps weighted so that the shared ``anomaly_map`` gives exactly the mean of the members' maps.
+Members read different feature sources (the projector's levels, raw stride-8 backbone levels):
+the ensemble takes one flat list of levels, the present sources in ``SOURCE_ORDER``
+(``flat_features``), and each member names the indices it reads (``EnsembleMember.levels``).
+A one-member ensemble is a single detector on another feature source with z-scored output.
+Post-processing (bilinear upsampling, mean over levels, Gaussian) is linear and keeps
+constants, so ``forward`` returns every member's z-scored token maps weighted so that the
+shared ``anomaly_map`` gives exactly the mean of the members' maps.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pretrain.detectors.patchcore import PatchCore, PatchCoreConfig
 MIN_RELATIVE_STD = 1e-3
 #: where a member's features come from (the scorer and onboarding build the flat list)
 FeatureSource = Literal["adpretrain", "stride8"]
+#: the order of the sources in the flat feature list
+SOURCE_ORDER: tuple[FeatureSource, ...] = ("adpretrain", "stride8")
 MemberConfig = Annotated[
     FeatureNormConfig | PatchCoreConfig | PaDiMConfig, Field(discriminator="method")
 ]
@@ -103,10 +107,29 @@ class EnsembleConfig(DetectorConfig):
 
     method: Literal["ensemble"] = "ensemble"
     members: tuple[EnsembleMember, ...] = Field(min_length=1)
+    #: the preset it was built from (``PRESETS``), shown by `adqc product list`
+    preset: str | None = None
 
     def sources(self) -> tuple[FeatureSource, ...]:
-        """The feature sources the members read, in first-use order."""
-        return tuple(dict.fromkeys(m.source for m in self.members))
+        """The feature sources the members read, in ``SOURCE_ORDER``."""
+        used = {m.source for m in self.members}
+        return tuple(s for s in SOURCE_ORDER if s in used)
+
+
+def flat_features(
+    config: EnsembleConfig,
+    adpretrain: Sequence[Tensor] | None = None,
+    stride8: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """The flat level list an ensemble of ``config`` reads: its sources in ``SOURCE_ORDER``."""
+    given = {"adpretrain": adpretrain, "stride8": stride8}
+    flat: list[Tensor] = []
+    for source in config.sources():
+        levels = given[source]
+        if levels is None:
+            raise ValueError(f"the ensemble reads {source} features, none were given")
+        flat += [torch.as_tensor(level) for level in levels]
+    return flat
 
 
 class Ensemble(Detector[EnsembleConfig]):
@@ -171,22 +194,32 @@ class Ensemble(Detector[EnsembleConfig]):
         return out
 
 
-def default_ensemble(projected_levels: int = 3) -> EnsembleConfig:
-    """The default detector of `adqc product add` (docs/BACKBONES.md, "Choosing the default
-    detector"): the flat feature list is the projector's ``projected_levels`` levels, then the
-    two raw stride-8 levels."""
-    stride8 = (projected_levels, projected_levels + 1)
-    return EnsembleConfig(
-        members=(
-            EnsembleMember(
-                source="stride8",
-                levels=stride8,
-                detector=PatchCoreConfig(aggregation="concat", n_levels=2, pool_include_pad=True),
-            ),
-            EnsembleMember(
-                source="adpretrain",
-                levels=tuple(range(projected_levels)),
-                detector=FeatureNormConfig(),
-            ),
-        )
+def _s8_patchcore(first_level: int) -> EnsembleMember:
+    return EnsembleMember(
+        source="stride8",
+        levels=(first_level, first_level + 1),
+        detector=PatchCoreConfig(aggregation="concat", n_levels=2, pool_include_pad=True),
     )
+
+
+def preset_config(name: str, projected_levels: int = 3) -> EnsembleConfig:
+    """An ensemble preset (docs/BACKBONES.md, "Choosing the default detector"):
+
+    - ``s8-patchcore`` (the default of `adqc product add`): PatchCore on raw ``features.6`` +
+      ``features.13`` (anomalib's layers and embedding), full bank below 10k patches;
+    - ``ensemble``: that member plus FeatureNorm on the projector's ``projected_levels``
+      levels, each z-scored by its leave-one-out normal scores.
+    """
+    if name == "s8-patchcore":
+        return EnsembleConfig(members=(_s8_patchcore(0),), preset=name)
+    if name == "ensemble":
+        projected = EnsembleMember(
+            source="adpretrain",
+            levels=tuple(range(projected_levels)),
+            detector=FeatureNormConfig(),
+        )
+        return EnsembleConfig(members=(_s8_patchcore(projected_levels), projected), preset=name)
+    raise ValueError(f"unknown ensemble preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+PRESETS = ("s8-patchcore", "ensemble")

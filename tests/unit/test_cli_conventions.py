@@ -68,7 +68,11 @@ def test_product_default_target_far_matches_calibration():
     [
         (
             "product add",
-            ["ensemble|featurenorm|patchcore|padim", "[default: ensemble]", "$ADQC_STORE__URL"],
+            [
+                "s8-patchcore|ensemble|featurenorm|patch",
+                "[default: s8-patchcore]",
+                "$ADQC_STORE__URL",
+            ],
         ),
         ("eval", ["featurenorm|patchcore|padim"]),
         ("export triton", ["auto|gpu|cpu", "[default: auto]", "$ADQC_STORE__URL"]),

@@ -56,7 +56,9 @@ def test_local_engine_features_and_checks(local_engine):
         local_engine.features(shots[:1], other)
 
 
-@pytest.mark.parametrize("detector", ["ensemble", "featurenorm", "patchcore", "padim"])
+@pytest.mark.parametrize(
+    "detector", ["s8-patchcore", "ensemble", "featurenorm", "patchcore", "padim"]
+)
 def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
     store = open_store("memory://")
     result = onboard(local_engine, store, "cloth", good_dir, shots=3, detector=detector)
@@ -80,9 +82,10 @@ def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
         assert record.detector_config.target_dim == max(spec.channels)  # resolved by fit
     elif detector == "padim":
         assert record.detector_state["precision"].shape == (max(patches), 100, 100)
-    elif detector == "ensemble":  # the default: stride-8 PatchCore (28x28, 32 + 96 channels)
+    elif detector in ("s8-patchcore", "ensemble"):  # stride-8 PatchCore: 28x28, 32 + 96 ch
         assert record.detector_state["members.0.memory"].shape == (3 * 28 * 28, 128)
-        assert record.detector_state["scale_std"].shape == (2,)
+        members = 1 if detector == "s8-patchcore" else 2
+        assert record.detector_state["scale_std"].shape == (members,)
         assert min(record.detector_state["scale_std"]) > 0
     else:
         assert record.detector_state == {}

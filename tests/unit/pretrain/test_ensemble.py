@@ -16,12 +16,13 @@ from pretrain.detectors import (
     PaDiMConfig,
     PatchCore,
     PatchCoreConfig,
-    default_ensemble,
     fit_ensemble,
+    flat_features,
     image_scores,
     leave_one_out_maps,
     load_detector,
     parse_config,
+    preset_config,
 )
 from pretrain.detectors.ensemble import combine_maps
 
@@ -89,10 +90,21 @@ def test_member_reading_missing_levels_is_named() -> None:
         ens.fit(_features(4, 4)[:3])
 
 
-def test_default_ensemble_reads_projected_levels_then_stride8() -> None:
-    cfg = default_ensemble(3)
-    assert cfg.sources() == ("stride8", "adpretrain")
-    assert cfg.members[0].levels == (3, 4) and cfg.members[1].levels == (0, 1, 2)
+def test_presets_read_their_sources_in_order() -> None:
+    ens = preset_config("ensemble", 3)
+    assert ens.sources() == ("adpretrain", "stride8")
+    assert ens.members[0].levels == (3, 4) and ens.members[1].levels == (0, 1, 2)
+    s8 = preset_config("s8-patchcore", 3)
+    assert s8.sources() == ("stride8",) and s8.members[0].levels == (0, 1)
+    assert s8.members[0].detector.pool_include_pad
+    levels = _features(1, 0)
+    flat = flat_features(ens, adpretrain=levels[:3], stride8=levels[3:])
+    assert [f.shape for f in flat] == [f.shape for f in levels]
+    assert len(flat_features(s8, stride8=levels[3:])) == 2
+    with pytest.raises(ValueError, match="stride8"):
+        flat_features(s8, adpretrain=levels[:3])
+    with pytest.raises(ValueError, match="unknown ensemble preset"):
+        preset_config("nope")
 
 
 def test_patchcore_concat_embedding_is_anomalib_style() -> None:
@@ -109,3 +121,7 @@ def test_patchcore_concat_embedding_is_anomalib_style() -> None:
     want = torch.cat([pa, pb], 1).permute(0, 2, 3, 1).reshape(-1, 8)
     assert grid == (8, 8) and det.config.target_dim == 8
     assert torch.allclose(emb, want, atol=1e-6)
+    padded = PatchCore(aggregation="concat", n_levels=2, pool_include_pad=True).embed([a, b])[0]
+    corner = F.avg_pool2d(a, 3, 1, 1)[0, :, 0, 0]  # zeros counted: 4 of 9 cells are data
+    assert torch.allclose(padded[0, :3], corner, atol=1e-6)
+    assert not torch.allclose(padded[0, :3], want[0, :3])
