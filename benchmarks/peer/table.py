@@ -170,6 +170,30 @@ def operating(rows: list[dict[str, Any]], shots: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def intervals(rows: list[dict[str, Any]]) -> str:
+    """adqc row - anomalib PatchCore with 95 % paired bootstrap intervals (same images)."""
+    lines = [
+        "adqc - anomalib PatchCore on the same images, 95 % paired bootstrap interval "
+        "(test images resampled, normal and defective separately):\n",
+        "| class | K | adqc row | image AUROC diff [95 % CI] | pixel AUROC diff [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(d: dict[str, float] | None) -> str:
+        if not d:
+            return "–"
+        return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+    for r in sorted(rows, key=lambda r: (r["class"], _shots_order(r["shots"]), _order(r))):
+        vs = r.get("vs_anomalib_patchcore")
+        if vs:
+            lines.append(
+                f"| {r['class']} | {r['shots']} | {row_label(r)} | "
+                f"{cell(vs.get('image_auroc'))} | {cell(vs.get('pixel_auroc'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc.get("rows", [])
     out = []
@@ -178,6 +202,15 @@ def markdown(doc: dict[str, Any]) -> str:
     out.append("")
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
         out += [overview(rows, k), verdict(rows, k), operating(rows, k)]
+        if any(r["features"] == "candidate" and str(r["shots"]) == str(k) for r in rows):
+            from benchmarks.peer import choose
+
+            out += [
+                f"Default-detector rule at K = {k} (docs/BACKBONES.md), winner first:\n",
+                choose.markdown(rows, k) + "\n",
+            ]
+    if any("vs_anomalib_patchcore" in r for r in rows):
+        out.append(intervals(rows))
     for c in sorted({r["class"] for r in rows}):
         out.append(detail(rows, c))
     return "\n".join(out)

@@ -1,0 +1,97 @@
+"""The default-detector candidates: the bench measures what `adqc product add` ships, and the
+rule that picks the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.peer import candidates, choose, exchange
+from benchmarks.peer.cases import load_bench_class
+from inference.onboarding import build_record
+from inference.scorer import Scorer
+from inference.store import open_store
+from tests.inference_testkit import local_engine, untrained_checkpoint  # noqa: F401
+
+SIZE = 224
+
+
+def _part(path: Path, seed: int, spot: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:96, 0:96]
+    img = 128 + 50 * np.sin(x / 4.0) * np.cos(y / 6.0)
+    img = np.clip(img[..., None] + rng.normal(0, 5, (96, 96, 3)), 0, 255).astype(np.uint8)
+    if spot:
+        img[30:50, 40:60] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+@pytest.fixture
+def part(tmp_path: Path) -> Path:
+    root = tmp_path / "toy" / "part"
+    for i in range(3):
+        _part(root / "train/good" / f"{i:03d}.png", i)
+    for i in range(2):
+        _part(root / "test/good" / f"{i:03d}.png", 10 + i)
+        _part(root / "test/spot" / f"{i:03d}.png", 20 + i, spot=True)
+    return root
+
+
+def test_bench_row_scores_like_the_shipped_default(part: Path, local_engine) -> None:  # noqa: F811
+    bc = load_bench_class(str(part), shots=3)
+    inputs = exchange.prepare(bc, 3, SIZE)
+    only = {"s8-patchcore": candidates.CANDIDATES["s8-patchcore"]}
+    (row,) = candidates.run(local_engine_model(local_engine), candidates.aux_model(), inputs, only)
+    record = build_record(local_engine, "toy", inputs.refs[0], detector="s8-patchcore")
+    assert record.detector == "s8-patchcore"
+    scorer = Scorer(local_engine, open_store("memory://"))
+    product = np.array([r.score for r in scorer.score_with(list(inputs.test[0]), record)])
+    # the product z-scores the member by its leave-one-out scores: an affine map of the bench's
+    mean = float(record.detector_state["scale_mean"][0])
+    std = float(record.detector_state["scale_std"][0])
+    np.testing.assert_allclose(product * std + mean, row.scores, rtol=1e-3, atol=1e-3)
+    assert product[2:].min() > product[:2].max()  # the dark spot outscores the good parts
+
+
+def local_engine_model(engine):
+    from evaluation.runner import LoadedModel
+
+    return LoadedModel(engine.model, {})
+
+
+def _row(cls: str, source: str, method: str, **metrics: float) -> dict:
+    features = "-" if source == "anomalib" else "candidate"
+    return {
+        "class": cls,
+        "shots": 8,
+        "source": source,
+        "features": features,
+        "method": method,
+        **metrics,
+    }
+
+
+def test_rule_counts_points_then_mean_then_members() -> None:
+    rows = [
+        _row("a", "anomalib", "patchcore", image_auroc=0.80, pixel_auroc=0.90, aupro=0.70),
+        _row("b", "anomalib", "patchcore", image_auroc=0.60),
+        _row("a", "adqc", "x", image_auroc=0.81, pixel_auroc=0.90, aupro=0.60),
+        _row("b", "adqc", "x", image_auroc=0.59),
+        _row("a", "adqc", "x+y", image_auroc=0.79, pixel_auroc=0.91, aupro=0.71),
+        _row("b", "adqc", "x+y", image_auroc=0.70),
+        _row("a", "adqc", "z", image_auroc=0.70, pixel_auroc=0.80, aupro=0.60),
+        _row("b", "adqc", "z", image_auroc=0.50),
+    ]
+    table = choose.standings(rows)
+    assert [s.candidate for s in table] == ["x+y", "x", "z"]
+    assert (table[0].wins, table[0].points) == (3, 4)
+    assert table[1].wins == 2 and table[2].wins == 0
+    # equal wins, means within TIE: the candidate with fewer members goes first
+    rows[5] = _row("b", "adqc", "x+y", image_auroc=0.59)
+    rows[4] = _row("a", "adqc", "x+y", image_auroc=0.81, pixel_auroc=0.90, aupro=0.61)
+    assert choose.standings(rows)[0].candidate == "x"
+    assert "x+y" in choose.markdown(rows)
