@@ -34,6 +34,7 @@ AUX_TAPS = (6, 13)
 #: member -> (feature source, row method of adqc_side.score_features)
 MEMBERS: dict[str, tuple[str, str]] = {
     "s8-patchcore": ("stride8", "patchcore_concat"),
+    "s8-patchcore-coreset": ("stride8", "patchcore_concat_coreset"),
     "adp-featurenorm": ("adpretrain", "featurenorm"),
     "adp-padim": ("adpretrain", "padim"),
     "adp-patchcore": ("adpretrain", "patchcore"),
@@ -45,6 +46,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "s8-patchcore+adp-padim": ("s8-patchcore", "adp-padim"),
     "s8-patchcore+adp-featurenorm+adp-padim": ("s8-patchcore", "adp-featurenorm", "adp-padim"),
     "adp-featurenorm+adp-padim": ("adp-featurenorm", "adp-padim"),
+    # speed variant of the default (issue 12; docs/PERFORMANCE.md), not part of the first screen
+    "s8-patchcore-coreset": ("s8-patchcore-coreset",),
 }
 
 
