@@ -36,11 +36,11 @@ class Stride8Features:
     ) -> None:
         from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
 
+        if runtime not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
         backbone = tapped_mobilenet_v2(STRIDE8_TAPS, Path(weights) if weights else None)
         self.model = FeatureModel(backbone, None)
         self._session = None
-        if runtime not in ("auto", "torch", "onnxruntime"):
-            raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
         if runtime != "torch":
             try:
                 self._session = self._onnx_session(cache_dir)

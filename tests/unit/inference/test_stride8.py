@@ -1,0 +1,27 @@
+"""The stride-8 feature source: ONNX Runtime equals torch, shapes follow the input size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.stride8 import STRIDE8_TAPS, Stride8Features
+
+
+def test_onnxruntime_matches_torch(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    fast = Stride8Features(runtime="onnxruntime", cache_dir=tmp_path)
+    plain = Stride8Features(runtime="torch")
+    assert fast.runtime == "onnxruntime" and plain.runtime == "torch"
+    assert list(tmp_path.glob("*.onnx")), "the graph is exported into the given cache"
+    a, b = fast(images), plain(images)
+    assert [tuple(x.shape) for x in a] == [(3, 32, 28, 28), (3, 96, 14, 14)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-4, rtol=1e-4)
+    assert STRIDE8_TAPS == (6, 13)
+
+
+def test_unknown_runtime_is_refused() -> None:
+    with pytest.raises(ValueError, match="runtime"):
+        Stride8Features(runtime="tensorrt")
