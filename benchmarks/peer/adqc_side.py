@@ -40,6 +40,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True},
     ),
+    # position-aware matching (issue 11, section 3): bank patches within 2 cells (of 28)
+    "patchcore_concat_local": (
+        "patchcore",
+        {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True, "position_window": 2},
+    ),
     # the same with anomalib's 10 % coreset at any bank size (speed, issue 12)
     "patchcore_concat_coreset": (
         "patchcore",

@@ -35,6 +35,7 @@ AUX_TAPS = (6, 13)
 MEMBERS: dict[str, tuple[str, str]] = {
     "s8-patchcore": ("stride8", "patchcore_concat"),
     "s8-patchcore-coreset": ("stride8", "patchcore_concat_coreset"),
+    "s8-patchcore-local": ("stride8", "patchcore_concat_local"),
     "adp-featurenorm": ("adpretrain", "featurenorm"),
     "adp-padim": ("adpretrain", "padim"),
     "adp-patchcore": ("adpretrain", "patchcore"),
@@ -48,6 +49,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "adp-featurenorm+adp-padim": ("adp-featurenorm", "adp-padim"),
     # speed variant of the default (issue 12; docs/PERFORMANCE.md), not part of the first screen
     "s8-patchcore-coreset": ("s8-patchcore-coreset",),
+    # position-aware matching (issue 11, section 3), measured on every class
+    "s8-patchcore-local": ("s8-patchcore-local",),
 }
 
 

@@ -34,6 +34,10 @@ class PatchCoreConfig(DetectorConfig):
     #: the 3x3 average counts the zero padding at the border (torch's AvgPool2d default, as
     #: anomalib): border patches shrink toward zero in references and frames alike
     pool_include_pad: bool = False
+    #: 0: a patch matches any bank patch; r > 0: only bank patches within r grid cells of its
+    #: own position (Chebyshev), as PaDiM's per-position statistics (aligned products; the
+    #: whole bank is kept, so the bank must stay below ``coreset_threshold``)
+    position_window: int = Field(0, ge=0)
 
 
 class PatchCore(Detector[PatchCoreConfig]):
@@ -102,6 +106,11 @@ class PatchCore(Detector[PatchCoreConfig]):
         # rows of the fitted embedding the bank keeps (None: all); not part of the state
         self.selected: Tensor | None = None
         if seen > self.config.coreset_threshold:
+            if self.config.position_window:
+                raise ValueError(
+                    f"PatchCore: position-aware matching needs the whole bank, but {seen} "
+                    f"patches exceed coreset_threshold {self.config.coreset_threshold}"
+                )
             n_select = max(1, int(math.ceil(self.config.coreset_ratio * seen)))
             idx = greedy_coreset(emb, n_select, self.config.project_dim, self.config.seed)
             self.selected = idx
@@ -117,8 +126,31 @@ class PatchCore(Detector[PatchCoreConfig]):
                 f"{self.config.target_dim}"
             )
         emb, grid = self.embed(features)
-        d = nearest_distances(emb, self.memory.to(emb.device))
+        if self.config.position_window:
+            d = self._local_distances(emb, grid)
+        else:
+            d = nearest_distances(emb, self.memory.to(emb.device))
         return [d.reshape(-1, grid[0], grid[1])]
+
+    def _local_distances(self, emb: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Nearest distance of each patch to bank patches within the position window."""
+        hw = grid[0] * grid[1]
+        bank = self.memory.to(emb.device).float()
+        if bank.shape[0] % hw:
+            raise ValueError(f"PatchCore: bank of {bank.shape[0]} rows is not on a {grid} grid")
+        k = bank.shape[0] // hw
+        ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        r = self.config.position_window
+        near = ((ys[:, None] - ys[None]).abs() <= r) & ((xs[:, None] - xs[None]).abs() <= r)
+        far = (~near).to(emb.device)  # [hw query, hw bank]
+        b_sq = (bank * bank).sum(1).view(k, hw)
+        out = []
+        for q in emb.float().view(-1, hw, emb.shape[1]):
+            d2 = (q * q).sum(1)[:, None, None] - 2.0 * (q @ bank.t()).view(hw, k, hw) + b_sq
+            d2.masked_fill_(far[:, None, :], float("inf"))
+            out.append(d2.flatten(1).amin(1))
+        return torch.cat(out).clamp_(min=0.0).sqrt_()
 
     def info(self) -> dict[str, Any]:
         return {"bank_size": int(self.memory.shape[0]), "patches_seen": int(self.n_patches_seen)}

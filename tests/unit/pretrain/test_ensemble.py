@@ -125,3 +125,24 @@ def test_patchcore_concat_embedding_is_anomalib_style() -> None:
     corner = F.avg_pool2d(a, 3, 1, 1)[0, :, 0, 0]  # zeros counted: 4 of 9 cells are data
     assert torch.allclose(padded[0, :3], corner, atol=1e-6)
     assert not torch.allclose(padded[0, :3], want[0, :3])
+
+
+def test_position_aware_patchcore_matches_only_nearby_positions() -> None:
+    g = torch.Generator().manual_seed(0)
+    refs = [torch.randn(2, 4, 6, 6, generator=g)]
+    det = PatchCore(n_levels=1, neighbourhood=1, position_window=1)
+    det.fit(refs)
+    # a query equal to reference 0 everywhere but with its first column moved to the last:
+    # the global search still finds those patches, the local one (window 1) does not
+    moved = refs[0][:1].clone()
+    moved[..., -1] = refs[0][:1, :, :, 0]
+    glob = PatchCore(n_levels=1, neighbourhood=1)
+    glob.fit(refs)
+    local_d, global_d = det([moved])[0][0], glob([moved])[0][0]
+    assert torch.allclose(global_d[:, :-1], torch.zeros(6, 5), atol=1e-3)
+    assert torch.allclose(global_d[:, -1], torch.zeros(6), atol=1e-3)
+    assert (local_d[:, -1] > 0.5).all()  # the moved column is 5 cells from home
+    assert torch.allclose(local_d[:, :-1], torch.zeros(6, 5), atol=1e-3)
+    too_big = PatchCore(n_levels=1, neighbourhood=1, position_window=1, coreset_threshold=10)
+    with pytest.raises(ValueError, match="whole bank"):
+        too_big.fit(refs)
