@@ -10,7 +10,8 @@ Members, each fitted on the K references of a group exactly as ``adqc eval`` fit
   (``features.10/13/17``) with adqc's detectors.
 
 Candidates are single members or ensembles (``pretrain.detectors.ensemble``: members' maps as
-z-scores of their own leave-one-out normal image scores, averaged). Every candidate's threshold
+z-scores of their own leave-one-out normal image scores, averaged), exactly as the product's
+presets score them (a single member is z-scored too). Every candidate's threshold
 is calibrated from the combined leave-one-out scores of the references, as onboarding would.
 """
 
@@ -113,11 +114,9 @@ def run(
         for c, members in candidates.items():
             test_maps = [torch.from_numpy(member_out[m].maps) for m in members]
             loo_maps = [member_out[m].loo_maps for m in members]
-            if len(members) == 1:
-                c_maps, c_scores = test_maps[0], torch.from_numpy(member_out[members[0]].scores)
-                c_loo = loo_maps[0].flatten(1).amax(1)
-            else:
-                c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
+            # one member too: the product z-scores every preset by its LOO scores, which
+            # changes nothing within a group but makes groups comparable (pooled AUROC)
+            c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
             scores[c].append(c_scores.double().numpy())
             if inputs.masks is not None:
                 maps[c].append(c_maps.float().numpy())
