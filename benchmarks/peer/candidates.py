@@ -25,10 +25,11 @@ import torch
 
 from benchmarks.peer import adqc_side
 from benchmarks.peer.adqc_side import AdqcOutput
-from benchmarks.peer.exchange import Inputs
+from benchmarks.peer.exchange import Inputs, load_batch
 from evaluation.datasets import Category
 from evaluation.runner import LoadedModel, RawFeatures, feature_set
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
+from pretrain.data.folders import Sample
 from pretrain.detectors.ensemble import ensemble_scores
 
 AUX_TAPS = (6, 13)
@@ -63,11 +64,22 @@ def aux_model() -> LoadedModel:
     return LoadedModel(FeatureModel(tapped_mobilenet_v2(AUX_TAPS), None), {})
 
 
-def _threshold(loo_scores: torch.Tensor) -> float:
+def _threshold(scores: torch.Tensor, method: str = "leave-one-out") -> float:
     try:
-        return calibrate(loo_scores.double().tolist(), DEFAULT_TARGET_FAR).threshold
+        return calibrate(scores.double().tolist(), DEFAULT_TARGET_FAR, method).threshold
     except CalibrationError:
         return float("nan")
+
+
+def calibration_images(inputs: Inputs, n: int) -> list[np.ndarray]:
+    """Per group the next ``n`` train/good images after the K references (fewer when the
+    group has fewer), decoded like the references: the `--calibration-images` of onboarding."""
+    out = []
+    for group in inputs.bench_class.groups:
+        paths = group.train_good[inputs.shots : inputs.shots + n]
+        size = inputs.image_size
+        out.append(load_batch(paths, size) if paths else np.empty((0, size, size, 3), np.uint8))
+    return out
 
 
 def run(
@@ -75,8 +87,13 @@ def run(
     aux: LoadedModel,
     inputs: Inputs,
     candidates: dict[str, tuple[str, ...]] = CANDIDATES,
+    held_out: list[np.ndarray] | None = None,
 ) -> list[AdqcOutput]:
-    """Every candidate's rows on ``inputs`` (features "candidate"), groups concatenated."""
+    """Every candidate's rows on ``inputs`` (features "candidate"), groups concatenated.
+
+    ``held_out``: per group normal images that are neither references nor test images; each
+    candidate then also gets the threshold onboarding sets from them (``held_out_thresholds``).
+    """
     bc = inputs.bench_class
     needed = sorted({m for members in candidates.values() for m in members})
     sources = {MEMBERS[m][0] for m in needed}
@@ -84,21 +101,28 @@ def run(
     maps: dict[str, list[np.ndarray]] = {c: [] for c in candidates}
     seconds = dict.fromkeys(candidates, 0.0)
     thresholds: dict[str, list[float]] = {c: [] for c in candidates}
+    held_thresholds: dict[str, list[float]] = {c: [] for c in candidates}
     for g, group in enumerate(bc.groups):
+        n_test = len(inputs.test[g])
+        extra = held_out[g] if held_out is not None else inputs.test[g][:0]
+        test_images = np.concatenate([inputs.test[g], extra]) if len(extra) else inputs.test[g]
+        # the held-out normals ride along with the test images and are split off again
+        held_paths = group.train_good[inputs.shots : inputs.shots + len(extra)]
+        samples = list(group.test) + [Sample(p, 0, "held-out") for p in held_paths]
         refs = group.references(inputs.shots)
         member_out, member_s, source_s = {}, {}, {}
         for source in sorted(sources):
             model = aux if source == "stride8" else lm
             t0 = time.perf_counter()
             train = adqc_side._backbone(model, inputs.refs[g])
-            test = adqc_side._backbone(model, inputs.test[g])
+            test = adqc_side._backbone(model, test_images)
             raw = RawFeatures(
                 category=Category(bc.name, bc.spec, refs, group.test),
                 image_size=inputs.image_size,
                 train_paths=refs,
                 train=train,
                 test=test,
-                samples=group.test,
+                samples=samples,
                 masks=None,
                 seconds=time.perf_counter() - t0,
             )
@@ -112,7 +136,8 @@ def run(
                 member_out[m] = out
                 member_s[m] = out.fit_seconds + out.score_seconds
         for c, members in candidates.items():
-            test_maps = [torch.from_numpy(member_out[m].maps) for m in members]
+            all_maps = [torch.from_numpy(member_out[m].maps) for m in members]
+            test_maps = [m[:n_test] for m in all_maps]
             loo_maps = [member_out[m].loo_maps for m in members]
             # one member too: the product z-scores every preset by its LOO scores, which
             # changes nothing within a group but makes groups comparable (pooled AUROC)
@@ -121,6 +146,11 @@ def run(
             if inputs.masks is not None:
                 maps[c].append(c_maps.float().numpy())
             thresholds[c].append(_threshold(c_loo))
+            if len(extra) >= 2:
+                _, held_scores, _ = ensemble_scores([m[n_test:] for m in all_maps], loo_maps)
+                held_thresholds[c].append(_threshold(held_scores, "held-out"))
+            elif held_out is not None:
+                held_thresholds[c].append(float("nan"))
             used = {MEMBERS[m][0] for m in members}
             seconds[c] += sum(source_s[s] for s in used) + sum(member_s[m] for m in members)
     info: dict[str, Any] = {"aux_taps": list(AUX_TAPS)}
@@ -131,7 +161,13 @@ def run(
             np.concatenate(scores[c]),
             np.concatenate(maps[c]) if maps[c] else None,
             seconds[c],
-            {**info, "members": list(candidates[c]), "group_thresholds": thresholds[c]},
+            {
+                **info,
+                "members": list(candidates[c]),
+                "group_thresholds": thresholds[c],
+                "held_out_thresholds": held_thresholds[c],
+                "held_out_images": [len(h) for h in held_out] if held_out is not None else [],
+            },
         )
         for c in candidates
     ]

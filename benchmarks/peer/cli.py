@@ -50,6 +50,12 @@ def anomalib_command(
     bootstrap: int = typer.Option(
         0, "--bootstrap", help="paired bootstrap resamples of each adqc row vs anomalib PatchCore"
     ),
+    calibration_images: int = typer.Option(
+        0,
+        "--calibration-images",
+        help="candidates: also set each threshold from the next N train/good images "
+        "(held-out, as `adqc product add --calibration-images`)",
+    ),
     peer_models: list[str] = typer.Option(
         ["patchcore,padim"], "--peer-models", help="anomalib models: patchcore, padim"
     ),
@@ -112,6 +118,7 @@ def anomalib_command(
             peer_models=tuple(_split(peer_models)),
             candidates=tuple(_split(candidates)) if candidates else None,
             bootstrap=bootstrap,
+            calibration_images=calibration_images,
         )
         for spec in data:
             try:

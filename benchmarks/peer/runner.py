@@ -44,6 +44,7 @@ class BenchOptions:
     peer_models: tuple[str, ...] = ("patchcore", "padim")
     candidates: tuple[str, ...] | None = None  # None: every candidate of candidates.py
     bootstrap: int = 0  # paired bootstrap resamples of each adqc row vs anomalib PatchCore
+    calibration_images: int = 0  # candidates: also calibrate on the next N train/good images
 
 
 def peer_ready(python: Path = PEER_PYTHON) -> bool:
@@ -160,7 +161,10 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                 for c, m in candidates.CANDIDATES.items()
                 if opts.candidates is None or c in opts.candidates
             }
-            outs += candidates.run(lm, candidates.aux_model(), inputs, chosen)
+            held = None
+            if opts.calibration_images:
+                held = candidates.calibration_images(inputs, opts.calibration_images)
+            outs += candidates.run(lm, candidates.aux_model(), inputs, chosen, held)
         for out in outs:
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {
@@ -171,6 +175,11 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                     out.scores, inputs.labels, out.info.get("group_thresholds", []), sizes
                 ),
             }
+            held_thresholds = out.info.get("held_out_thresholds") or []
+            if held_thresholds:
+                extra["calibrated_held_out"] = scoring.operating_point(
+                    out.scores, inputs.labels, held_thresholds, sizes
+                )
             if opts.bootstrap and peer_patchcore is not None:
                 extra["vs_anomalib_patchcore"] = vs_peer(peer_patchcore, out, inputs, opts)
             rows.append(

@@ -139,18 +139,26 @@ def verdict(rows: list[dict[str, Any]], shots: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def operating(rows: list[dict[str, Any]], shots: int) -> str:
-    """Observed false-alarm / detection rate at the threshold `adqc product add` would set."""
-    rows = [r for r in rows if str(r["shots"]) == str(shots) and r.get("calibrated")]
+def operating(rows: list[dict[str, Any]], shots: int, key: str = "calibrated") -> str:
+    """Observed false-alarm / detection rate at the threshold `adqc product add` would set
+    (``key`` "calibrated": from the K references alone; "calibrated_held_out": from held-out
+    calibration images)."""
+    rows = [r for r in rows if str(r["shots"]) == str(shots) and r.get(key)]
     if not rows:
         return ""
     classes = sorted({r["class"] for r in rows})
     labels = sorted({(row_label(r), _order(r)) for r in rows}, key=lambda t: t[1])
-    by = {(r["class"], row_label(r)): r["calibrated"] for r in rows}
+    by = {(r["class"], row_label(r)): r[key] for r in rows}
+    source = (
+        f"the {shots} references' leave-one-out scores, no calibration images"
+        if key == "calibrated"
+        else "held-out good images (the train/good images after the references, "
+        "`--calibration-images`)"
+    )
     lines = [
-        f"Calibrated operating point, {shots} shots (threshold from the {shots} references' "
-        "leave-one-out scores, target false-alarm rate 1 %, no calibration images; "
-        "observed false-alarm rate on good test images / detection rate on defective ones):",
+        f"Calibrated operating point, {shots} shots (threshold from {source}, target "
+        "false-alarm rate 1 %; observed false-alarm rate on good test images / detection "
+        "rate on defective ones):",
         "",
         f"| {shots} shots | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
@@ -202,6 +210,7 @@ def markdown(doc: dict[str, Any]) -> str:
     out.append("")
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
         out += [overview(rows, k), verdict(rows, k), operating(rows, k)]
+        out.append(operating(rows, k, "calibrated_held_out"))
         if any(r["features"] == "candidate" and str(r["shots"]) == str(k) for r in rows):
             from benchmarks.peer import choose
 

@@ -33,7 +33,7 @@ def _part(path: Path, seed: int, spot: bool = False) -> None:
 @pytest.fixture
 def part(tmp_path: Path) -> Path:
     root = tmp_path / "toy" / "part"
-    for i in range(3):
+    for i in range(5):  # 3 references + 2 held-out calibration images
         _part(root / "train/good" / f"{i:03d}.png", i)
     for i in range(2):
         _part(root / "test/good" / f"{i:03d}.png", 10 + i)
@@ -53,6 +53,24 @@ def test_bench_row_scores_like_the_shipped_default(part: Path, local_engine) -> 
     np.testing.assert_allclose(product, row.scores, rtol=1e-3, atol=1e-3)
     assert row.info["group_thresholds"][0] == pytest.approx(record.calibration.threshold, 1e-3)
     assert product[2:].min() > product[:2].max()  # the dark spot outscores the good parts
+
+
+def test_held_out_threshold_is_what_onboarding_sets(part: Path, local_engine) -> None:  # noqa: F811
+    bc = load_bench_class(str(part), shots=3)
+    inputs = exchange.prepare(bc, 3, SIZE)
+    held = candidates.calibration_images(inputs, 5)
+    assert [len(h) for h in held] == [2]  # only two train/good images follow the references
+    only = {"s8-patchcore": candidates.CANDIDATES["s8-patchcore"]}
+    (row,) = candidates.run(
+        local_engine_model(local_engine), candidates.aux_model(), inputs, only, held
+    )
+    record = build_record(
+        local_engine, "toy", inputs.refs[0], detector="s8-patchcore", calibration=held[0]
+    )
+    assert record.calibration.method == "held-out"
+    assert row.info["held_out_thresholds"][0] == pytest.approx(record.calibration.threshold, 1e-3)
+    assert row.info["group_thresholds"][0] != pytest.approx(record.calibration.threshold, 1e-3)
+    assert row.scores.shape == (4,)  # the calibration images are not test images
 
 
 def local_engine_model(engine):
