@@ -11,7 +11,7 @@ Members, each fitted on the K references of a group exactly as ``adqc eval`` fit
 
 Candidates are single members or ensembles (``pretrain.detectors.ensemble``: members' maps as
 z-scores of their own leave-one-out normal image scores, averaged), exactly as the product's
-presets score them (a single member is z-scored too). Every candidate's threshold
+presets score them (a single member keeps its raw scores). Every candidate's threshold
 is calibrated from the combined leave-one-out scores of the references, as onboarding would.
 """
 
@@ -139,8 +139,7 @@ def run(
             all_maps = [torch.from_numpy(member_out[m].maps) for m in members]
             test_maps = [m[:n_test] for m in all_maps]
             loo_maps = [member_out[m].loo_maps for m in members]
-            # one member too: the product z-scores every preset by its LOO scores, which
-            # changes nothing within a group but makes groups comparable (pooled AUROC)
+            # exactly the product's presets (a single member keeps its raw scores)
             c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
             scores[c].append(c_scores.double().numpy())
             if inputs.masks is not None:

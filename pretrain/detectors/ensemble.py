@@ -9,7 +9,7 @@ score its maximum, as for a single detector. No defective image is involved.
 Members read different feature sources (the projector's levels, raw stride-8 backbone levels):
 the ensemble takes one flat list of levels, the present sources in ``SOURCE_ORDER``
 (``flat_features``), and each member names the indices it reads (``EnsembleMember.levels``).
-A one-member ensemble is a single detector on another feature source with z-scored output.
+A one-member ensemble is a single detector on another feature source, its scores left raw.
 Post-processing (bilinear upsampling, mean over levels, Gaussian) is linear and keeps
 constants, so ``forward`` returns every member's z-scored token maps weighted so that the
 shared ``anomaly_map`` gives exactly the mean of the members' maps.
@@ -81,12 +81,21 @@ def combine_maps(member_maps: Sequence[Tensor], scales: Sequence[MemberScale]) -
     return acc / len(member_maps)
 
 
+def member_scales(member_loo_maps: Sequence[Tensor]) -> list[MemberScale]:
+    """Each member's scale from its leave-one-out maps; a single member keeps its raw scores
+    (identity scale): nothing to put on a common scale, and a z-score from K noisy normal
+    scores would make raw distances, comparable across products as they are, less so."""
+    if len(member_loo_maps) == 1:
+        return [MemberScale(0.0, 1.0)]
+    return [MemberScale.from_loo(image_scores(m)) for m in member_loo_maps]
+
+
 def ensemble_scores(
     member_maps: Sequence[Tensor], member_loo_maps: Sequence[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Combined test maps, their image scores, and the combined references' leave-one-out
     image scores (what calibration uses), each member scaled by its own LOO image scores."""
-    scales = [MemberScale.from_loo(image_scores(m)) for m in member_loo_maps]
+    scales = member_scales(member_loo_maps)
     maps = combine_maps(member_maps, scales)
     loo = combine_maps(member_loo_maps, scales)
     return maps, image_scores(maps), image_scores(loo)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pretrain.detectors.base import Detector, DetectorConfig, finest_grid
 from pretrain.detectors.components import DEFAULT_SIGMA, image_scores
-from pretrain.detectors.ensemble import Ensemble, MemberScale, combine_maps
+from pretrain.detectors.ensemble import Ensemble, combine_maps, member_scales
 from pretrain.detectors.patchcore import PatchCore
 from pretrain.detectors.registry import make_detector
 
@@ -114,6 +114,6 @@ def fit_ensemble(
             zip(ensemble.config.members, ensemble.members, strict=True)
         )
     ]
-    scales = [MemberScale.from_loo(image_scores(m)) for m in member_maps]
+    scales = member_scales(member_maps)
     ensemble.set_scales(scales)
     return image_scores(combine_maps(member_maps, scales))

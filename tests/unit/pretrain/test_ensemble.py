@@ -146,3 +146,16 @@ def test_position_aware_patchcore_matches_only_nearby_positions() -> None:
     too_big = PatchCore(n_levels=1, neighbourhood=1, position_window=1, coreset_threshold=10)
     with pytest.raises(ValueError, match="whole bank"):
         too_big.fit(refs)
+
+
+def test_single_member_keeps_raw_scores() -> None:
+    train, test = _features(4, 6), _features(2, 7)
+    ens = Ensemble(preset_config("s8-patchcore", 3))
+    flat_train = flat_features(ens.config, stride8=train[3:])
+    loo = fit_ensemble(ens, flat_train, SIZE)
+    member = ens.members[0]
+    raw = member.anomaly_maps(test[3:], SIZE)
+    assert torch.allclose(ens.anomaly_maps(test[3:], SIZE), raw, atol=1e-5)
+    expected_loo = leave_one_out_maps(ens.config.members[0].detector, train[3:], SIZE)
+    assert torch.allclose(loo, image_scores(expected_loo), atol=1e-5)
+    assert (float(ens.scale_mean[0]), float(ens.scale_std[0])) == (0.0, 1.0)
