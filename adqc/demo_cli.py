@@ -45,7 +45,7 @@ def demo(
     ),
     shots: int = typer.Option(8, "--shots", help="Good images to onboard each product from."),
     detector: Detector = typer.Option(
-        Detector.ensemble,  # inference.onboarding.DEFAULT_DETECTOR (not imported: torch)
+        Detector.s8_patchcore,  # inference.onboarding.DEFAULT_DETECTOR (not imported: torch)
         "--detector",
         help="Detector (that of `adqc product add`).",
     ),

@@ -219,3 +219,15 @@ def test_the_summary_table_has_a_column_per_product_and_one_for_the_line():
         "plots/",
     ):
         assert expected in text, f"{expected!r} missing from:\n{text}"
+
+
+def test_the_demo_onboards_with_the_default_of_product_add():
+    import inspect
+
+    from adqc.demo import run_demo
+    from adqc.demo_cli import demo
+    from inference.onboarding import DEFAULT_DETECTOR
+
+    option = inspect.signature(demo).parameters["detector"].default
+    assert option.default.value == DEFAULT_DETECTOR
+    assert inspect.signature(run_demo).parameters["detector"].default == DEFAULT_DETECTOR

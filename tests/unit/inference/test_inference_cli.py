@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from adqc.cli import build_app
+from inference.onboarding import DEFAULT_DETECTOR
 
 runner = CliRunner()
 
@@ -108,7 +109,7 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
     for name, product in products.items():
         assert product["cell_type"] == name.removeprefix("pv-")
         assert product["model_id"].startswith("mobilenet_v2:") and len(product["shots"]) == 2
-        assert product["detector"] == "ensemble"  # the default of `adqc product add`
+        assert product["detector"] == DEFAULT_DETECTOR  # that of `adqc product add`
         assert product["threshold"] > 0 and product["target_far"] == 0.01
     assert sum(p["frames"] for p in products.values()) == summary["overall"]["frames"] == 6
     overall = summary["overall"]
