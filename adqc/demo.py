@@ -1,28 +1,38 @@
-r"""``adqc demo``: the whole flow embedded — no servers.
+r"""``adqc demo``: the whole flow embedded — no servers. The demo models a line that makes one
+product at a time.
 
 1. Loads the shipped projector checkpoint (pretrain/checkpoints/mobilenet_v2.pt) into the
    in-process engine; stops with a clear message when it is missing.
-2. Onboards product ``pv-cell`` from 8 functional cells of the ``elpv-dataset`` package
-   (probability 0 in data/labels.csv): the first 4 monocrystalline and the first 4
-   polycrystalline ones by file name, since the line makes both kinds and the reference pool
-   must cover both (``--references`` onboards from another folder instead).
+2. Onboards one product per cell type of the ``elpv-dataset`` package, ``pv-mono`` and
+   ``pv-poly``, each from the first 8 functional cells of its type by file name (probability 0
+   in data/labels.csv), with the default detector of ``adqc product add``. ``--references``
+   onboards one product (``pv-cell``) from another folder instead, and every frame goes to it.
 3. Streams the other cells through the scorer as a simulated camera: a folder source that
-   decodes the next batch in a background thread while the current one is scored.
+   decodes the next batch in a background thread while the current one is scored. Each frame
+   is routed to the product of its cell type (the camera's metadata); the cells come in the
+   dataset's order, which runs one type for a while and then the other (ten runs over the 2,624
+   cells), like a line's changeovers, and a batch never mixes products.
 4. Writes ``results.jsonl`` (every frame), ``alarms.jsonl`` (defective frames:
    the ``AlarmMessage`` records ``adqc serve`` would publish, built by ``ingest.messages``, valid
    against docs/schemas/alarm.v1.json, with the same alarm ids) and one heatmap PNG per alarm
    (``heatmaps/<alarm_id>.png``) under ``--out`` (default ./demo-out; re-running replaces
-   them), and prints a summary: frames, alarms, frames/s, and AUROC against the dataset
-   labels (probability > 0 = defective; no AUROC for a ``--source`` folder, which has no
-   labels).
+   them); with labels, also per product a ROC curve and a score histogram with the calibrated
+   threshold drawn (``plots/<product>-roc.png``, ``plots/<product>-histogram.png``). It prints
+   and writes (``summary.json``) per product and overall: AUROC against the dataset labels
+   (probability > 0 = defective), AUROC on the certain-label subset (probability 0 vs 1), the
+   alarm rate on functional cells at the calibrated threshold (false alarms) and the detection
+   rates on defective cells (probability >= 0.5, and = 1). No AUROC for a ``--source`` folder,
+   which has no labels.
 
-By default the stream is subsampled to DEFAULT_LIMIT frames, evenly spaced over the 2,616
-cells, so the demo finishes in about 2 minutes on 2 CPU cores; ``--limit 0`` streams them all
-(see docs/ONBOARDING.md for the measured rates).
+By default the stream is subsampled to DEFAULT_LIMIT frames, evenly spaced over the 2,608
+cells that are not references (the mix of classes and of cell types kept); ``--limit 0``
+streams them all (see docs/ONBOARDING.md for the measured rates: 2.1 frames/s with the
+``s8-patchcore`` detector on 2 CPU cores at load 7-16).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import json
@@ -53,17 +63,21 @@ from evaluation.datasets import DatasetError, elpv_data_dir
 from evaluation.metrics import auroc
 from inference.calibration import DEFAULT_TARGET_FAR
 from inference.frames import load_frame
-from inference.onboarding import find_images, onboard
+from inference.onboarding import DEFAULT_DETECTOR, find_images, onboard
+from inference.records import ProductRecord
 from inference.scorer import Scorer, ScoreResult
 from inference.store import open_store
 from ingest.messages import build_alarm, build_heatmap
 from ingest.schemas import AlarmMessage, FrameHeaders, Source, alarm_id_for, utc_now
 from pretrain.preprocess import ImageLoadError
 
+#: the product of each elpv cell type: the line makes one at a time
+PRODUCTS_BY_TYPE = {"mono": "pv-mono", "poly": "pv-poly"}
+#: the one product of a ``--references`` run
 PRODUCT = "pv-cell"
 DEFAULT_LIMIT = 1200
 DEFAULT_OUT = Path("demo-out")
-SHOTS_PER_TYPE = 4
+SHOTS = 8  # good images per product
 DEMO_LINE = "demo-line"
 DEMO_CAMERA = "demo-camera"
 DEMO_TOPIC = "demo"
@@ -105,13 +119,36 @@ def elpv_frames(root: Path | None = None) -> list[Frame]:
     return frames
 
 
-def elpv_shots(frames: Sequence[Frame], per_type: int = SHOTS_PER_TYPE) -> list[Frame]:
-    """The first ``per_type`` functional cells of each type, by file name."""
-    shots = []
+def elpv_shots(frames: Sequence[Frame], per_type: int = SHOTS) -> dict[str, list[Frame]]:
+    """The first ``per_type`` functional cells of each type, by file name: {type: cells}."""
+    shots = {}
     for kind in sorted({f.kind for f in frames if f.kind}):
         functional = sorted((f for f in frames if f.kind == kind and f.label == 0), key=_by_path)
-        shots += functional[:per_type]
+        shots[kind] = functional[:per_type]
     return shots
+
+
+def route(frame: Frame, routes: dict[str | None, str]) -> str | None:
+    """The product a frame belongs to: the one of its cell type, else the product for frames of
+    any type (key None, a ``--references`` run), else None (unroutable)."""
+    return routes.get(frame.kind, routes.get(None))
+
+
+def product_batches(
+    frames: Sequence[Frame], routes: dict[str | None, str], batch_size: int
+) -> list[tuple[str, list[Frame]]]:
+    """The camera's batches in stream order, (product, frames): a batch ends at ``batch_size``
+    frames or where the line changes product, so it never mixes products."""
+    batches: list[tuple[str, list[Frame]]] = []
+    for frame in frames:
+        product = route(frame, routes)
+        if product is None:
+            raise DemoError(f"frame {frame.frame_id} (type {frame.kind}) has no product")
+        if batches and batches[-1][0] == product and len(batches[-1][1]) < batch_size:
+            batches[-1][1].append(frame)
+        else:
+            batches.append((product, [frame]))
+    return batches
 
 
 def _by_path(frame: Frame) -> str:
@@ -132,14 +169,15 @@ def evenly_spaced(frames: Sequence[Frame], limit: int | None) -> list[Frame]:
     return [frames[i] for i in picks]
 
 
-def camera(
-    frames: Sequence[Frame], batch_size: int
-) -> Iterator[list[tuple[Frame, np.ndarray | ImageLoadError]]]:
-    """A folder camera: batches of (frame, image or the error reading it), the next batch
-    decoded in a background thread while the caller scores the current one."""
+Decoded = list[tuple[Frame, np.ndarray | ImageLoadError]]
 
-    def read(chunk: Sequence[Frame]) -> list[tuple[Frame, np.ndarray | ImageLoadError]]:
-        out: list[tuple[Frame, np.ndarray | ImageLoadError]] = []
+
+def camera(batches: Sequence[tuple[str, list[Frame]]]) -> Iterator[tuple[str, Decoded]]:
+    """A folder camera: (product, [(frame, image or the error reading it)]) per batch, the next
+    batch decoded in a background thread while the caller scores the current one."""
+
+    def read(chunk: Sequence[Frame]) -> Decoded:
+        out: Decoded = []
         for frame in chunk:
             try:
                 out.append((frame, load_frame(frame.path)))
@@ -147,15 +185,13 @@ def camera(
                 out.append((frame, exc))
         return out
 
-    starts = range(0, len(frames), batch_size)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="camera") as pool:
-        pending = pool.submit(read, frames[0:batch_size]) if frames else None
-        for start in starts:
+        pending = pool.submit(read, batches[0][1]) if batches else None
+        for i, (product, _) in enumerate(batches):
             assert pending is not None
             batch = pending.result()
-            following = frames[start + batch_size : start + 2 * batch_size]
-            pending = pool.submit(read, following) if following else None
-            yield batch
+            pending = pool.submit(read, batches[i + 1][1]) if i + 1 < len(batches) else None
+            yield product, batch
 
 
 def default_workers() -> int:
@@ -164,16 +200,14 @@ def default_workers() -> int:
 
 
 def scored_batches(
-    batches: Iterator[list[tuple[Frame, np.ndarray | ImageLoadError]]],
-    scorer: Scorer,
-    product: str,
-    workers: int,
-) -> Iterator[tuple[list[tuple[Frame, np.ndarray | ImageLoadError]], list[ScoreResult]]]:
-    """(batch, results of its readable images) in camera order, with up to ``workers`` batches
-    scored at once (the caller runs torch with one thread per worker, see run_demo)."""
+    batches: Iterator[tuple[str, Decoded]], scorer: Scorer, workers: int
+) -> Iterator[tuple[Decoded, list[ScoreResult]]]:
+    """(batch, results of its readable images against the batch's product) in camera order,
+    with up to ``workers`` batches scored at once (the caller runs torch with one thread per
+    worker, see run_demo)."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer") as pool:
         in_flight: deque = deque()
-        for batch in batches:
+        for product, batch in batches:
             images = [image for _, image in batch if isinstance(image, np.ndarray)]
             in_flight.append((batch, pool.submit(scorer.score, images, product)))
             if len(in_flight) >= workers:
@@ -203,6 +237,7 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "heatmaps", ignore_errors=True)
     (out / "heatmaps").mkdir()
+    shutil.rmtree(out / "plots", ignore_errors=True)
     for name in ("results.jsonl", "alarms.jsonl", "summary.json"):
         (out / name).unlink(missing_ok=True)
 
@@ -248,13 +283,14 @@ def run_demo(
     store_url: str = "memory://",
     batch_size: int = 16,
     workers: int | None = None,
-    shots: int = 2 * SHOTS_PER_TYPE,
+    shots: int = SHOTS,
     target_far: float = DEFAULT_TARGET_FAR,
-    detector: str = "featurenorm",
+    detector: str = DEFAULT_DETECTOR,
     product: str = PRODUCT,
     console: Console | None = None,
 ) -> dict:
-    """Run the demo; returns the summary (also written to OUT/summary.json)."""
+    """Run the demo; returns the summary (also written to OUT/summary.json). ``shots`` are
+    per product; ``product`` names the one product of a ``references`` run."""
     console = console or Console()
     started = time.perf_counter()
 
@@ -274,45 +310,66 @@ def run_demo(
 
     cells = elpv_frames() if source is None or references is None else []
     all_frames = cells if source is None else folder_frames(source)
+    plan: dict[str, list[Path]] = {}  # product -> its reference images
+    routes: dict[str | None, str] = {}  # cell type (None: any) -> product
+    cell_types: dict[str, str | None] = {}  # product -> its cell type
     if references is not None:
-        reference_paths = find_images(references)[:shots]
+        plan[product] = find_images(references)[:shots]
+        routes[None], cell_types[product] = product, None
     else:
-        reference_paths = [f.path for f in elpv_shots(cells, per_type=(shots + 1) // 2)][:shots]
-    taken = {p.resolve() for p in reference_paths}
+        for kind, kind_shots in elpv_shots(cells, per_type=shots).items():
+            name = PRODUCTS_BY_TYPE.get(kind, f"pv-{kind}")
+            plan[name] = [f.path for f in kind_shots]
+            routes[kind], cell_types[name] = name, kind
+    taken = {p.resolve() for paths in plan.values() for p in paths}
     stream = [f for f in all_frames if f.path.resolve() not in taken]
     if not stream:
         raise DemoError(f"no frames to stream from {source or elpv_root()}")
+    unroutable = [f for f in stream if route(f, routes) is None]
+    if unroutable:
+        raise DemoError(
+            f"{len(unroutable)} frame(s) of {source} carry no cell type, so no product: give "
+            "--references to onboard the one product they belong to"
+        )
     frames = evenly_spaced(stream, limit)
+    batches = product_batches(frames, routes, batch_size)
 
     console.print(f"[bold]adqc demo[/]: checkpoint {checkpoint}")
     engine = LocalEngine(checkpoint)
     store = open_store(store_url)
     loaded = time.perf_counter()
-    onboarded = onboard(
-        engine,
-        store,
-        product,
-        reference_paths,
-        shots=shots,
-        target_far=target_far,
-        detector=detector,  # type: ignore[arg-type]
-    )
-    record = onboarded.record
-    calibration = record.calibration
-    console.print(
-        f"onboarded [bold]{product}[/] v{record.version} from {len(reference_paths)} good images "
-        f"in {onboarded.seconds:.1f} s: threshold {calibration.threshold:.4f} "
-        f"({calibration.rule}), store {store.url}"
-    )
+    records: dict[str, ProductRecord] = {}
+    onboarding_seconds: dict[str, float] = {}
+    for name, paths in plan.items():
+        onboarded = onboard(
+            engine,
+            store,
+            name,
+            paths,
+            shots=shots,
+            target_far=target_far,
+            detector=detector,  # type: ignore[arg-type]
+        )
+        record = records[name] = onboarded.record
+        onboarding_seconds[name] = onboarded.seconds
+        kind = f" ({cell_types[name]} cells)" if cell_types[name] else ""
+        console.print(
+            f"onboarded [bold]{name}[/]{kind} v{record.version} from {len(paths)} good images "
+            f"in {onboarded.seconds:.1f} s: {record.detector}, threshold "
+            f"{record.calibration.threshold:.4f} ({record.calibration.rule})"
+        )
+    console.print(f"store {store.url}")
     sampled = f", {len(frames)} of {len(stream)} evenly spaced" if len(frames) < len(stream) else ""
-    console.print(f"streaming {len(frames)} frame(s){sampled} from {source or elpv_root()}")
+    changeovers = sum(1 for a, b in zip(batches, batches[1:], strict=False) if a[0] != b[0])
+    console.print(
+        f"streaming {len(frames)} frame(s){sampled} from {source or elpv_root()}, "
+        f"routed by cell type ({changeovers} product changeover(s))"
+    )
 
     out = Path(out)
     _prepare_out(out)
     scorer = Scorer(engine, store, batch_size=batch_size)
-    labels: list[int] = []
-    scores: list[float] = []
-    kinds: list[str | None] = []
+    scored: list[tuple[Frame, ScoreResult]] = []
     alarms = errors = 0
     stream_started = time.perf_counter()
     columns = (
@@ -333,20 +390,17 @@ def run_demo(
     ):
         task = progress.add_task("scoring", total=len(frames), rate="-", alarms=0)
         done = 0
-        for batch, results in scored_batches(camera(frames, batch_size), scorer, product, workers):
+        for batch, results in scored_batches(camera(batches), scorer, workers):
             good = [(frame, image) for frame, image in batch if isinstance(image, np.ndarray)]
             for frame, error in batch:
                 if isinstance(error, ImageLoadError):
                     errors += 1
                     line = {"frame_id": frame.frame_id, "file": str(frame.path)}
-                    line.update(status="error", error=str(error))
+                    line.update(status="error", error=str(error), product=route(frame, routes))
                     results_file.write(json.dumps(line) + "\n")
             for (frame, image), result in zip(good, results, strict=True):
                 results_file.write(json.dumps(_result_line(frame, result)) + "\n")
-                if frame.label is not None:
-                    labels.append(frame.label)
-                    scores.append(result.score)
-                    kinds.append(frame.kind)
+                scored.append((frame, result))
                 if result.is_defective:
                     alarms += 1
                     alarm = _alarm(frame, index[frame], image, result, out / "heatmaps")
@@ -357,78 +411,172 @@ def run_demo(
     stream_seconds = time.perf_counter() - stream_started
     store.close()
 
+    products: dict[str, dict] = {}
+    for name, record in records.items():
+        mine = [(f, r) for f, r in scored if r.product == name]
+        products[name] = {
+            "cell_type": cell_types[name],
+            "reference_version": record.version,
+            "model_id": record.model_id,
+            "detector": record.detector,
+            "shots": [str(p) for p in plan[name]],
+            "threshold": record.calibration.threshold,
+            "threshold_rule": record.calibration.rule,
+            "target_far": record.calibration.target_far,
+            "onboarding_seconds": round(onboarding_seconds[name], 3),
+            **line_quality(mine),
+        }
     summary: dict = {
-        "product": product,
-        "reference_version": record.version,
-        "model_id": record.model_id,
+        "products": products,
+        "overall": line_quality(scored),
         "checkpoint": str(checkpoint),
-        "detector": record.detector,
-        "shots": [str(p) for p in reference_paths],
-        "threshold": calibration.threshold,
-        "threshold_rule": calibration.rule,
-        "target_far": calibration.target_far,
         "source": str(source or elpv_root()),
         "frames_available": len(stream),
         "frames": len(frames),
         "scored": len(frames) - errors,
         "errors": errors,
         "alarms": alarms,
+        "changeovers": changeovers,
         "stream_seconds": round(stream_seconds, 3),
         "frames_per_s": round((len(frames) - errors) / max(stream_seconds, 1e-9), 3),
         "startup_seconds": round(loaded - started, 3),
-        "onboarding_seconds": round(onboarded.seconds, 3),
+        "onboarding_seconds": round(sum(onboarding_seconds.values()), 3),
         "total_seconds": round(time.perf_counter() - started, 3),
         "batch_size": batch_size,
         "workers": workers,
         "out": str(out),
-        "auroc": None,
     }
-    if labels:
-        label_array, score_array, kind_array = np.array(labels), np.array(scores), np.array(kinds)
-        alarmed = score_array > calibration.threshold
-        summary.update(
-            auroc=auroc(score_array, label_array),  # raw scores; None unless both classes
-            auroc_by_cell_type={
-                kind: auroc(score_array[kind_array == kind], label_array[kind_array == kind])
-                for kind in sorted({k for k in kinds if k})
-            },
-            defective=int(label_array.sum()),
-            functional=int((label_array == 0).sum()),
-            alarm_rate_functional=_rate(alarmed[label_array == 0]),
-            alarm_rate_defective=_rate(alarmed[label_array == 1]),
-        )
+    summary["plots"] = _plots(out / "plots", scored, records, console)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(console, summary)
     return summary
+
+
+def line_quality(scored: Sequence[tuple[Frame, ScoreResult]]) -> dict:
+    """What a line sees of the scored frames: frames, alarms and, for labelled frames, AUROC
+    (probability > 0 = defective, raw scores), AUROC on the certain labels (0 vs 1), the alarm
+    rate on functional cells (false alarms) and the detection rates on defective cells
+    (probability >= 0.5, and = 1) at each frame's calibrated threshold (``is_defective``)."""
+    quality: dict = {"frames": len(scored), "alarms": sum(r.is_defective for _, r in scored)}
+    labelled = [(f, r) for f, r in scored if f.probability is not None]
+    if not labelled:
+        return quality | {"labelled": 0, "auroc": None, "auroc_certain": None}
+    p = np.array([f.probability for f, _ in labelled], dtype=float)
+    score = np.array([r.score for _, r in labelled], dtype=float)
+    alarmed = np.array([r.is_defective for _, r in labelled], dtype=bool)
+    certain = (p == 0) | (p == 1)
+    return quality | {
+        "labelled": len(labelled),
+        "functional": int((p == 0).sum()),
+        "defective": int((p > 0).sum()),
+        "defective_p50": int((p >= 0.5).sum()),
+        "defective_certain": int((p == 1).sum()),
+        "auroc": auroc(score, (p > 0).astype(int)),  # None unless both classes
+        "auroc_certain": auroc(score[certain], (p[certain] == 1).astype(int)),
+        "false_alarm_rate": _rate(alarmed[p == 0]),
+        "detection_rate": _rate(alarmed[p > 0]),
+        "detection_rate_p50": _rate(alarmed[p >= 0.5]),
+        "detection_rate_certain": _rate(alarmed[p == 1]),
+    }
 
 
 def _rate(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def _plots(
+    folder: Path,
+    scored: Sequence[tuple[Frame, ScoreResult]],
+    records: dict[str, ProductRecord],
+    console: Console,
+) -> list[str]:
+    """Per product with both classes labelled: its ROC curves (all labels, certain labels) and
+    its score histogram with the calibrated threshold drawn; the files written."""
+    from evaluation.report import histogram_png, roc_png
+    from pretrain.extras import MissingExtraError
+
+    written = []
+    for name, record in records.items():
+        mine = [(f, r) for f, r in scored if r.product == name and f.probability is not None]
+        p = np.array([f.probability for f, _ in mine], dtype=float)
+        if not ((p == 0).any() and (p > 0).any()):
+            continue
+        score = np.array([r.score for _, r in mine], dtype=float)
+        labels = (p > 0).astype(int)
+        certain = (p == 0) | (p == 1)
+        subset = {"certain labels": (score[certain], (p[certain] == 1).astype(int))}
+        threshold = record.calibration.threshold
+        try:
+            pictures = {
+                "roc": roc_png(score, labels, curves=subset, title=f"ROC: {name}"),
+                "histogram": histogram_png(
+                    score, labels, threshold, threshold_label="calibrated threshold"
+                ),
+            }
+        except MissingExtraError as exc:  # matplotlib is the eval extra
+            console.print(f"[yellow]no plots:[/] {exc}")
+            return written
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind, b64 in pictures.items():
+            path = folder / f"{name}-{kind}.png"
+            path.write_bytes(base64.b64decode(b64))
+            written.append(str(path))
+    return written
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _print_summary(console: Console, summary: dict) -> None:
-    table = Table(title=f"adqc demo: {summary['product']}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("frames", f"{summary['scored']} scored, {summary['errors']} unreadable")
-    table.add_row("alarms", str(summary["alarms"]))
-    table.add_row(
-        "throughput",
-        f"{summary['frames_per_s']:.1f} frames/s ({summary['stream_seconds']:.1f} s streaming; "
-        f"{summary['total_seconds']:.1f} s in all)",
+    """One column per product and one for the whole line; alarms at each product's calibrated
+    threshold."""
+    columns = {**summary["products"], "all": summary["overall"]}
+    table = Table(title="adqc demo: the line, per product")
+    table.add_column("")
+    for name in columns:
+        table.add_column(name, justify="right")
+
+    def row(title: str, cell) -> None:
+        table.add_row(title, *(cell(name, q) for name, q in columns.items()))
+
+    def count(q: dict, key: str) -> str:
+        return f" of {q[key]}" if q.get(key) is not None else ""
+
+    row("cell type", lambda n, q: q.get("cell_type") or ("any" if n != "all" else ""))
+    row("frames scored", lambda n, q: str(q["frames"]))
+    row("alarms", lambda n, q: str(q["alarms"]))
+    row(
+        "threshold (target FAR)",
+        lambda n, q: f"{q['threshold']:.4f} ({q['target_far']:.0%})" if n != "all" else "-",
     )
-    table.add_row("threshold", f"{summary['threshold']:.4f} ({summary['threshold_rule']})")
-    if summary["auroc"] is not None:
-        by_type = ", ".join(
-            f"{k} {v:.3f}" for k, v in summary["auroc_by_cell_type"].items() if v is not None
-        )
-        table.add_row("AUROC", f"{summary['auroc']:.3f} (by cell type: {by_type})")
-        table.add_row(
-            "alarm rate",
-            f"{summary['alarm_rate_functional']:.1%} of {summary['functional']} functional, "
-            f"{summary['alarm_rate_defective']:.1%} of {summary['defective']} defective cells",
-        )
-    else:
-        table.add_row("AUROC", "n/a (no labels for this source)")
-    table.add_row("outputs", f"{summary['out']}/results.jsonl, alarms.jsonl, heatmaps/")
+    row("AUROC (p > 0)", lambda n, q: _num(q["auroc"]))
+    row("AUROC certain (p 0 vs 1)", lambda n, q: _num(q["auroc_certain"]))
+    row(
+        "false alarms (p = 0)",
+        lambda n, q: _pct(q.get("false_alarm_rate")) + count(q, "functional"),
+    )
+    row(
+        "detected (p >= 0.5)",
+        lambda n, q: _pct(q.get("detection_rate_p50")) + count(q, "defective_p50"),
+    )
+    row(
+        "detected (p = 1)",
+        lambda n, q: _pct(q.get("detection_rate_certain")) + count(q, "defective_certain"),
+    )
     console.print(table)
+    if not summary["overall"].get("labelled"):
+        console.print("AUROC: n/a (no labels for this source)")
+    console.print(
+        f"{summary['scored']} frames scored, {summary['errors']} unreadable, "
+        f"{summary['alarms']} alarm(s); {summary['frames_per_s']:.1f} frames/s "
+        f"({summary['stream_seconds']:.1f} s streaming; {summary['total_seconds']:.1f} s in all)"
+    )
+    plots = ", plots/" if summary["plots"] else ""
+    console.print(
+        f"outputs: {summary['out']}/results.jsonl, alarms.jsonl, heatmaps/{plots}, summary.json"
+    )

@@ -16,7 +16,9 @@ def demo(
         None, "--source", help="Stream this image folder instead of the elpv cells (no AUROC)."
     ),
     references: str | None = typer.Option(
-        None, "--references", help="Onboard from this folder/glob instead of 8 functional cells."
+        None,
+        "--references",
+        help="Onboard one product (pv-cell) from this folder/glob; every frame goes to it.",
     ),
     limit: int | None = typer.Option(
         None,
@@ -41,10 +43,15 @@ def demo(
         help="Batches scored at once, one torch thread each.",
         show_default="cores, max 4",
     ),
-    shots: int = typer.Option(8, "--shots", help="Good images to onboard from."),
-    detector: Detector = typer.Option(Detector.featurenorm, "--detector", help="Detector."),
+    shots: int = typer.Option(8, "--shots", help="Good images to onboard each product from."),
+    detector: Detector = typer.Option(
+        Detector.s8_patchcore,  # inference.onboarding.DEFAULT_DETECTOR (not imported: torch)
+        "--detector",
+        help="Detector (that of `adqc product add`).",
+    ),
 ) -> None:
-    """The embedded end-to-end demo: onboard pv-cell, stream solar cells, alarms + heatmaps."""
+    """The embedded end-to-end demo: onboard pv-mono and pv-poly, stream solar cells routed by
+    cell type, alarms + heatmaps, quality per product."""
     from adqc.demo import DEFAULT_LIMIT, DemoError, run_demo
     from inference.store.settings import store_url as _store_url
 

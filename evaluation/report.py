@@ -39,13 +39,24 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def roc_png(scores: np.ndarray, labels: np.ndarray, maps=None, masks=None) -> str:
+def roc_png(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    maps=None,
+    masks=None,
+    *,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    title: str = "ROC",
+) -> str:
+    """Image ROC (and pixel ROC given maps and masks); ``curves``: more image-level curves,
+    {label: (scores, labels)}, e.g. a subset of the images."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    curve = M.binary_curve(scores, labels)
-    if curve.n_pos and curve.n_neg:
-        fpr, tpr = M.roc_points(curve)
-        ax.plot(fpr, tpr, label=f"image (AUROC {M.auroc_from_curve(curve):.3f})")
+    for name, (s, y) in {"image": (scores, labels), **(curves or {})}.items():
+        curve = M.binary_curve(s, y)
+        if curve.n_pos and curve.n_neg:
+            fpr, tpr = M.roc_points(curve)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {M.auroc_from_curve(curve):.3f})")
     if maps is not None and masks is not None:
         stride = M.subsample_stride(maps.size, 1 << 22)  # a plot needs far fewer points
         pc = M.binary_curve(maps[:, ::stride, ::stride], masks[:, ::stride, ::stride])
@@ -55,19 +66,25 @@ def roc_png(scores: np.ndarray, labels: np.ndarray, maps=None, masks=None) -> st
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title("ROC")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
 
-def histogram_png(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> str:
+def histogram_png(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float | None,
+    *,
+    threshold_label: str = "F1-max threshold",
+) -> str:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     bins = np.histogram_bin_edges(scores, bins=30)
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({(labels == 0).sum()})")
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({(labels == 1).sum()})")
     if threshold is not None:
-        ax.axvline(threshold, color="k", ls="--", lw=1, label="F1-max threshold")
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"{threshold_label} {threshold:.3g}")
     ax.set_xlabel("image score (max of the anomaly map)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)

@@ -76,7 +76,7 @@ def test_product_default_target_far_matches_calibration():
         ),
         ("eval", ["featurenorm|patchcore|padim"]),
         ("export triton", ["auto|gpu|cpu", "[default: auto]", "$ADQC_STORE__URL"]),
-        ("demo", ["1200 for the elpv cells", "cores, max 4", "[default: featurenorm]"]),
+        ("demo", ["1200 for the elpv cells", "cores, max 4", "[default: s8-patchcore]"]),
     ],
 )
 def test_help_shows_defaults_and_choices(command, expected):

@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from adqc.cli import build_app
+from inference.onboarding import DEFAULT_DETECTOR
 
 runner = CliRunner()
 
@@ -100,14 +101,25 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
     first = _run(*args)
     assert first.exit_code == 0, first.output
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["frames"] == 6 and summary["frames_available"] == 2622
-    assert summary["scored"] == 6 and summary["errors"] == 0
-    assert summary["model_id"].startswith("mobilenet_v2:") and summary["workers"] >= 1
-    assert summary["auroc"] is None or 0.0 <= summary["auroc"] <= 1.0
+    # one product per cell type, 2 references each (of 2,624 cells)
+    assert summary["frames"] == 6 and summary["frames_available"] == 2620
+    assert summary["scored"] == 6 and summary["errors"] == 0 and summary["workers"] >= 1
+    products = summary["products"]
+    assert set(products) == {"pv-mono", "pv-poly"}
+    for name, product in products.items():
+        assert product["cell_type"] == name.removeprefix("pv-")
+        assert product["model_id"].startswith("mobilenet_v2:") and len(product["shots"]) == 2
+        assert product["detector"] == DEFAULT_DETECTOR  # that of `adqc product add`
+        assert product["threshold"] > 0 and product["target_far"] == 0.01
+    assert sum(p["frames"] for p in products.values()) == summary["overall"]["frames"] == 6
+    overall = summary["overall"]
+    assert overall["auroc"] is None or 0.0 <= overall["auroc"] <= 1.0
     assert summary["frames_per_s"] > 0
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and all(line["status"] == "ok" for line in lines)
     assert {"score", "threshold", "is_defective", "label", "reference_version"} <= set(lines[0])
+    # every frame was scored by the product of its cell type
+    assert all(line["product"] == f"pv-{line['cell_type']}" for line in lines)
     alarms = [json.loads(x) for x in (out / "alarms.jsonl").read_text().splitlines()]
     assert len(alarms) == summary["alarms"] == sum(line["is_defective"] for line in lines)
     _assert_alarms_are_serve_alarms(alarms)
@@ -146,12 +158,23 @@ def test_demo_on_a_folder_source_with_a_corrupt_frame(tmp_path, good_dir, untrai
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["auroc"] is None and "no labels" in result.output
+    assert summary["overall"]["auroc"] is None and "no labels" in result.output
+    assert list(summary["products"]) == ["pv-cell"]  # --references: one product takes all
     # the copies in the camera folder are other files than the references: all are streamed
     assert summary["frames"] == 4 and summary["scored"] == 3 and summary["errors"] == 1
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     (bad,) = [line for line in lines if line["status"] == "error"]
     assert "zz_corrupt.png" in bad["error"]
+
+
+def test_demo_on_a_folder_source_needs_references(tmp_path, good_dir, untrained_checkpoint):
+    # a folder's frames carry no cell type, so no elpv product is theirs
+    result = _run(
+        "demo", "--out", str(tmp_path / "out"), "--source", str(good_dir),
+        "--checkpoint", str(untrained_checkpoint),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "carry no cell type" in result.output and "--references" in result.output
 
 
 def _published(store_url: str, n: int, make_record) -> None:
