@@ -103,6 +103,7 @@ def export_triton(
         f"wrote {out}: ensemble 'adqc' for {spec.model_id} ({spec.image_size}px, "
         f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
         f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_STORE__URL overrides)"
+        + ("; stride-8 features: 'adqc_stride8'" if spec.stride8_shapes else "")
     )
     from inference.store.urls import split_password
 
