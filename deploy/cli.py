@@ -61,7 +61,9 @@ def export_triton(
         ),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
-    instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
+    instances: Annotated[
+        int, typer.Option(min=1, help="Instances of adqc_features and adqc_stride8.")
+    ] = 1,
     kind: KindOpt = Kind.auto,
     queue_delay_us: Annotated[
         int, typer.Option(min=0, help="Dynamic batching max queue delay (microseconds).")

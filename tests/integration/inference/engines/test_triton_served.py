@@ -274,3 +274,28 @@ def test_a_server_without_the_stride8_model_falls_back_in_process(served, caplog
             assert float((g - w).abs().max()) < MAP_TOL
     finally:
         engine.close()
+
+
+@pytest.mark.integration
+def test_serve_with_the_triton_engine_uses_the_served_stride8(served):
+    """What `adqc serve` builds for engine.kind triton (ingest.runtime.build_scorer) takes the
+    default detector's stride-8 features from the server."""
+    from ingest.runtime import build_scorer
+    from ingest.settings import load_settings
+
+    settings = load_settings(
+        None,
+        engine={"kind": "triton", "url": served["server"].grpc_url, "timeout_s": 60},
+        store={"url": served["store_url"]},
+    )
+    scorer = build_scorer(settings)
+    try:
+        assert isinstance(scorer.engine, TritonEngine)
+        assert scorer.engine.stride8_model == "adqc_stride8"
+        before = _stride8_requests(served["engine"])
+        (result,) = scorer.score(_parity_images()[:1], "pcb-7")
+        assert _stride8_requests(served["engine"]) - before == 1
+        assert scorer._stride8 == scorer.engine.stride8
+        assert result.reference_version == served["record"].version
+    finally:
+        scorer.engine.close()
