@@ -61,7 +61,9 @@ def export_triton(
         ),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Triton max_batch_size.")] = 16,
-    instances: Annotated[int, typer.Option(min=1, help="Instances of adqc_features.")] = 1,
+    instances: Annotated[
+        int, typer.Option(min=1, help="Instances of adqc_features and adqc_stride8.")
+    ] = 1,
     kind: KindOpt = Kind.auto,
     queue_delay_us: Annotated[
         int, typer.Option(min=0, help="Dynamic batching max queue delay (microseconds).")
@@ -103,6 +105,7 @@ def export_triton(
         f"wrote {out}: ensemble 'adqc' for {spec.model_id} ({spec.image_size}px, "
         f"{len(spec.level_shapes)} levels), {spec.instances} x {spec.kind.upper()} instance(s), "
         f"max batch {spec.max_batch}, store {spec.redis_url} (env ADQC_STORE__URL overrides)"
+        + ("; stride-8 features: 'adqc_stride8'" if spec.stride8_shapes else "")
     )
     from inference.store.urls import split_password
 

@@ -14,6 +14,9 @@ Layout written under ``MODEL_REPO`` (see docs/SERVING.md)::
       adqc_preprocess/           python backend, only with split_preprocess=True:
         config.pbtxt             uint8 [B,S,S,3] -> normalised float [B,3,S,S]
         1/model.py
+      adqc_stride8/              python backend, stateless (stride8=True, the default):
+        config.pbtxt             uint8 [B,S,S,3] -> raw stride-8 maps of the default detector
+        1/model.py               shim importing inference.triton.stride8.TritonPythonModel
 
 By default the preprocessing (``pretrain.preprocess.to_model_input``) runs inside
 ``adqc_features``: a separate python model costs one more stub process importing torch (~300 MB
@@ -26,6 +29,13 @@ Inputs of ``adqc`` (batch dimension first, all inputs of a request share it):
 optional, ``REFERENCE_CREATED_AT`` BYTES [B,1] (the client's record ``created_at``, ISO-8601:
 the server refuses a request whose record differs from the one in its store).
 Outputs: ``FEATURES_<l>`` FP32 [B,C_l,h_l,w_l], one per backbone level.
+
+``adqc_stride8`` is called directly (not through the ensemble: it needs no product): input
+``IMAGES`` UINT8 [B,S,S,3], outputs ``STRIDE8_0`` FP32 [B,32,S/8,S/8] and ``STRIDE8_1`` FP32
+[B,96,S/16,S/16], the raw MobileNetV2 features.6 + features.13 maps the ``stride8`` feature source
+of the default detector (``s8-patchcore``) reads (inference/stride8.py: same preprocessing, same
+shipped weights). Same instance kind, count and dynamic batching as ``adqc_features``; always
+FP32 (``precision`` applies to ``adqc_features`` only).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from pretrain.backbones.base import sha256_file
 ENSEMBLE = "adqc"
 FEATURES = "adqc_features"
 PREPROCESS = "adqc_preprocess"
+STRIDE8 = "adqc_stride8"
 
 INPUT_IMAGES = "IMAGES"
 INPUT_PRODUCT = "PRODUCT"
@@ -73,6 +84,11 @@ def feature_output_name(level: int) -> str:
     return f"FEATURES_{level}"
 
 
+def stride8_output_name(level: int) -> str:
+    """Name of the ``adqc_stride8`` output carrying stride-8 source level ``level``."""
+    return f"STRIDE8_{level}"
+
+
 @dataclass(frozen=True)
 class RepoSpec:
     """What a model repository serves; written to ``MODEL_REPO/adqc_repo.json`` too."""
@@ -89,6 +105,8 @@ class RepoSpec:
     split_preprocess: bool
     checkpoint_sha256: str | None
     extra: dict = field(default_factory=dict)
+    # per level (C, h, w) of the adqc_stride8 outputs for one image; None: no such model
+    stride8_shapes: tuple[tuple[int, int, int], ...] | None = None
 
 
 #: compute precisions of the features model (fp16: CUDA autocast, GPU instances only)
@@ -216,6 +234,32 @@ def preprocess_config(spec: RepoSpec, *, queue_delay_us: int = 500) -> mc.ModelC
     return config
 
 
+def stride8_config(spec: RepoSpec, *, queue_delay_us: int = 2000, **params: str) -> mc.ModelConfig:
+    """``adqc_stride8``: stateless python backend, same scheduling as ``adqc_features``."""
+    if not spec.stride8_shapes:
+        raise ValueError("spec has no stride8_shapes: the repository serves no stride-8 model")
+    from inference.stride8 import STRIDE8_TAPS
+
+    config = _config(
+        STRIDE8,
+        backend="python",
+        max_batch=spec.max_batch,
+        inputs=[_tensor(INPUT_IMAGES, mc.TYPE_UINT8, [spec.image_size, spec.image_size, 3])],
+        outputs=[
+            _tensor(stride8_output_name(i), mc.TYPE_FP32, list(shape))
+            for i, shape in enumerate(spec.stride8_shapes)
+        ],
+        parameters={
+            "taps": ",".join(map(str, STRIDE8_TAPS)),
+            "image_size": str(spec.image_size),
+            "torch_threads": "0",
+            **params,
+        },
+    )
+    _add_scheduling(config, spec, queue_delay_us)
+    return config
+
+
 def ensemble_config(spec: RepoSpec) -> mc.ModelConfig:
     """``adqc``: the public entry point; carries model_id so clients can check records."""
     config = _config(
@@ -293,6 +337,7 @@ def build_model_repository(
     split_preprocess: bool = False,
     torch_threads: int = 0,
     precision: str = "fp32",
+    stride8: bool = True,
     overwrite: bool = True,
 ) -> RepoSpec:
     """Write a self-contained Triton model repository for ``backbone`` + ``checkpoint``.
@@ -300,7 +345,9 @@ def build_model_repository(
     ``checkpoint`` defaults to the shipped ``pretrain.checkpoint.default_checkpoint(backbone)``.
     The model is loaded once here to validate the checkpoint and measure the output shapes.
     ``precision="fp16"`` (GPU instances only) runs backbone, residual search and projector
-    under CUDA autocast in float16; outputs stay FP32 tensors.
+    under CUDA autocast in float16; outputs stay FP32 tensors. ``stride8`` adds the stateless
+    ``adqc_stride8`` model (the default detector's feature source, served beside the ensemble);
+    its image size must be the backbone's.
     """
     from pretrain.checkpoint import default_checkpoint, load_feature_model, model_id
 
@@ -323,6 +370,17 @@ def build_model_repository(
         raise FileNotFoundError(f"backbone weights not found: {weights}")
     model = load_feature_model(backbone=backbone, checkpoint=checkpoint, weights=weights)
     image_size = int(model.backbone.spec.image_size)
+    stride8_shapes = None
+    if stride8:
+        from inference.stride8 import stride8_model
+
+        tapped = stride8_model()
+        if int(tapped.spec.image_size) != image_size:
+            raise ValueError(
+                f"the stride-8 source runs at {tapped.spec.image_size}px, backbone {backbone!r} "
+                f"at {image_size}px: export without the stride-8 model (stride8=False)"
+            )
+        stride8_shapes = probe_level_shapes(tapped, image_size)
     spec = RepoSpec(
         model_id=model_id(checkpoint),
         backbone=backbone,
@@ -334,11 +392,12 @@ def build_model_repository(
         redis_url=redis_url,
         split_preprocess=split_preprocess,
         checkpoint_sha256=sha256_file(checkpoint),
+        stride8_shapes=stride8_shapes,
     )
 
     out = Path(out)
     if out.exists() and overwrite:
-        for name in (ENSEMBLE, FEATURES, PREPROCESS):
+        for name in (ENSEMBLE, FEATURES, PREPROCESS, STRIDE8):
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -357,10 +416,19 @@ def build_model_repository(
         _write_shim(out / PREPROCESS / "1", "inference.triton.preprocess")
         write_config(preprocess_config(spec), out / PREPROCESS)
 
+    if stride8:
+        _write_shim(out / STRIDE8 / "1", "inference.triton.stride8")
+        s8_extra = {"torch_threads": str(int(torch_threads))}
+        write_config(stride8_config(spec, queue_delay_us=queue_delay_us, **s8_extra), out / STRIDE8)
+
     (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
     write_config(ensemble_config(spec), out / ENSEMBLE)
 
     manifest = asdict(spec)
-    manifest["models"] = [ENSEMBLE, FEATURES] + ([PREPROCESS] if split_preprocess else [])
+    manifest["models"] = (
+        [ENSEMBLE, FEATURES]
+        + ([PREPROCESS] if split_preprocess else [])
+        + ([STRIDE8] if stride8 else [])
+    )
     (out / "adqc_repo.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return spec

@@ -30,7 +30,7 @@ from inference.records import ProductRecord
 from inference.results import Region, ScoreResult
 from inference.store import ReferenceStore
 from inference.store.base import LruCache
-from inference.stride8 import Stride8Source, shared_stride8
+from inference.stride8 import Stride8Source, stride8_source
 from pretrain.detectors import Detector, Ensemble, flat_features, image_scores, load_detector
 from pretrain.preprocess import resize_uint8
 
@@ -127,8 +127,9 @@ class Scorer:
         cache_size: int = 16,
         stride8: Stride8Source | None = None,
     ) -> None:
-        """``stride8``: the raw stride-8 features of ensemble records (default: one shared
-        in-process extractor, loaded when the first such record is scored)."""
+        """``stride8``: the raw stride-8 features of ensemble records (default: the engine's
+        when it serves them, e.g. Triton's ``adqc_stride8``, else one shared in-process
+        extractor; resolved when the first such record is scored)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.engine = engine
@@ -160,15 +161,16 @@ class Scorer:
 
     def _features(self, detector: Detector, batch: np.ndarray, record: ProductRecord) -> list:
         """What the record's detector reads: the engine's projected levels, and for ensembles
-        the raw stride-8 levels (in-process); an ensemble without an adpretrain member never
-        calls the engine."""
+        the raw stride-8 levels (the engine's when it serves them, else in-process:
+        stride8_source); an ensemble without an adpretrain member never calls the engine's
+        ``features``."""
         if not isinstance(detector, Ensemble):
             return self.engine.features(batch, record)
         sources = detector.config.sources()
         projected = self.engine.features(batch, record) if "adpretrain" in sources else None
         s8 = None
         if "stride8" in sources:
-            self._stride8 = self._stride8 or shared_stride8()
+            self._stride8 = self._stride8 or stride8_source(self.engine)
             s8 = self._stride8(batch)
         return flat_features(detector.config, projected, s8)
 

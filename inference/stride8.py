@@ -2,9 +2,13 @@
 
 MobileNetV2 with the shipped ImageNet weights, tapped at ``features.6`` + ``features.13``
 (strides 8 and 16: the layers anomalib's PatchCore uses, a 28x28 grid at 224): the ``stride8``
-feature source of the default detector (docs/BACKBONES.md). It runs in the worker's process
-beside any engine (in-process or Triton), in ONNX Runtime on CPU when available (exported once
-into the same cache as the engine's graphs), else torch.
+feature source of the default detector (docs/BACKBONES.md).
+
+Where it runs: an engine that serves it (a :class:`Stride8Engine`, e.g. the Triton engine with
+the ``adqc_stride8`` model of `adqc export triton`) computes it beside the projected features;
+otherwise it runs in the worker's process (:func:`shared_stride8`), in ONNX Runtime on CPU when
+available (exported once into the same cache as the engine's graphs), else torch.
+:func:`stride8_source` picks one for an engine.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +30,24 @@ STRIDE8_TAPS = (6, 13)
 Stride8Source = Callable[[np.ndarray], list[torch.Tensor]]
 
 
+@runtime_checkable
+class Stride8Engine(Protocol):
+    """An engine that computes the stride-8 features itself (e.g. on a Triton server)."""
+
+    def stride8(self, images: np.ndarray) -> list[torch.Tensor]:
+        """uint8 [B,S,S,3] -> raw level maps [B,32,S/8,S/8] and [B,96,S/16,S/16]."""
+        ...
+
+
+def stride8_model(weights: Path | str | None = None, device: str = "cpu") -> FeatureModel:
+    """The tapped MobileNetV2 (no projector) every stride-8 source runs: its ``preprocess`` is
+    ``pretrain.preprocess.to_model_input`` with the tapped spec, its ``raw`` the level maps."""
+    from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
+
+    backbone = tapped_mobilenet_v2(STRIDE8_TAPS, Path(weights) if weights else None)
+    return FeatureModel(backbone, None, device=device)
+
+
 class Stride8Features:
     """uint8 [B,S,S,3] -> raw level maps [B,32,S/8,S/8] and [B,96,S/16,S/16] (torch)."""
 
@@ -34,12 +57,9 @@ class Stride8Features:
         runtime: str = "auto",
         cache_dir: Path | str | None = None,
     ) -> None:
-        from pretrain.backbones.mobilenet_variants import tapped_mobilenet_v2
-
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
-        backbone = tapped_mobilenet_v2(STRIDE8_TAPS, Path(weights) if weights else None)
-        self.model = FeatureModel(backbone, None)
+        self.model = stride8_model(weights)
         self._session = None
         if runtime != "torch":
             try:
@@ -81,3 +101,10 @@ class Stride8Features:
 def shared_stride8() -> Stride8Features:
     """One extractor per process (loaded on first use)."""
     return Stride8Features()
+
+
+def stride8_source(engine: object) -> Stride8Source:
+    """The engine's own stride-8 features when it serves them, else :func:`shared_stride8`."""
+    if isinstance(engine, Stride8Engine):
+        return engine.stride8
+    return shared_stride8()

@@ -47,7 +47,11 @@ def build_engine(settings: ServeSettings) -> Any:
     from inference.engines.triton import TritonEngine
 
     return TritonEngine(
-        url=engine.url, model=engine.model, timeout_s=engine.timeout_s, retries=engine.retries
+        url=engine.url,
+        model=engine.model,
+        timeout_s=engine.timeout_s,
+        retries=engine.retries,
+        stride8_model=engine.stride8_model or None,
     )
 
 

@@ -192,6 +192,11 @@ class TritonEngineSettings(_Section):
     kind: Literal["triton"] = "triton"
     url: str = Field(default="127.0.0.1:8001", description="gRPC host:port")
     model: str = "adqc"
+    stride8_model: str = Field(
+        default="adqc_stride8",
+        description="model serving the default detector's stride-8 features ('': the worker "
+        "computes them; a server without it is logged and the worker computes them too)",
+    )
     timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=3, ge=0)
 

@@ -19,10 +19,16 @@
 - Server-side per-request errors come back as the exception the in-process engine would raise
   (ProductNotFoundError, ModelMismatchError, StoreUnavailableError), else TritonEngineError.
 - Batches larger than the model's max_batch_size are split into several requests.
+- ``stride8(images)`` serves the raw stride-8 features of the default detector from the
+  stateless ``adqc_stride8`` model of the same repository (``stride8_model``), so the Scorer
+  runs no backbone on the worker's CPU. A server without that model (a repository exported
+  before it existed) is logged once and the features run in the worker
+  (``inference.stride8.shared_stride8``), as they did before.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +42,8 @@ from inference.records import ModelMismatchError, ProductRecord
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "adqc"
+DEFAULT_STRIDE8_MODEL = "adqc_stride8"
+log = logging.getLogger(__name__)
 
 
 class TritonEngineError(RuntimeError):
@@ -86,6 +94,7 @@ class TritonEngine:
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        stride8_model: str | None = DEFAULT_STRIDE8_MODEL,
     ) -> None:
         from pretrain.extras import require
 
@@ -100,6 +109,7 @@ class TritonEngine:
         self._client = grpcclient.InferenceServerClient(self.url)
         try:
             self._read_config()
+            self._read_stride8_config(stride8_model)
         except BaseException:
             self._client.close()
             raise
@@ -135,6 +145,52 @@ class TritonEngine:
             key=lambda name: int(name.rsplit("_", 1)[1]),
         )
 
+    def _read_stride8_config(self, name: str | None) -> None:
+        """The stride-8 model's input size, batch and outputs; ``stride8_model`` None when the
+        server does not serve it (then ``stride8`` runs in this process)."""
+        from tritonclient.utils import InferenceServerException
+
+        self.stride8_model: str | None = None
+        if not name:
+            return
+
+        def read() -> Any:
+            return self._client.get_model_config(name, as_json=True, client_timeout=self.timeout_s)
+
+        try:
+            config = read()["config"]
+        except InferenceServerException as exc:
+            text = f"{exc.status()} {exc.message() or exc}"
+            if "NOT_FOUND" not in text and "unknown model" not in text:
+                # anything but "no such model" goes through the retry policy like every call
+                config = self._call("read the stride-8 model config", read, model=name)["config"]
+            else:
+                log.warning(
+                    "Triton %s serves no %r model (repository exported by an older adqc?): "
+                    "stride-8 features run in this process; re-run `adqc export triton`",
+                    self.url,
+                    name,
+                )
+                return
+        inputs = {item["name"]: item for item in config.get("input", [])}
+        outputs = sorted(
+            (
+                item["name"]
+                for item in config.get("output", [])
+                if item["name"].startswith("STRIDE8_")
+            ),
+            key=lambda item: int(item.rsplit("_", 1)[1]),
+        )
+        if "IMAGES" not in inputs or not outputs:
+            raise TritonEngineError(
+                f"model {name!r} at {self.url} is not a stride-8 model written by "
+                f"`adqc export triton` (inputs {sorted(inputs)}, outputs {outputs})"
+            )
+        self.stride8_model = name
+        self.stride8_size: int = int(inputs["IMAGES"]["dims"][0])
+        self.stride8_max_batch: int = int(config.get("max_batch_size", 0)) or 1
+        self.stride8_outputs: list[str] = outputs
+
     # ------------------------------------------------------------------ Engine protocol
     def features(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
         """uint8 [B,S,S,3] (already resized) -> projected features per level [B,C,h,w]."""
@@ -154,7 +210,44 @@ class TritonEngine:
             return chunks[0]
         return [np.concatenate(level) for level in zip(*chunks, strict=True)]
 
+    def stride8(self, images: np.ndarray) -> list:
+        """uint8 [B,S,S,3] -> the raw stride-8 level maps (torch tensors [B,32,S/8,S/8] and
+        [B,96,S/16,S/16]) from the server's ``adqc_stride8``, else computed in this process."""
+        import torch
+
+        if self.stride8_model is None:
+            from inference.stride8 import shared_stride8
+
+            return shared_stride8()(images)
+        check_batch(images, self.stride8_size)
+        chunks = [
+            self._infer_stride8(images[i : i + self.stride8_max_batch])
+            for i in range(0, len(images), self.stride8_max_batch)
+        ]
+        if len(chunks) == 1:
+            levels = chunks[0]
+        else:
+            levels = [np.concatenate(level) for level in zip(*chunks, strict=True)]
+        # Triton's arrays are read-only: torch needs writable memory (a copy of each level)
+        return [torch.from_numpy(np.array(level, dtype=np.float32)) for level in levels]
+
     # ------------------------------------------------------------------ helpers
+    def _infer_stride8(self, images: np.ndarray) -> list[np.ndarray]:
+        g = self._grpc
+        name = self.stride8_model
+        assert name is not None
+        tensor = g.InferInput("IMAGES", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(images))
+        outputs = [g.InferRequestedOutput(output) for output in self.stride8_outputs]
+        result = self._call(
+            f"compute stride-8 features of {len(images)} image(s)",
+            lambda: self._client.infer(
+                name, [tensor], outputs=outputs, client_timeout=self.timeout_s
+            ),
+            model=name,
+        )
+        return [result.as_numpy(output) for output in self.stride8_outputs]
+
     def _infer(self, images: np.ndarray, record: ProductRecord) -> list[np.ndarray]:
         g = self._grpc
         b = len(images)
@@ -186,7 +279,7 @@ class TritonEngine:
         )
         return [result.as_numpy(name) for name in self.output_names]
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], model: str | None = None) -> Any:
         from tritonclient.utils import InferenceServerException
 
         attempts = 0
@@ -199,7 +292,7 @@ class TritonEngine:
             except InferenceServerException as exc:
                 status = str(exc.status() or "")
                 message = exc.message() or str(exc)
-                raise self._translate(exc, what, status, message, attempts - 1) from exc
+                raise self._translate(exc, what, status, message, attempts - 1, model) from exc
 
         policy = retrying(
             initial_s=self.backoff_s,
@@ -211,11 +304,17 @@ class TritonEngine:
         return policy(attempt)
 
     def _translate(
-        self, exc: Exception, what: str, status: str, message: str, attempt: int
+        self,
+        exc: Exception,
+        what: str,
+        status: str,
+        message: str,
+        attempt: int,
+        model: str | None = None,
     ) -> Exception:
         from inference.store import ProductNotFoundError, StoreUnavailableError
 
-        where = f"Triton {self.url} model {self.model!r}"
+        where = f"Triton {self.url} model {model or self.model!r}"
         match = _ERROR_PREFIX.match(message)
         if match:
             kind, detail = match.group("kind"), message[match.end() :]
@@ -248,8 +347,13 @@ class TritonEngine:
 
     # ------------------------------------------------------------------ lifecycle
     def is_ready(self) -> bool:
+        """The ensemble and, when served, the stride-8 model are ready."""
+        models = [self.model] + ([self.stride8_model] if self.stride8_model else [])
         try:
-            return bool(self._client.is_model_ready(self.model, client_timeout=self.timeout_s))
+            return all(
+                self._client.is_model_ready(model, client_timeout=self.timeout_s)
+                for model in models
+            )
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
@@ -263,4 +367,7 @@ class TritonEngine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TritonEngine({self.url!r}, model={self.model!r}, model_id={self.model_id!r})"
+        return (
+            f"TritonEngine({self.url!r}, model={self.model!r}, model_id={self.model_id!r}, "
+            f"stride8_model={self.stride8_model!r})"
+        )

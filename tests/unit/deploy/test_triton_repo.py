@@ -76,17 +76,65 @@ def test_layout_and_self_contained_checkpoint(repo, checkpoint):
     assert spec.model_id == model_id(checkpoint) == model_id(copied)
     manifest = json.loads((out / "adqc_repo.json").read_text())
     assert manifest["model_id"] == spec.model_id
-    assert manifest["models"] == ["adqc", "adqc_features"]
+    assert manifest["models"] == ["adqc", "adqc_features", "adqc_stride8"]
+    assert manifest["stride8_shapes"] == [[32, 28, 28], [96, 14, 14]]
+
+
+def _shim(path: Path):
+    shim = importlib.util.spec_from_file_location("shim", path)
+    module = importlib.util.module_from_spec(shim)
+    shim.loader.exec_module(module)
+    return module
 
 
 def test_model_py_shim_exposes_the_python_model(repo):
     out, _ = repo
-    shim = importlib.util.spec_from_file_location("shim", out / "adqc_features/1/model.py")
-    module = importlib.util.module_from_spec(shim)
-    shim.loader.exec_module(module)
-    from inference.triton.features import TritonPythonModel
+    from inference.triton import features, stride8
 
-    assert module.TritonPythonModel is TritonPythonModel
+    assert _shim(out / "adqc_features/1/model.py").TritonPythonModel is features.TritonPythonModel
+    assert _shim(out / "adqc_stride8/1/model.py").TritonPythonModel is stride8.TritonPythonModel
+    assert sorted(p.name for p in (out / "adqc_stride8" / "1").iterdir()) == ["model.py"]
+
+
+def test_stride8_config(repo):
+    """adqc_stride8: stateless, uint8 images in, the raw stride-8 maps out, batched like
+    adqc_features."""
+    out, spec = repo
+    config = tr.read_config(out / "adqc_stride8" / "config.pbtxt")
+    assert config.name == "adqc_stride8" and config.backend == "python"
+    assert config.max_batch_size == 8
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
+        ("IMAGES", mc.TYPE_UINT8, [224, 224, 3])
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        ("STRIDE8_0", mc.TYPE_FP32, [32, 28, 28]),
+        ("STRIDE8_1", mc.TYPE_FP32, [96, 14, 14]),
+    ]
+    assert spec.stride8_shapes == ((32, 28, 28), (96, 14, 14))
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_CPU, 1)
+    ]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params == {"taps": "6,13", "image_size": "224", "torch_threads": "0"}
+    # the ensemble does not route through it (it needs no product)
+    ensemble = tr.read_config(out / "adqc" / "config.pbtxt")
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["adqc_features"]
+
+
+def test_without_stride8(tmp_path, checkpoint):
+    tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu")
+    assert (tmp_path / "adqc_stride8" / "config.pbtxt").is_file()
+    spec = tr.build_model_repository(tmp_path, checkpoint=checkpoint, kind="cpu", stride8=False)
+    assert spec.stride8_shapes is None
+    assert not (tmp_path / "adqc_stride8").exists()  # a re-export drops it
+    assert json.loads((tmp_path / "adqc_repo.json").read_text())["models"] == [
+        "adqc",
+        "adqc_features",
+    ]
+    with pytest.raises(ValueError, match="stride8_shapes"):
+        tr.stride8_config(spec)
 
 
 def test_features_config(repo):
@@ -152,6 +200,9 @@ def test_split_preprocess_gpu_layout(tmp_path, checkpoint):
         (mc.ModelInstanceGroup.KIND_GPU, 2)
     ]
     assert list(feats.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    s8 = tr.read_config(tmp_path / "adqc_stride8" / "config.pbtxt")
+    assert [(g.kind, g.count) for g in s8.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert list(s8.dynamic_batching.preferred_batch_size) == [4, 8, 16]
     assert [s.model_name for s in ens.ensemble_scheduling.step] == [
         "adqc_preprocess",
         "adqc_features",
@@ -219,6 +270,10 @@ def test_cli_export_triton(tmp_path, checkpoint):
     assert config.max_batch_size == 4 and config.instance_group[0].count == 2
     assert config.parameters["redis_url"].string_value == "redis://h:1/0"
     assert config.parameters["torch_threads"].string_value == "1"
+    s8 = tr.read_config(out / "adqc_stride8" / "config.pbtxt")
+    assert s8.max_batch_size == 4 and s8.instance_group[0].count == 2
+    assert s8.parameters["torch_threads"].string_value == "1"
+    assert "adqc_stride8" in result.output
 
     bad = CliRunner().invoke(
         build_app(), ["export", "triton", "--out", str(out), "--checkpoint", str(tmp_path / "x")]
@@ -375,3 +430,43 @@ def test_service_refuses_a_hand_edited_model_id(checkpoint):
             model_id="mobilenet_v2:ffffffffffff",
             store_url="memory://",
         )
+
+
+# ------------------------------------------------------------------------ Stride8Service
+
+
+@pytest.fixture(scope="module")
+def stride8_service():
+    from inference.triton.stride8 import Stride8Service
+
+    return Stride8Service()
+
+
+def test_stride8_service_matches_the_in_process_source(stride8_service):
+    """Same model, preprocessing and weights as Stride8Features(runtime="torch")."""
+    from inference.stride8 import Stride8Features
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    got = stride8_service.features(images)
+    want = Stride8Features(runtime="torch")(images)
+    assert [g.shape for g in got] == [(3, 32, 28, 28), (3, 96, 14, 14)]
+    assert all(g.dtype == np.float32 for g in got)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_stride8_service_per_request_errors(stride8_service):
+    """A bad request fails alone; the valid ones of the batch are computed in one pass."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    bad = np.zeros((1, 64, 64, 3), np.uint8)
+    first, wrong, second = stride8_service.serve([a, bad, b])
+    assert isinstance(wrong, InvalidRequestError) and "uint8 [B,224,224,3]" in str(wrong)
+    assert error_message(wrong).startswith("InvalidRequestError: ")
+    alone = stride8_service.features(np.concatenate([a, b]))
+    for level, (x, y) in enumerate(zip(first, second, strict=True)):
+        assert x.shape[0] == 2 and y.shape[0] == 1
+        np.testing.assert_allclose(np.concatenate([x, y]), alone[level], atol=1e-6)
+    (floats,) = stride8_service.serve([a.astype(np.float32)])
+    assert isinstance(floats, InvalidRequestError)

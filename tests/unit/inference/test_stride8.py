@@ -25,3 +25,25 @@ def test_onnxruntime_matches_torch(tmp_path) -> None:
 def test_unknown_runtime_is_refused() -> None:
     with pytest.raises(ValueError, match="runtime"):
         Stride8Features(runtime="tensorrt")
+
+
+class _ServingEngine:
+    """An engine that computes the stride-8 features itself (as TritonEngine does)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def stride8(self, images: np.ndarray) -> list:
+        self.calls += 1
+        return []
+
+
+def test_an_engine_that_serves_stride8_is_the_source() -> None:
+    from inference.stride8 import Stride8Engine, stride8_source
+
+    engine = _ServingEngine()
+    assert isinstance(engine, Stride8Engine)
+    assert not isinstance(object(), Stride8Engine)
+    source = stride8_source(engine)
+    source(np.zeros((1, 224, 224, 3), np.uint8))
+    assert engine.calls == 1

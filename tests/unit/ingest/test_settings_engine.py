@@ -53,3 +53,11 @@ def test_example_says_how_to_switch() -> None:
     text = example_yaml()
     assert "# engine.kind: local" in text and "triton" in text
     assert yaml.safe_load(text)["engine"]["kind"] == "local"
+
+
+def test_triton_stride8_model_setting(tmp_path: Path) -> None:
+    """The default detector's stride-8 features come from Triton unless switched off ('')."""
+    settings = load_settings(_example(tmp_path, kind="triton", url="t:8001"))
+    assert settings.engine.stride8_model == "adqc_stride8"
+    off = load_settings(_example(tmp_path, kind="triton", url="t:8001", stride8_model=""))
+    assert off.engine.stride8_model == ""

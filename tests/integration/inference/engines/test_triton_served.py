@@ -1,8 +1,10 @@
 """TritonEngine against a real tritonserver + Redis: parity with LocalEngine and per-request errors.
 
 One model repository and one server for the module (the python-backend stub imports torch:
-start-up dominates the time). A product is onboarded with the LocalEngine into Redis, then the
-same images are scored by the Scorer over LocalEngine and over TritonEngine.
+start-up dominates the time). A product is onboarded with the LocalEngine into Redis (the default
+detector, s8-patchcore: it reads the stride-8 features only), then the same images are scored by
+the Scorer over LocalEngine (stride-8 features in process) and over TritonEngine (stride-8
+features from the server's adqc_stride8).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from inference.engines.triton import (
     TritonEngine,
     TritonEngineError,
 )
-from inference.onboarding import build_record
+from inference.onboarding import DEFAULT_DETECTOR, build_record
 from inference.records import ModelMismatchError
 from inference.scorer import Scorer
 from inference.store import ProductNotFoundError, open_store
+from inference.stride8 import Stride8Features
 from pretrain.checkpoint import CHECKPOINT_DIR, CheckpointError, load_checkpoint, save_untrained
 
 BACKBONE = "mobilenet_v2"
@@ -74,7 +77,9 @@ def served(tmp_path_factory, redis_server, triton_server_factory):
     build_model_repository(
         repo, checkpoint=checkpoint, redis_url=store_url, max_batch=4, kind="cpu"
     )
-    server = triton_server_factory(repo)
+    # two python-backend stubs (adqc_features, adqc_stride8) each import torch: on a busy
+    # two-core machine loading them takes minutes, more than the default 180 s
+    server = triton_server_factory(repo, startup_timeout=600)
     # the repository's copy: the same bytes the server loads, even if the source file changes
     local = LocalEngine(checkpoint=repo / "adqc_features/1/checkpoint.pt", backbone=BACKBONE)
     store = open_store(store_url)
@@ -115,6 +120,9 @@ def test_engine_reads_model_from_the_server(served):
         == ["FEATURES_0", "FEATURES_1", "FEATURES_2"][: len(served["record"].pool)]
     )
     assert engine.is_ready()
+    assert engine.stride8_model == "adqc_stride8"
+    assert engine.stride8_size == 224 and engine.stride8_max_batch == 4
+    assert engine.stride8_outputs == ["STRIDE8_0", "STRIDE8_1"]
 
 
 @pytest.mark.integration
@@ -203,3 +211,91 @@ def test_deadline(served):
     with pytest.raises(TritonEngineError, match="deadline"):
         slow.features(_images(4, seed=6), served["record"])
     slow.close()
+
+
+def _stride8_requests(engine: TritonEngine) -> int:
+    """Successful requests adqc_stride8 has served so far (the server's own statistics)."""
+    stats = engine._client.get_inference_statistics("adqc_stride8", as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+@pytest.mark.integration
+def test_stride8_served_equals_torch(served):
+    """adqc_stride8 computes what Stride8Features(runtime="torch") does; 5 images > max_batch 4
+    are split into two requests."""
+    engine = served["engine"]
+    images = _images(5, seed=7)
+    before = _stride8_requests(engine)
+    got = engine.stride8(images)
+    assert _stride8_requests(engine) - before == 2
+    want = Stride8Features(runtime="torch")(images)
+    assert [tuple(g.shape) for g in got] == [(5, 32, 28, 28), (5, 96, 14, 14)]
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.is_contiguous()
+        assert float((g - w).abs().max()) < MAP_TOL
+    with pytest.raises(InvalidImageError):
+        engine.stride8(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.integration
+def test_default_detector_scores_through_triton_stride8(served):
+    """A product onboarded with the default detector, scored through a Scorer over the Triton
+    engine: its stride-8 features come from the server (its request count grows), the scores
+    and decisions equal the LocalEngine's (in-process stride-8 features)."""
+    record, store, engine = served["record"], served["store"], served["engine"]
+    assert record.detector == DEFAULT_DETECTOR == "s8-patchcore"
+    images = _parity_images()
+    before = _stride8_requests(engine)
+    scorer = Scorer(engine, store)
+    remote = scorer.score(images, "pcb-7")
+    assert _stride8_requests(engine) - before == 2  # 6 frames, max batch 4
+    assert scorer._stride8 == engine.stride8
+    local = Scorer(served["local"], store).score(images, "pcb-7")
+    np.testing.assert_allclose(
+        [r.score for r in remote], [r.score for r in local], rtol=1e-3, atol=1e-6
+    )
+    assert [r.is_defective for r in local] == [r.is_defective for r in remote]
+    assert 2 <= sum(r.is_defective for r in remote) <= 4
+
+
+@pytest.mark.integration
+def test_a_server_without_the_stride8_model_falls_back_in_process(served, caplog):
+    """A repository exported before adqc_stride8 (here: a model name the server lacks): the
+    engine says so once and the stride-8 features run in the client's process."""
+    with caplog.at_level("WARNING", logger="inference.engines.triton"):
+        engine = TritonEngine(served["server"].grpc_url, timeout_s=60, stride8_model="adqc_nope")
+    try:
+        assert engine.stride8_model is None and engine.is_ready()
+        assert "serves no 'adqc_nope' model" in caplog.text
+        images = _images(2, seed=8)
+        got = engine.stride8(images)
+        want = Stride8Features(runtime="torch")(images)
+        for g, w in zip(got, want, strict=True):
+            assert float((g - w).abs().max()) < MAP_TOL
+    finally:
+        engine.close()
+
+
+@pytest.mark.integration
+def test_serve_with_the_triton_engine_uses_the_served_stride8(served):
+    """What `adqc serve` builds for engine.kind triton (ingest.runtime.build_scorer) takes the
+    default detector's stride-8 features from the server."""
+    from ingest.runtime import build_scorer
+    from ingest.settings import load_settings
+
+    settings = load_settings(
+        None,
+        engine={"kind": "triton", "url": served["server"].grpc_url, "timeout_s": 60},
+        store={"url": served["store_url"]},
+    )
+    scorer = build_scorer(settings)
+    try:
+        assert isinstance(scorer.engine, TritonEngine)
+        assert scorer.engine.stride8_model == "adqc_stride8"
+        before = _stride8_requests(served["engine"])
+        (result,) = scorer.score(_parity_images()[:1], "pcb-7")
+        assert _stride8_requests(served["engine"]) - before == 1
+        assert scorer._stride8 == scorer.engine.stride8
+        assert result.reference_version == served["record"].version
+    finally:
+        scorer.engine.close()

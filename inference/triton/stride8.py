@@ -1,0 +1,165 @@
+"""``adqc_stride8``: the stateless python-backend model serving the stride-8 feature source.
+
+uint8 images [B,S,S,3] -> ``STRIDE8_0`` FP32 [B,32,S/8,S/8] and ``STRIDE8_1`` FP32
+[B,96,S/16,S/16]: the raw MobileNetV2 ``features.6`` + ``features.13`` maps the default detector
+(``s8-patchcore``) reads, with the same preprocessing (``pretrain.preprocess.to_model_input``
+with the tapped spec) and weights as the worker's in-process
+:class:`inference.stride8.Stride8Features` (both build :func:`inference.stride8.stride8_model`).
+No store, no product: any request with valid images is served.
+
+Errors are per request (one response per request, in order): a request with invalid images fails
+alone; the valid requests of a dynamic batch run the backbone in one pass. Messages start with
+the exception's class name, as in ``adqc_features``.
+
+:class:`Stride8Service` does the work without Triton imports (unit-tested in process);
+:class:`TritonPythonModel` adapts it to the python backend's API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from inference.triton.features import InvalidRequestError, error_message
+
+try:  # only importable inside the Triton python-backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - exercised only inside tritonserver
+    pb_utils = None
+
+LOG = logging.getLogger("adqc.triton.stride8")
+
+
+class Stride8Service:
+    """The tapped backbone on a device: uint8 batches -> raw stride-8 level maps (numpy)."""
+
+    def __init__(self, *, weights: Path | None = None, device: str = "cpu") -> None:
+        import torch
+
+        from inference.stride8 import stride8_model
+
+        self.device = torch.device(device)
+        self.model = stride8_model(weights, device=str(self.device))
+        self.model.eval()
+        self.image_size = int(self.model.spec.image_size)
+
+    def check_images(self, images: np.ndarray) -> None:
+        s = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3) or images.dtype != np.uint8:
+            raise InvalidRequestError(
+                f"images must be uint8 [B,{s},{s},3], got {images.dtype} {list(images.shape)}"
+            )
+
+    def features(self, images: np.ndarray) -> list[np.ndarray]:
+        """uint8 [B,S,S,3] -> float32 [B,32,S/8,S/8] and [B,96,S/16,S/16]."""
+        import torch
+
+        self.check_images(images)
+        with torch.inference_mode():
+            x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
+            levels = self.model.raw(x)
+            return [t.detach().to("cpu", torch.float32).numpy() for t in levels]
+
+    def serve(self, requests: Sequence[np.ndarray]) -> list[list[np.ndarray] | BaseException]:
+        """One result per request (its images): its level maps or the exception that failed it
+        alone. Valid requests are computed in one pass."""
+        results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
+        valid: list[int] = []
+        for i, images in enumerate(requests):
+            try:
+                self.check_images(images)
+                valid.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported to that request only
+                results[i] = exc
+        if valid:
+            batch = np.concatenate([requests[i] for i in valid])
+            try:
+                levels = self.features(batch)
+            except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
+                LOG.exception("adqc_stride8: batch of %d images failed", len(batch))
+                for i in valid:
+                    results[i] = exc
+            else:
+                start = 0
+                for i in valid:
+                    n = len(requests[i])
+                    results[i] = [level[start : start + n] for level in levels]
+                    start += n
+        return results  # type: ignore[return-value]
+
+    def warm_up(self) -> None:
+        """One forward pass, so the first request does not pay for it."""
+        s = self.image_size
+        self.features(np.zeros((1, s, s, 3), dtype=np.uint8))
+
+
+def _param(config: dict, name: str, default: str | None = None) -> str | None:
+    value = config.get("parameters", {}).get(name, {}).get("string_value")
+    return default if value in (None, "") else value
+
+
+class TritonPythonModel:
+    """Triton python-backend entry point (see module docstring)."""
+
+    def initialize(self, args: dict) -> None:
+        import torch
+
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        kind = args.get("model_instance_kind", "CPU")
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+        threads = int(_param(config, "torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        weights = _param(config, "weights")
+        started = time.perf_counter()
+        self.service = Stride8Service(
+            weights=version_dir / weights if weights else None, device=device
+        )
+        self.service.warm_up()
+        self.output_names = sorted(
+            (o["name"] for o in config["output"]), key=lambda name: int(name.rsplit("_", 1)[1])
+        )
+        pb_utils.Logger.log_info(
+            f"adqc_stride8 {args['model_instance_name']}: {self.service.model.spec.name} on "
+            f"{device}, ready in {time.perf_counter() - started:.1f} s"
+        )
+
+    def execute(self, requests: list) -> list:
+        parsed: list[np.ndarray | None] = []
+        failures: dict[int, BaseException] = {}
+        for i, request in enumerate(requests):
+            try:
+                parsed.append(pb_utils.get_input_tensor_by_name(request, "IMAGES").as_numpy())
+            except Exception as exc:  # noqa: BLE001 - per-request error
+                failures[i] = exc
+                parsed.append(None)
+        results = iter(self.service.serve([p for p in parsed if p is not None]))
+        responses = []
+        for i, item in enumerate(parsed):
+            result = failures[i] if item is None else next(results)
+            if isinstance(result, BaseException):
+                responses.append(pb_utils.InferenceResponse(error=_triton_error(result)))
+            else:
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(level))
+                    for name, level in zip(self.output_names, result, strict=True)
+                ]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self) -> None:
+        self.service = None
+
+
+def _triton_error(exc: BaseException):
+    code = None
+    if isinstance(exc, InvalidRequestError):
+        code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    message = error_message(exc)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
