@@ -213,7 +213,7 @@ class TritonEngine:
     def _translate(
         self, exc: Exception, what: str, status: str, message: str, attempt: int
     ) -> Exception:
-        from inference.store import ProductNotFoundError, StoreUnavailableError
+        from inference.store import ProductNotFoundError, StoreAuthError, StoreUnavailableError
 
         where = f"Triton {self.url} model {self.model!r}"
         match = _ERROR_PREFIX.match(message)
@@ -228,6 +228,8 @@ class TritonEngine:
                 return error
             if kind == "StoreUnavailableError":
                 return StoreUnavailableError(f"{where}: {detail}")
+            if kind == "StoreAuthError":  # Triton's Redis refused its password: fatal for serve
+                return StoreAuthError(f"{where}: {detail}")
             if kind == "ReferenceMismatchError":
                 return ReferenceMismatchError(f"{where}: {detail}", status)
         if "DEADLINE_EXCEEDED" in status:
