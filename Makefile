@@ -39,7 +39,8 @@ test-faults: setup servers
 	ADQC_FAULT_REPORT=$(CURDIR)/$(FAULT_REPORT) $(BIN)/python -m pytest tests/integration -m faults -v
 	$(BIN)/python -m pytest -v \
 		tests/integration/ingest/test_serve_process.py::test_hard_kill_and_restart_loses_no_frame \
-		tests/integration/ingest/test_outage_kafka.py::test_store_outage_is_retried_without_committing
+		tests/integration/ingest/test_outage_kafka.py::test_store_outage_is_retried_without_committing \
+		tests/integration/ingest/test_credentials_rotation.py
 
 # Unit tests need no server (nothing from `make servers`); tests/integration starts real ones.
 test-unit: setup

@@ -31,6 +31,9 @@ def soak_command(
     hostile_every: int = typer.Option(10, "--hostile-every", min=1, help="every Nth is hostile"),
     sample_every: int = typer.Option(100, "--sample-every", min=1, help="RSS sample period"),
     out: Path | None = typer.Option(None, "--out", help="write the JSON result here"),
+    workers: int = typer.Option(
+        2, "--workers", min=1, help="frames handled at once (serve's batch.decode_workers)"
+    ),
 ) -> None:
     """RSS soak of serve's per-frame memory path (decode, heatmap, DLQ record) with hostile
     frames mixed in; prints the RSS series summary (docs/RELIABILITY.md)."""
@@ -39,7 +42,7 @@ def soak_command(
     def progress(n: int, rss: float) -> None:
         typer.echo(f"{n:>7} frames  RSS {rss:8.1f} MiB", err=True)
 
-    result = run_soak(frames, hostile_every, sample_every, progress=progress)
+    result = run_soak(frames, hostile_every, sample_every, progress=progress, workers=workers)
     result["command"] = "adqc bench soak " + " ".join(sys.argv[3:])
     text = json.dumps(result, indent=2)
     if out is not None:

@@ -6,6 +6,12 @@ Every ``hostile_every``-th frame is hostile, in turn: an all-black 8192x8192 PNG
 encoded), a 4096x4096 noise JPEG (its alarm heatmap), 16 MiB of random bytes (its DLQ record),
 a truncated PNG. Good frames are 900x900 textured PNGs. RSS is sampled every ``sample_every``
 frames; a flat series (last samples close to the first ones after warm-up) is the pass mark.
+
+Frames go through a pool of ``workers`` threads (default: serve's ``batch.decode_workers``),
+at most ``2 x workers`` in flight, as serve decodes on its decode pool: the image codecs
+and numpy release the GIL, so on more than one core the soak takes a fraction of the time of
+a one-frame-at-a-time loop (where the time goes per stage is in the result,
+``stage_seconds``: the alarm heatmap's PNG encoding of every scored frame dominates).
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import io
 import os
 import resource
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,19 +77,27 @@ def run_soak(
     sample_every: int = 100,
     settings: ServeSettings | None = None,
     progress: Callable[[int, float], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Push ``frames`` frames through decode -> heatmap (scored ones) / DLQ record (bad ones);
-    returns RSS samples and a summary."""
+    """Push ``frames`` frames through decode -> heatmap (scored ones) / DLQ record (bad ones)
+    on ``workers`` threads (default ``settings.batch.decode_workers``); returns RSS samples,
+    per-stage CPU-side seconds and a summary."""
     settings = settings or ServeSettings()
+    workers = max(1, workers or settings.batch.decode_workers)
     limits = settings.limits
     kinds = frame_kinds()
     hostile = [k for k in kinds if k != "good"]
     anomaly = np.random.default_rng(1).random((56, 56)).astype(np.float32) * 2.0
     source = Source(topic="frames", partition=0, offset=0)
-    counts = {"scored": 0, "dlq": 0}
-    samples: list[tuple[int, float]] = [(0, rss_mib())]
-    start = time.monotonic()
-    for i in range(1, frames + 1):
+    stages = {"decode": 0.0, "heatmap": 0.0, "dlq_record": 0.0}
+    lock = threading.Lock()
+
+    def timed(stage: str, began: float) -> None:
+        with lock:
+            stages[stage] += time.perf_counter() - began
+
+    def one(i: int) -> str:
+        """Frame ``i`` as a worker handles it; returns ``scored`` or ``dlq``."""
         kind = hostile[(i // hostile_every) % len(hostile)] if i % hostile_every == 0 else "good"
         value, content_type = kinds[kind]
         headers = FrameHeaders(
@@ -91,9 +108,12 @@ def run_soak(
             capture_time=datetime.now(UTC),
             content_type=content_type,
         )
+        began = time.perf_counter()
         try:
             image, shape = decode_sized(value, headers, limits, limits.decode_max_side)
         except MessageError as exc:
+            timed("decode", began)
+            began = time.perf_counter()
             build_dlq_record(
                 b"c",
                 value,
@@ -103,26 +123,43 @@ def run_soak(
                 "soak",
                 value_max_bytes=limits.dlq_value_max_bytes,
             )
-            counts["dlq"] += 1
-        else:
-            result = ScoreResult("soak", 2.0, 1.0, True, anomaly, [], "m", 1, image_shape=shape)
-            build_heatmap(
-                image, result, f"a{i}", "inline", max_side=settings.alarms.heatmap_max_side
-            )
-            counts["scored"] += 1
+            timed("dlq_record", began)
+            return "dlq"
+        timed("decode", began)
+        began = time.perf_counter()
+        result = ScoreResult("soak", 2.0, 1.0, True, anomaly, [], "m", 1, image_shape=shape)
+        build_heatmap(image, result, f"a{i}", "inline", max_side=settings.alarms.heatmap_max_side)
+        timed("heatmap", began)
+        return "scored"
+
+    counts = {"scored": 0, "dlq": 0}
+    samples: list[tuple[int, float]] = [(0, rss_mib())]
+    start = time.monotonic()
+
+    def finish(i: int, future: Future) -> None:
+        counts[future.result()] += 1
         if i % sample_every == 0:
             samples.append((i, rss_mib()))
             if progress is not None:
                 progress(i, samples[-1][1])
+
+    in_flight: deque[tuple[int, Future]] = deque()
+    with ThreadPoolExecutor(workers, "soak") as pool:
+        for i in range(1, frames + 1):
+            in_flight.append((i, pool.submit(one, i)))
+            while len(in_flight) >= 2 * workers or (in_flight and i == frames):
+                finish(*in_flight.popleft())
     elapsed = time.monotonic() - start
     rss = [r for _, r in samples]
     warm = rss[min(2, len(rss) - 1) :]
     return {
         "frames": frames,
         "hostile_every": hostile_every,
+        "workers": workers,
         "scored": counts["scored"],
         "dlq": counts["dlq"],
         "seconds": round(elapsed, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "rss_start_mib": round(rss[0], 1),
         "rss_after_warmup_mib": round(warm[0], 1),
         "rss_end_mib": round(rss[-1], 1),

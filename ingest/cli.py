@@ -156,9 +156,18 @@ def serve_command(
     except CredentialsError as exc:
         err.print(f"[red]fatal:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_CREDENTIALS) from exc
+    from inference.store import StoreAuthError
     from ingest.runtime import serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except StoreAuthError as exc:  # mid-run: the password rotated or the ACL changed
+        err.print(
+            f"[red]fatal:[/red] {exc}; serve stopped, the frames in flight stay uncommitted "
+            "(fix the secret and restart: they are re-read)",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_CREDENTIALS) from exc
 
 
 def simulate_command(

@@ -19,6 +19,10 @@ Guarantees:
   unreachable): the batch is retried with exponential back-off (``inference.errors.retrying``),
   forever, and nothing is committed meanwhile; any other error DLQs the frame. Failed
   publishes are resent with the same back-off.
+- **refused credentials** mid-run (:class:`~inference.store.StoreAuthError`: the Redis
+  password rotated or the ACL changed while serving): not a bad frame and not an outage. The
+  loop commits only what was already acknowledged and raises it; the batch's frames stay
+  uncommitted (no DLQ record) and ``adqc serve`` exits with ``EXIT_CREDENTIALS`` (3).
 - **stop** (:func:`ingest.runtime.serve` calls it on SIGTERM/SIGINT): stop polling, finish
   the batches in flight, publish, commit, close.
 """
@@ -44,6 +48,7 @@ from tenacity import RetryCallState
 
 from inference.errors import Backoff, TransientError, retrying
 from inference.results import ScoreResult
+from inference.store.base import StoreAuthError
 from ingest.consumer import OffsetTracker, commit_map, create_consumer
 from ingest.decode import decode_sized
 from ingest.messages import (
@@ -262,11 +267,28 @@ class ServeLoop:
                 self.settings.batch.max_wait_ms,
             )
             self.running.set()
-            while not self._stop.is_set():
-                self._step()
+            try:
+                while not self._stop.is_set():
+                    self._step()
+            except StoreAuthError:
+                self._stop_refused()
+                raise
             self._drain()
         finally:
             self._close()
+
+    def _stop_refused(self) -> None:
+        """The store refused our credentials: commit what the broker already acknowledged
+        (the finished prefix of each partition, never the refused batch) and give up on the
+        rest, which the next worker re-reads."""
+        self._abort.set()  # no waiting: resends and retries give up at once
+        try:
+            self._collect_acks()
+            self._commit(force=True)
+        except Exception as exc:  # the refusal is what matters; this is best effort
+            log.warning("final commit after the credentials refusal failed: %s", exc)
+        held = self.tracker.in_flight()
+        log.info("%d frame(s) in flight stay uncommitted (re-read after a restart)", held)
 
     # -- one iteration --
 
@@ -477,6 +499,8 @@ class ServeLoop:
 
         try:
             return self._score_retrying(images, product)
+        except StoreAuthError:
+            raise  # fatal for the worker, not for the frame: never a DLQ record
         except ProductNotFoundError as exc:
             return [MessageError(DlqReason.UNKNOWN_PRODUCT, str(exc))] * len(images)
         except ModelMismatchError as exc:

@@ -151,7 +151,12 @@ def check_store(url: str) -> bool:
     from inference.store import StoreAuthError, StoreUnavailableError, open_store
 
     redis_like = url.split(":", 1)[0].lower() in ("redis", "rediss")
-    store = open_store(url, **({"retries": 0} if redis_like else {}))
+    try:
+        store = open_store(url, **({"retries": 0} if redis_like else {}))
+    except ValueError as exc:  # e.g. ADQC_REDIS_PASSWORD_FILE names a file we cannot read
+        if "PASSWORD" in str(exc):
+            raise CredentialsError(str(exc)) from exc
+        raise
     try:
         ping = getattr(getattr(store, "cache", store), "ping", None)
         if ping is not None:

@@ -16,6 +16,7 @@ CPU_ONLY = CHART / "ci" / "cpu-only-values.yaml"
 KEDA = CHART / "ci" / "keda-values.yaml"
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 MTLS = CHART / "ci" / "mtls-values.yaml"
+DURABLE = CHART / "ci" / "durable-store-values.yaml"
 K8S_VERSION = "1.30.0"
 CUSTOM_KINDS = {
     "KafkaTopic",

@@ -312,7 +312,7 @@ class TritonEngine:
         attempt: int,
         model: str | None = None,
     ) -> Exception:
-        from inference.store import ProductNotFoundError, StoreUnavailableError
+        from inference.store import ProductNotFoundError, StoreAuthError, StoreUnavailableError
 
         where = f"Triton {self.url} model {model or self.model!r}"
         match = _ERROR_PREFIX.match(message)
@@ -327,6 +327,8 @@ class TritonEngine:
                 return error
             if kind == "StoreUnavailableError":
                 return StoreUnavailableError(f"{where}: {detail}")
+            if kind == "StoreAuthError":  # Triton's Redis refused its password: fatal for serve
+                return StoreAuthError(f"{where}: {detail}")
             if kind == "ReferenceMismatchError":
                 return ReferenceMismatchError(f"{where}: {detail}", status)
         if "DEADLINE_EXCEEDED" in status:

@@ -16,7 +16,9 @@ Redis only: ``prefix`` (key prefix, default ``adqc``), ``retries`` (default 4) a
 ``durable`` (``?durable=file:///dir``): Redis becomes a cache in front of that durable store,
 the source of truth, and is refilled from it on a miss (:class:`TieredStore`, in
 :mod:`inference.store.tiered`). A wrong Redis password raises :class:`StoreAuthError` at once
-(no retries).
+(no retries). A Redis URL without a password takes it from ``ADQC_REDIS_PASSWORD`` or from
+the file named by ``ADQC_REDIS_PASSWORD_FILE`` (a mounted Kubernetes Secret), in every
+process that opens the store (:func:`inference.store.urls.with_secret_password`).
 
 ``get(product)`` reads the latest-version pointer (one cheap read) and returns the cached record
 when that version was fetched before, so a scorer that calls it once per batch fetches each
@@ -40,6 +42,7 @@ from inference.store.base import (
     StoreUnavailableError,
 )
 from inference.store.embedded import FileStore, MemoryStore
+from inference.store.urls import with_secret_password
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -82,6 +85,8 @@ def open_store(url: str, **options: object) -> BaseStore:
     merged.update(options)
     bare = url.split("?", 1)[0]
     if redis_like:
+        url = with_secret_password(url)  # no password in the URL: from the env or a file
+        parts = urlsplit(url)
         from pretrain.extras import require
 
         require("redis", "serve", why="a redis:// reference store")

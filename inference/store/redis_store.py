@@ -32,8 +32,13 @@ from redis.retry import Retry
 from inference.store.base import BaseStore, StoreAuthError, StoreUnavailableError
 from inference.store.urls import redact
 
-#: redis-py errors meaning "wrong or missing credentials" (never retried)
-_AUTH_ERRORS = (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
+#: redis-py errors meaning "wrong or missing credentials, or an ACL that no longer allows our
+#: commands" (NOPERM; never retried)
+_AUTH_ERRORS = (
+    redis.AuthenticationError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    redis.exceptions.NoPermissionError,
+)
 
 T = TypeVar("T")
 
@@ -163,7 +168,7 @@ class RedisStore(BaseStore):
         except _AUTH_ERRORS as exc:
             raise StoreAuthError(
                 f"Redis at {self.url} refused the credentials ({what}): {exc}; check the "
-                "password in the store URL"
+                "password in the store URL and the user's ACL"
             ) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(

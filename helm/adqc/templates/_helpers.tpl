@@ -70,34 +70,101 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Env entries for the Redis URL: (dict "root" $ "name" "ADQC_STORE__URL"). With the bundled
-Redis's password, ADQC_REDIS_PASSWORD comes from the Secret and the URL refers to it
-($(VAR) expansion by the kubelet): the password is never in a ConfigMap or in the pod spec. */}}
+Redis's password: by default the Secret is mounted as a file (adqc.storeVolumes) named by
+ADQC_REDIS_PASSWORD_FILE and the URL has no password (every process that opens the store adds
+it from the file); with redis.auth.passwordFile false, ADQC_REDIS_PASSWORD comes from the Secret
+and the URL refers to it ($(VAR) expansion by the kubelet). Either way the password is never in
+a ConfigMap or in the pod spec. store.durable adds ?durable=file://<mountPath>. */}}
 {{- define "adqc.redisUrlEnv" -}}
+{{- $durable := include "adqc.durableUrl" .root }}
 {{- if .root.Values.redis.enabled }}
 {{- $host := include "adqc.component" (dict "root" .root "component" "redis") }}
+{{- $query := ternary (printf "?durable=%s" $durable) "" (ne $durable "") }}
 {{- if include "adqc.redisAuth" .root }}
+{{- if .root.Values.redis.auth.passwordFile }}
+- name: ADQC_REDIS_PASSWORD_FILE
+  value: {{ include "adqc.redisPasswordFile" .root | quote }}
+- name: {{ .name }}
+  value: {{ printf "redis://%s:6379/0%s" $host $query | quote }}
+{{- else }}
 - name: ADQC_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "adqc.redisSecretName" .root }}
       key: {{ .root.Values.redis.auth.existingSecretKey }}
 - name: {{ .name }}
-  value: {{ printf "redis://:$(ADQC_REDIS_PASSWORD)@%s:6379/0" $host | quote }}
+  value: {{ printf "redis://:$(ADQC_REDIS_PASSWORD)@%s:6379/0%s" $host $query | quote }}
+{{- end }}
 {{- else }}
 - name: {{ .name }}
-  value: {{ printf "redis://%s:6379/0" $host | quote }}
+  value: {{ printf "redis://%s:6379/0%s" $host $query | quote }}
 {{- end }}
 {{- else if .root.Values.redis.externalUrlSecret.name }}
+{{- /* The URL comes whole from the Secret: with store.durable it must carry the
+?durable=file://<mountPath> query itself (docs/OPERATIONS.md). */}}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
       name: {{ .root.Values.redis.externalUrlSecret.name }}
       key: {{ .root.Values.redis.externalUrlSecret.key }}
 {{- else if .root.Values.redis.externalUrl }}
+{{- $url := .root.Values.redis.externalUrl }}
+{{- if $durable }}
+{{- $url = printf "%s%sdurable=%s" $url (ternary "&" "?" (contains "?" $url)) $durable }}
+{{- end }}
 - name: {{ .name }}
-  value: {{ .root.Values.redis.externalUrl | quote }}
+  value: {{ $url | quote }}
 {{- else }}
 {{- fail "redis.enabled is false: set redis.externalUrl or redis.externalUrlSecret.name" }}
+{{- end }}
+{{- end -}}
+
+{{/* file:// URL of the durable reference store ("" when store.durable is off). */}}
+{{- define "adqc.durableUrl" -}}
+{{- if .Values.store.durable.enabled -}}
+{{- printf "file://%s" .Values.store.durable.mountPath -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The claim holding the durable reference store. */}}
+{{- define "adqc.referencesClaim" -}}
+{{- default (include "adqc.component" (dict "root" . "component" "references")) .Values.store.durable.existingClaim -}}
+{{- end -}}
+
+{{/* Where the Redis password Secret is mounted as a file (redis.auth.passwordFile). */}}
+{{- define "adqc.redisPasswordFile" -}}
+{{- printf "/etc/adqc/redis-auth/%s" .Values.redis.auth.existingSecretKey -}}
+{{- end -}}
+
+{{/* volumeMounts of every pod that opens the store: the Redis password file, the durable
+reference store. */}}
+{{- define "adqc.storeVolumeMounts" -}}
+{{- if and (include "adqc.redisAuth" .) .Values.redis.auth.passwordFile }}
+- name: redis-auth
+  mountPath: /etc/adqc/redis-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.store.durable.enabled }}
+- name: references
+  mountPath: {{ .Values.store.durable.mountPath }}
+{{- end }}
+{{- end -}}
+
+{{/* volumes for adqc.storeVolumeMounts. */}}
+{{- define "adqc.storeVolumes" -}}
+{{- if and (include "adqc.redisAuth" .) .Values.redis.auth.passwordFile }}
+- name: redis-auth
+  secret:
+    secretName: {{ include "adqc.redisSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.redis.auth.existingSecretKey }}
+        path: {{ .Values.redis.auth.existingSecretKey }}
+{{- end }}
+{{- if .Values.store.durable.enabled }}
+- name: references
+  persistentVolumeClaim:
+    claimName: {{ include "adqc.referencesClaim" . }}
 {{- end }}
 {{- end -}}
 

@@ -29,6 +29,7 @@ from helm_testkit import (
     CI_VALUES,
     CPU_ONLY,
     CUSTOM_KINDS,
+    DURABLE,
     EXTERNAL,
     GPU_STRIMZI,
     K8S_VERSION,
@@ -89,6 +90,22 @@ def _resolved_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict
             data = secrets[ref["name"]]["data"]
             env[entry["name"]] = base64.b64decode(data[ref["key"]]).decode()
     return env
+
+
+def _mounted_secret(deployment: dict[str, Any], container: str, path: str) -> tuple[str, str]:
+    """(Secret name, key) of the single-key Secret volume the container mounts read-only at
+    ``path`` (mode 0440)."""
+    pod = deployment["spec"]["template"]["spec"]
+    (mount,) = [
+        m for m in _container(deployment, container)["volumeMounts"] if m["mountPath"] == path
+    ]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["defaultMode"] == 0o440
+    (item,) = secret["items"]
+    assert item["path"] == item["key"]
+    return secret["secretName"], item["key"]
 
 
 def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -234,11 +251,18 @@ def test_default_render_is_valid_and_wired(helm, tmp_path, monkeypatch):
     serve = _container(worker, "serve")
     assert serve["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert serve["readinessProbe"]["httpGet"]["path"] == "/metrics"
-    assert _env(serve)["ADQC_STORE__URL"] == "redis://:$(ADQC_REDIS_PASSWORD)@rel-adqc-redis:6379/0"
+    # The Redis password: a file from the Secret, not in the environment nor in the URL.
+    assert _env(serve)["ADQC_STORE__URL"] == "redis://rel-adqc-redis:6379/0"
+    assert _env(serve)["ADQC_REDIS_PASSWORD_FILE"] == "/etc/adqc/redis-auth/password"
+    assert "ADQC_REDIS_PASSWORD" not in _env(serve)
+    assert _mounted_secret(worker, "serve", "/etc/adqc/redis-auth") == (
+        "rel-adqc-redis",
+        "password",
+    )
     env = _resolved_env(serve, docs)
-    password = env["ADQC_REDIS_PASSWORD"]
+    password = base64.b64decode(_by_kind(docs, "Secret")["rel-adqc-redis"]["data"]["password"])
+    password = password.decode()
     assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
-    assert env["ADQC_STORE__URL"] == f"redis://:{password}@rel-adqc-redis:6379/0"
 
     triton = _container(deployments["rel-adqc-triton"], "tritonserver")
     assert "nvidia.com/gpu" not in triton["resources"].get("limits", {})
@@ -246,20 +270,32 @@ def test_default_render_is_valid_and_wired(helm, tmp_path, monkeypatch):
     assert init["args"][:4] == ["export", "triton", "--out", "/models"]
     assert init["args"][init["args"].index("--kind") + 1] == "cpu"
     assert _resolved_env(triton, docs)["ADQC_STORE__URL"] == env["ADQC_STORE__URL"]
+    assert _env(triton)["ADQC_REDIS_PASSWORD_FILE"] == "/etc/adqc/redis-auth/password"
+    triton_deployment = deployments["rel-adqc-triton"]
+    secret_file = ("rel-adqc-redis", "password")
+    assert _mounted_secret(triton_deployment, "tritonserver", "/etc/adqc/redis-auth") == secret_file
 
-    # The ConfigMap's serve.yaml + the Deployment's env must load with the real settings loader.
+    # The ConfigMap's serve.yaml + the Deployment's env must load with the real settings loader,
+    # and the store it opens authenticates with the password from the mounted file.
+    from inference.store import open_store
     from ingest.settings import load_settings
 
     config = _by_kind(docs, "ConfigMap")["rel-adqc-worker"]["data"]["serve.yaml"]
     (tmp_path / "serve.yaml").write_text(config)
+    (tmp_path / "password").write_text(password)
     for name, value in env.items():
-        if name.startswith("ADQC_") and name != "ADQC_REDIS_PASSWORD":
+        if name.startswith("ADQC_"):
             monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ADQC_REDIS_PASSWORD_FILE", str(tmp_path / "password"))
+    monkeypatch.delenv("ADQC_REDIS_PASSWORD", raising=False)
     settings = load_settings(tmp_path / "serve.yaml")
     assert settings.engine.kind == "triton"
     assert settings.engine.url == "rel-adqc-triton:8001"
     assert settings.kafka.bootstrap == ["my-cluster-kafka-bootstrap.kafka.svc:9092"]
-    assert settings.store.url == f"redis://:{password}@rel-adqc-redis:6379/0"
+    assert settings.store.url == "redis://rel-adqc-redis:6379/0"
+    with open_store(settings.store.url) as store:
+        assert store._client.connection_pool.connection_kwargs["password"] == password
+        assert password not in store.url
     assert settings.topics.dlq == "frames.dlq"
     assert settings.telemetry.prometheus_port == 9464
     assert settings.telemetry.stall_after_s == 90
@@ -267,7 +303,6 @@ def test_default_render_is_valid_and_wired(helm, tmp_path, monkeypatch):
     # The bundled Redis: password from the generated Secret, off the command line.
     (secret,) = _by_kind(docs, "Secret").values()
     assert secret["metadata"]["name"] == "rel-adqc-redis"
-    assert base64.b64decode(secret["data"]["password"]).decode() == password
     redis = _container(deployments["rel-adqc-redis"], "redis")
     assert password not in yaml.safe_dump(redis)
     assert "requirepass" in redis["command"][2] and "$REDIS_PASSWORD" in redis["command"][2]
@@ -348,9 +383,11 @@ def test_cpu_only_render(helm):
     assert set(_by_kind(docs, "PodDisruptionBudget")) == {"rel-adqc-worker"}
     assert "Secret" not in {d["kind"] for d in docs}  # existingSecret: nothing generated
     serve = _container(deployments["rel-adqc-worker"], "serve")
-    assert _env(serve)["ADQC_REDIS_PASSWORD"] == {
-        "secretKeyRef": {"name": "plant-redis-auth", "key": "redis-password"}
-    }
+    assert _env(serve)["ADQC_REDIS_PASSWORD_FILE"] == "/etc/adqc/redis-auth/redis-password"
+    assert _mounted_secret(deployments["rel-adqc-worker"], "serve", "/etc/adqc/redis-auth") == (
+        "plant-redis-auth",
+        "redis-password",
+    )
     assert serve["resources"]["limits"]["memory"] == "3.5Gi"
     config = yaml.safe_load(_by_kind(docs, "ConfigMap")["rel-adqc-worker"]["data"]["serve.yaml"])
     assert config["engine"]["kind"] == "local" and config["engine"]["torch_threads"] == 2
@@ -461,6 +498,90 @@ def test_external_redis_and_model_pvc_render(helm):
     assert _env(triton)["ADQC_STORE__URL"] == secret_ref
 
 
+def test_durable_reference_store_is_mounted_from_a_pvc(helm, tmp_path, monkeypatch):
+    """store.durable: a PVC (kept on uninstall) mounted read-write by workers and Triton, the
+    store URL with ?durable=file://<mountPath>; the settings loader and open_store make it a
+    tiered store over that directory."""
+    docs = _render(helm, "-f", str(DURABLE))
+    _validate(docs)
+    claims = _by_kind(docs, "PersistentVolumeClaim")
+    claim = claims["rel-adqc-references"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-client"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    url = "redis://rel-adqc-redis:6379/0?durable=file:///var/lib/adqc/references"
+    deployments = _by_kind(docs, "Deployment")
+    for name, container in (("rel-adqc-worker", "serve"), ("rel-adqc-triton", "tritonserver")):
+        deployment = deployments[name]
+        env = _env(_container(deployment, container))
+        assert env["ADQC_STORE__URL"] == url, name
+        assert env["ADQC_REDIS_PASSWORD_FILE"] == "/etc/adqc/redis-auth/password", name
+        mounts = {m["name"]: m for m in _container(deployment, container)["volumeMounts"]}
+        assert mounts["references"]["mountPath"] == "/var/lib/adqc/references", name
+        assert not mounts["references"].get("readOnly"), name  # `adqc product` writes it
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["references"]["persistentVolumeClaim"] == {
+            "claimName": "rel-adqc-references"
+        }
+    assert "references" not in {
+        v["name"] for v in deployments["rel-adqc-redis"]["spec"]["template"]["spec"]["volumes"]
+    }
+
+    # The worker's environment opens a TieredStore over the mounted directory (here a local one).
+    from inference.store import open_store
+    from inference.store.tiered import TieredStore
+    from ingest.settings import load_settings
+
+    local = f"file://{tmp_path / 'references'}"
+    monkeypatch.setenv("ADQC_STORE__URL", url.replace("file:///var/lib/adqc/references", local))
+    (tmp_path / "password").write_text("pw")
+    monkeypatch.setenv("ADQC_REDIS_PASSWORD_FILE", str(tmp_path / "password"))
+    with open_store(load_settings().store.url) as store:
+        assert isinstance(store, TieredStore)
+        assert store.durable.root == tmp_path / "references"
+
+    # An existing claim is mounted as is (no PVC rendered); an external URL gets the query too.
+    docs = _render(
+        helm,
+        "--set",
+        "store.durable.enabled=true",
+        "--set",
+        "store.durable.existingClaim=plant-references",
+        "--set",
+        "redis.enabled=false",
+        "--set",
+        "redis.externalUrl=rediss://redis.plant:6380/2?ssl_ca_certs=/etc/ca.pem",
+    )
+    assert "rel-adqc-references" not in _by_kind(docs, "PersistentVolumeClaim")
+    worker = _by_kind(docs, "Deployment")["rel-adqc-worker"]
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["references"]["persistentVolumeClaim"]["claimName"] == "plant-references"
+    assert "redis-auth" not in volumes  # no bundled Redis: no password file
+    assert _env(_container(worker, "serve"))["ADQC_STORE__URL"] == (
+        "rediss://redis.plant:6380/2?ssl_ca_certs=/etc/ca.pem"
+        "&durable=file:///var/lib/adqc/references"
+    )
+
+
+def test_redis_password_in_the_environment_when_asked(helm):
+    """redis.auth.passwordFile=false: the former wiring, ADQC_REDIS_PASSWORD from the Secret
+    expanded into the URL by the kubelet; no password volume."""
+    docs = _render(helm, "--set", "redis.auth.passwordFile=false")
+    worker = _by_kind(docs, "Deployment")["rel-adqc-worker"]
+    serve = _container(worker, "serve")
+    assert _env(serve)["ADQC_STORE__URL"] == "redis://:$(ADQC_REDIS_PASSWORD)@rel-adqc-redis:6379/0"
+    assert _env(serve)["ADQC_REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "rel-adqc-redis", "key": "password"}
+    }
+    assert "ADQC_REDIS_PASSWORD_FILE" not in _env(serve)
+    assert "redis-auth" not in {v["name"] for v in worker["spec"]["template"]["spec"]["volumes"]}
+    password = _resolved_env(serve, docs)["ADQC_REDIS_PASSWORD"]
+    assert _resolved_env(serve, docs)["ADQC_STORE__URL"] == (
+        f"redis://:{password}@rel-adqc-redis:6379/0"
+    )
+
+
 def test_local_engine_when_triton_disabled(helm):
     docs = _render(helm, "--set", "triton.enabled=false")
     _validate(docs)
@@ -490,6 +611,14 @@ def test_local_engine_when_triton_disabled(helm):
             "mutually exclusive",
         ),
         (["--set", "kafka.clientCertSecret.name=u"], "needs kafka.securityProtocol SSL"),
+        (["--set", "store.durable.size=big"], "/store/durable/size"),
+        (["--set", "store.durable.accessModes={ReadOnlyMany}"], "/store/durable/accessModes"),
+        (["--set", "store.durable.mountPath=refs"], "/store/durable/mountPath"),
+        (["--set", "store.durable.mountPath=/tmp"], "/store/durable/mountPath"),
+        (["--set", "store.durable.existingClaim=Bad_Claim"], "/store/durable/existingClaim"),
+        (["--set", "store.durable.enable=true"], "enable"),
+        (["--set", "store.cache=true"], "cache"),
+        (["--set", "redis.auth.passwordFile=yes"], "/redis/auth/passwordFile"),
     ],
 )
 def test_bad_values_are_rejected_with_a_clear_message(helm, args, message):
@@ -527,7 +656,13 @@ def test_rendered_redis_requires_the_generated_password(helm, tmp_path):
         worker_env = _resolved_env(
             _container(_by_kind(docs, "Deployment")["rel-adqc-worker"], "serve"), docs
         )
+        from inference.store.urls import with_secret_password
+
+        # the worker's URL has no password: the process adds it from the mounted Secret file
+        assert "ADQC_REDIS_PASSWORD_FILE" in worker_env
+        (tmp_path / "password").write_text(env["REDIS_PASSWORD"])
         url = worker_env["ADQC_STORE__URL"].replace("rel-adqc-redis:6379", f"127.0.0.1:{port}")
+        url = with_secret_password(url, {"ADQC_REDIS_PASSWORD_FILE": str(tmp_path / "password")})
         deadline = time.monotonic() + 20
         while True:
             try:

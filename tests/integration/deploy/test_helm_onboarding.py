@@ -61,8 +61,15 @@ def test_notes_onboarding_command_targets_the_charts_redis(helm, redis_server_fa
     env = _worker_env(docs, deployment)
     assert "ADQC_STORE__URL" in env and "ADQC_STORE" not in env  # the one name
 
-    # The chart's Redis, here: a real redis-server with the chart's generated password.
-    password = env["ADQC_REDIS_PASSWORD"]
+    # The chart's Redis, here: a real redis-server with the chart's generated password, which
+    # the worker reads from the Secret mounted as a file (here: the same value in a local file).
+    (secret,) = [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "rel-adqc-redis"
+    ]
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert env["ADQC_REDIS_PASSWORD_FILE"] == "/etc/adqc/redis-auth/password"
+    (tmp_path / "password").write_text(password)
+    env["ADQC_REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
     redis = redis_server_factory(password=password)
     host = "rel-adqc-redis:6379"
     assert host in env["ADQC_STORE__URL"]
@@ -90,7 +97,8 @@ def test_notes_onboarding_command_targets_the_charts_redis(helm, redis_server_fa
     assert f"127.0.0.1:{redis.port}" in done.stdout and password not in done.stdout
 
     from inference.store import open_store
+    from inference.store.urls import with_secret_password
 
-    with open_store(env["ADQC_STORE__URL"]) as store:
+    with open_store(with_secret_password(env["ADQC_STORE__URL"], env)) as store:
         assert store.list_products() == ["bracket"]
     assert not (home / ".local" / "share" / "adqc").exists()  # no pod-local file store

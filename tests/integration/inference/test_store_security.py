@@ -86,3 +86,24 @@ def test_product_commands_exit_3_on_a_wrong_redis_password(tls_redis):
     result = CliRunner().invoke(build_app(), ["product", "list", "--store", url])
     assert result.exit_code == EXIT_CREDENTIALS, result.output
     assert "refused the credentials" in result.output and "wrong-pw" not in result.output
+
+
+def test_an_acl_change_that_revokes_our_commands_is_a_credentials_refusal(redis_server):
+    """ACL changed while a process holds a connection: NOPERM is a refusal (StoreAuthError,
+    fatal for serve: exit 3), not a bad frame or an outage."""
+    import uuid
+
+    user = f"adqc-{uuid.uuid4().hex[:6]}"
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", user, "on", ">user-pw", "~*", "+@all")
+    url = f"redis://{user}:user-pw@127.0.0.1:{redis_server.port}/0?prefix={user}"
+    try:
+        with open_store(url) as store:
+            assert store.latest_version("widget") is None
+            admin.execute_command("ACL", "SETUSER", user, "-@all")
+            with pytest.raises(StoreAuthError, match="refused the credentials") as caught:
+                store.latest_version("widget")
+            assert "user-pw" not in str(caught.value)
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()

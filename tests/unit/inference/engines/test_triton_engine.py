@@ -51,6 +51,12 @@ def test_server_errors_map_to_the_local_exception_types():
     assert isinstance(mismatch, ModelMismatchError) and "onboarded with model 'a'" in str(mismatch)
     down = translate("StoreUnavailableError: redis down", "StatusCode.UNAVAILABLE")
     assert isinstance(down, StoreUnavailableError)
+    # Triton's own Redis refused the password (rotated mid-run): fatal for the worker as when
+    # its own store does (serve exits 3), not a bad frame for the DLQ
+    from inference.store import StoreAuthError
+
+    refused = translate("in ensemble 'adqc', StoreAuthError: Redis at redis://:***@r refused")
+    assert isinstance(refused, StoreAuthError) and "refused" in str(refused)
     from inference.engines.triton import TritonOverloadedError
     from inference.errors import TransientError
 
