@@ -1,4 +1,5 @@
-"""``adqc bench soak|triton|pipeline``: the benchmark drivers' commands (mounted by adqc/cli.py).
+"""``adqc bench soak|triton|pipeline|scaling``: the benchmark drivers' commands (mounted by
+adqc/cli.py).
 
 Imports stay light (typer, rich): each command imports its driver when it runs, so
 ``adqc --help`` loads neither Kafka nor torch. ``adqc bench anomalib|levels`` live in
@@ -167,8 +168,68 @@ def pipeline_command(
     console.print(f"wrote {json_out}")
 
 
+def scaling_command(
+    json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
+    workers: str = typer.Option("1,2,4", "--workers", help="worker counts, comma-separated"),
+    frames: int = typer.Option(320, "--frames", min=1, help="backlog frames per worker count"),
+    partitions: int = typer.Option(0, "--partitions", min=0, help="0: the largest count"),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="threads per worker (0: max(1, cpus // workers))"
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="default: the shipped one"),
+    data: Path | None = typer.Option(None, "--data", help="MVTec-layout category folder"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds per worker count"),
+) -> None:
+    """Pipeline frames/s with 1, 2, 4 `adqc serve` workers in one consumer group (real Kafka)."""
+    from benchmarks.pipeline import BenchError
+    from benchmarks.scaling import ScalingConfig, run_with_servers
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        counts = tuple(int(v) for v in workers.split(",") if v.strip())
+        config = ScalingConfig(
+            workers=counts,
+            frames=frames,
+            partitions=partitions,
+            threads=threads,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+            timeout_s=timeout,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if data is not None:
+        config.data = data
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-scaling-") as tmp:
+        try:
+            result = run_with_servers(config, Path(tmp), console)
+        except BenchError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    result["command"] = "adqc bench scaling " + " ".join(sys.argv[3:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title=f"adqc bench scaling ({result['cpu_count']} CPUs)")
+    for col in ("workers", "threads", "frames/s", "per worker", "ratio to 1", "CPU busy"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(
+            str(r["workers"]),
+            str(r["threads_per_worker"]),
+            str(r["frames_per_s"]),
+            str(r["frames_per_s_per_worker"]),
+            str(r["ratio_to_1"]),
+            str(r["cpu_busy"]),
+        )
+    Console().print(table)
+    console.print(f"wrote {json_out}")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount ``adqc bench soak``, ``adqc bench triton`` and ``adqc bench pipeline``."""
+    """Mount ``adqc bench soak|triton|pipeline|scaling``."""
+    groups["bench"].command("scaling")(scaling_command)
     groups["bench"].command("soak")(soak_command)
     groups["bench"].command("triton")(bench_triton)
     groups["bench"].command("pipeline")(pipeline_command)

@@ -147,7 +147,7 @@ def all_command(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda for the model benches"),
     data: str = typer.Option(str(DEFAULT_DATA), "--data", help="MVTec category folder"),
     with_: list[str] = typer.Option(
-        [], "--with", help="also run: onboarding, pipeline, triton, anomalib (repeatable)"
+        [], "--with", help="also run: onboarding, pipeline, triton, scaling, anomalib (repeatable)"
     ),
     timeout: float = typer.Option(1800, "--timeout", help="seconds per child benchmark"),
     doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
@@ -159,6 +159,7 @@ def all_command(
         "onboarding": ["bench", "onboarding"],
         "pipeline": ["bench", "pipeline"],
         "triton": ["bench", "triton"],
+        "scaling": ["bench", "scaling"],
         "anomalib": ["bench", "anomalib"],
     }
     unknown = [name for name in with_ if name not in children]
