@@ -1,4 +1,4 @@
-"""``adqc bench soak|triton|pipeline|scaling``: the benchmark drivers' commands (mounted by
+"""``adqc bench soak|triton|pipeline|scaling|io``: the benchmark drivers' commands (mounted by
 adqc/cli.py).
 
 Imports stay light (typer, rich): each command imports its driver when it runs, so
@@ -227,9 +227,44 @@ def scaling_command(
     console.print(f"wrote {json_out}")
 
 
+def io_command(
+    json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
+    shots: str = typer.Option("8,64", "--shots", help="pool sizes K of the Redis records"),
+    repeats: int = typer.Option(20, "--repeats", min=1, help="fetches per pool size"),
+    messages: int = typer.Option(1000, "--messages", min=1, help="Kafka messages"),
+    message_bytes: int = typer.Option(
+        0, "--message-bytes", min=0, help="0: the bytes of the data folder's first test image"
+    ),
+    partitions: int = typer.Option(2, "--partitions", min=1),
+    data: Path = typer.Option(
+        Path("../shared/datasets/mvtec_ad/bottle"), "--data", help="MVTec category folder"
+    ),
+) -> None:
+    """Redis reference fetch cold/warm and Kafka raw produce/consume of frame-sized messages."""
+    from benchmarks.io_limits import run_with_servers
+
+    try:
+        counts = tuple(int(v) for v in shots.split(",") if v.strip())
+    except ValueError:
+        _fail(f"--shots: comma-separated integers, got {shots!r}", 2)
+    result = run_with_servers(
+        shots=counts,
+        repeats=repeats,
+        messages=messages,
+        message_bytes=message_bytes,
+        partitions=partitions,
+        data=data,
+    )
+    result["command"] = "adqc bench io " + " ".join(sys.argv[3:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result, indent=2))
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount ``adqc bench soak|triton|pipeline|scaling``."""
+    """Mount ``adqc bench soak|triton|pipeline|scaling|io``."""
     groups["bench"].command("scaling")(scaling_command)
+    groups["bench"].command("io")(io_command)
     groups["bench"].command("soak")(soak_command)
     groups["bench"].command("triton")(bench_triton)
     groups["bench"].command("pipeline")(pipeline_command)
