@@ -137,12 +137,20 @@ def _wait_stable(
 ) -> dict[str, list[int]]:
     """Until the group is Stable with ``workers`` members, each with a partition."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(**client | {"client_id": "adqc-bench-scaling"})
+    description: dict[str, Any] = {}
     try:
         while True:
             alive()
-            description = admin.describe_groups([group]).get(group, {})
+            try:
+                description = admin.describe_groups([group]).get(group, {})
+            except KafkaError as exc:  # e.g. no coordinator yet on a fresh broker
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
             assigned = member_partitions(description, topic)
             if (
                 str(description.get("group_state", description.get("state", ""))) == "Stable"
