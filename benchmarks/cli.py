@@ -70,12 +70,46 @@ def bench_triton(
         int, typer.Option(min=0, help="torch threads of the served model (0: default).")
     ] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    matrix: Annotated[
+        bool,
+        typer.Option(
+            "--matrix/--single",
+            help="--matrix: payload x transport x concurrency, plus in-process per runtime.",
+        ),
+    ] = False,
+    concurrencies: Annotated[str, typer.Option(help="With --matrix.")] = "1,2,4,8",
+    payloads: Annotated[str, typer.Option(help="With --matrix: uint8,float32.")] = "uint8,float32",
+    transports: Annotated[str, typer.Option(help="With --matrix: grpc,shm.")] = "grpc,shm",
 ) -> None:
-    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
-    from benchmarks.triton import run_bench
+    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads);
+    ``--matrix``: uint8 vs float32 payloads, gRPC vs system shared memory, concurrency 1..8."""
+    from benchmarks.triton import run_bench, run_matrix
     from inference.cli_conventions import pick
 
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+
     try:
+        if matrix:
+            result = run_matrix(
+                batch=pick(None, batch, "--batch-size", "--batch", batch_size),
+                concurrency=tuple(int(v) for v in split(concurrencies)),
+                payloads=split(payloads),
+                transports=split(transports),
+                requests=requests,
+                warmup=warmup,
+                backbone=backbone,
+                checkpoint=checkpoint,
+                torch_threads=torch_threads,
+                log_dir=json_out.with_suffix(".triton-log") if json_out else None,
+                progress=lambda line: typer.echo(line, err=True),
+            )
+            result["command"] = "adqc bench triton " + " ".join(sys.argv[3:])
+            text = json.dumps(result, indent=2)
+            typer.echo(text)
+            if json_out is not None:
+                json_out.write_text(text + "\n")
+            return
         result = run_bench(
             batch=pick(None, batch, "--batch-size", "--batch", batch_size),
             requests=requests,

@@ -203,3 +203,23 @@ def test_deadline(served):
     with pytest.raises(TritonEngineError, match="deadline"):
         slow.features(_images(4, seed=6), served["record"])
     slow.close()
+
+
+@pytest.mark.integration
+def test_bench_raw_client_over_system_shared_memory(served):
+    """`adqc bench triton --matrix`'s client: uint8 images and the outputs through system
+    shared memory give the TritonEngine's features; its regions are unregistered on close."""
+    from benchmarks.triton import RawClient
+
+    engine, record = served["engine"], served["record"]
+    images = _images(3, seed=4)
+    shapes = [tuple(level.shape[1:]) for level in engine.features(images[:1], record)]
+    want = engine.features(images, record)
+    client = RawClient(served["server"].grpc_url, "uint8", "shm", 3, 224, shapes)
+    try:
+        got = client.features(images, record)
+    finally:
+        client.close()
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert float(np.abs(g - w).max()) < MAP_TOL
