@@ -208,5 +208,6 @@ def run_with_servers(**kwargs: Any) -> dict[str, Any]:
     """Start Redis and Kafka with ``deploy.servers``, run :func:`run_io`, stop both."""
     from deploy.servers import KafkaBroker, RedisServer
 
-    with KafkaBroker() as broker, RedisServer() as redis:
+    # generous start-up limits: on a loaded 2-core machine the JVM alone can take minutes
+    with KafkaBroker(startup_timeout=300) as broker, RedisServer(startup_timeout=120) as redis:
         return run_io(redis.url, broker.bootstrap, **kwargs)
