@@ -452,7 +452,10 @@ def run_matrix(
         normalise_ms = (time.perf_counter() - t0) * 100
         shapes = [tuple(int(d) for d in s) for s in spec.level_shapes]
         workdir = Path(log_dir) if log_dir is not None else Path(tmp) / "triton"
-        with TritonServer(repo, workdir=workdir, startup_timeout=600) as triton:
+        # one model at a time: two python stubs initialising at once on a loaded 2-core machine
+        # aborted tritonserver (boost::interprocess::lock_exception) in this benchmark's runs
+        with TritonServer(repo, workdir=workdir, startup_timeout=600,
+                          extra_args=["--model-load-thread-count=1"]) as triton:  # fmt: skip
             for payload in payloads:
                 images = u8 if payload == "uint8" else f32
                 for transport in transports:
