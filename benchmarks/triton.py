@@ -354,7 +354,9 @@ class RawClient:
         for i, (name, shape) in enumerate(self.outputs):
             meta = result.get_output(name)
             dims = list(meta.shape) if meta is not None else shape
-            levels.append(self.shm.get_contents_as_numpy(self.regions[i + 1][1], np.float32, dims))
+            # a copy: the region is reused by the next call and unmapped by close()
+            region = self.regions[i + 1][1]
+            levels.append(self.shm.get_contents_as_numpy(region, np.float32, dims).copy())
         return levels
 
     def close(self) -> None:
