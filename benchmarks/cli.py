@@ -1,4 +1,5 @@
-"""``adqc bench soak|triton|pipeline``: the benchmark drivers' commands (mounted by adqc/cli.py).
+"""``adqc bench soak|triton|pipeline|scaling|io``: the benchmark drivers' commands (mounted by
+adqc/cli.py).
 
 Imports stay light (typer, rich): each command imports its driver when it runs, so
 ``adqc --help`` loads neither Kafka nor torch. ``adqc bench anomalib|levels`` live in
@@ -72,12 +73,46 @@ def bench_triton(
         int, typer.Option(min=0, help="torch threads of the served model (0: default).")
     ] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    matrix: Annotated[
+        bool,
+        typer.Option(
+            "--matrix/--single",
+            help="--matrix: payload x transport x concurrency, plus in-process per runtime.",
+        ),
+    ] = False,
+    concurrencies: Annotated[str, typer.Option(help="With --matrix.")] = "1,2,4,8",
+    payloads: Annotated[str, typer.Option(help="With --matrix: uint8,float32.")] = "uint8,float32",
+    transports: Annotated[str, typer.Option(help="With --matrix: grpc,shm.")] = "grpc,shm",
 ) -> None:
-    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads)."""
-    from benchmarks.triton import run_bench
+    """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads);
+    ``--matrix``: uint8 vs float32 payloads, gRPC vs system shared memory, concurrency 1..8."""
+    from benchmarks.triton import run_bench, run_matrix
     from inference.cli_conventions import pick
 
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+
     try:
+        if matrix:
+            result = run_matrix(
+                batch=pick(None, batch, "--batch-size", "--batch", batch_size),
+                concurrency=tuple(int(v) for v in split(concurrencies)),
+                payloads=split(payloads),
+                transports=split(transports),
+                requests=requests,
+                warmup=warmup,
+                backbone=backbone,
+                checkpoint=checkpoint,
+                torch_threads=torch_threads,
+                log_dir=json_out.with_suffix(".triton-log") if json_out else None,
+                progress=lambda line: typer.echo(line, err=True),
+            )
+            result["command"] = "adqc bench triton " + " ".join(sys.argv[3:])
+            text = json.dumps(result, indent=2)
+            typer.echo(text)
+            if json_out is not None:
+                json_out.write_text(text + "\n")
+            return
         result = run_bench(
             batch=pick(None, batch, "--batch-size", "--batch", batch_size),
             requests=requests,
@@ -170,8 +205,103 @@ def pipeline_command(
     console.print(f"wrote {json_out}")
 
 
+def scaling_command(
+    json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
+    workers: str = typer.Option("1,2,4", "--workers", help="worker counts, comma-separated"),
+    frames: int = typer.Option(320, "--frames", min=1, help="backlog frames per worker count"),
+    partitions: int = typer.Option(0, "--partitions", min=0, help="0: the largest count"),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="threads per worker (0: max(1, cpus // workers))"
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="default: the shipped one"),
+    data: Path | None = typer.Option(None, "--data", help="MVTec-layout category folder"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds per worker count"),
+) -> None:
+    """Pipeline frames/s with 1, 2, 4 `adqc serve` workers in one consumer group (real Kafka)."""
+    from benchmarks.pipeline import BenchError
+    from benchmarks.scaling import ScalingConfig, run_with_servers
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        counts = tuple(int(v) for v in workers.split(",") if v.strip())
+        config = ScalingConfig(
+            workers=counts,
+            frames=frames,
+            partitions=partitions,
+            threads=threads,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+            timeout_s=timeout,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if data is not None:
+        config.data = data
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-scaling-") as tmp:
+        try:
+            result = run_with_servers(config, Path(tmp), console)
+        except BenchError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    result["command"] = "adqc bench scaling " + " ".join(sys.argv[3:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title=f"adqc bench scaling ({result['cpu_count']} CPUs)")
+    for col in ("workers", "threads", "frames/s", "per worker", "ratio to 1", "CPU busy"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(
+            str(r["workers"]),
+            str(r["threads_per_worker"]),
+            str(r["frames_per_s"]),
+            str(r["frames_per_s_per_worker"]),
+            str(r["ratio_to_1"]),
+            str(r["cpu_busy"]),
+        )
+    Console().print(table)
+    console.print(f"wrote {json_out}")
+
+
+def io_command(
+    json_out: Path = typer.Option(..., "--json", help="write the result JSON here"),
+    shots: str = typer.Option("8,64", "--shots", help="pool sizes K of the Redis records"),
+    repeats: int = typer.Option(20, "--repeats", min=1, help="fetches per pool size"),
+    messages: int = typer.Option(1000, "--messages", min=1, help="Kafka messages"),
+    message_bytes: int = typer.Option(
+        0, "--message-bytes", min=0, help="0: the bytes of the data folder's first test image"
+    ),
+    partitions: int = typer.Option(2, "--partitions", min=1),
+    data: Path = typer.Option(
+        Path("../shared/datasets/mvtec_ad/bottle"), "--data", help="MVTec category folder"
+    ),
+) -> None:
+    """Redis reference fetch cold/warm and Kafka raw produce/consume of frame-sized messages."""
+    from benchmarks.io_limits import run_with_servers
+
+    try:
+        counts = tuple(int(v) for v in shots.split(",") if v.strip())
+    except ValueError:
+        _fail(f"--shots: comma-separated integers, got {shots!r}", 2)
+    result = run_with_servers(
+        shots=counts,
+        repeats=repeats,
+        messages=messages,
+        message_bytes=message_bytes,
+        partitions=partitions,
+        data=data,
+    )
+    result["command"] = "adqc bench io " + " ".join(sys.argv[3:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result, indent=2))
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Mount ``adqc bench soak``, ``adqc bench triton`` and ``adqc bench pipeline``."""
+    """Mount ``adqc bench soak|triton|pipeline|scaling|io``."""
+    groups["bench"].command("scaling")(scaling_command)
+    groups["bench"].command("io")(io_command)
     groups["bench"].command("soak")(soak_command)
     groups["bench"].command("triton")(bench_triton)
     groups["bench"].command("pipeline")(pipeline_command)

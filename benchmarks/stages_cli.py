@@ -2,9 +2,9 @@
 
 ``adqc bench all`` runs the stage benchmark, then (unless ``--smoke``) the onboarding timing,
 then every other registered benchmark it is asked for (``--with pipeline``, ``--with triton``,
-``--with anomalib``) as sub-processes of this same CLI, each writing its own JSON under the
-output folder; ``--smoke`` is a seconds-long version (tiny batches, synthetic images allowed)
-that CI runs as a test.
+``--with scaling``, ``--with io``, ``--with anomalib``) as sub-processes of this same CLI, each
+writing its own JSON under the output folder; ``--smoke`` is a seconds-long version (tiny
+batches, synthetic images allowed) that CI runs as a test.
 """
 
 from __future__ import annotations
@@ -147,7 +147,9 @@ def all_command(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda for the model benches"),
     data: str = typer.Option(str(DEFAULT_DATA), "--data", help="MVTec category folder"),
     with_: list[str] = typer.Option(
-        [], "--with", help="also run: onboarding, pipeline, triton, anomalib (repeatable)"
+        [],
+        "--with",
+        help="also run: onboarding, pipeline, triton, scaling, io, anomalib (repeatable)",
     ),
     timeout: float = typer.Option(1800, "--timeout", help="seconds per child benchmark"),
     doc: Path = typer.Option(None, "--doc", help="replace the generated tables in this file"),
@@ -159,6 +161,8 @@ def all_command(
         "onboarding": ["bench", "onboarding"],
         "pipeline": ["bench", "pipeline"],
         "triton": ["bench", "triton"],
+        "scaling": ["bench", "scaling"],
+        "io": ["bench", "io"],
         "anomalib": ["bench", "anomalib"],
     }
     unknown = [name for name in with_ if name not in children]

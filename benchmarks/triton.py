@@ -93,11 +93,13 @@ def _server_stats(url: str, model: str) -> dict[str, float]:
 def measure(
     engine_factory, record, images: np.ndarray, requests: int, warmup: int, concurrency: int
 ) -> dict:
-    """Time ``requests`` engine.features calls spread over ``concurrency`` threads."""
+    """Time ``requests`` engine.features calls spread over ``concurrency`` threads; a failed
+    call is counted in ``errors`` (first message in ``error``), not timed."""
     engines = [engine_factory() for _ in range(concurrency)]
     for _ in range(warmup):
         engines[0].features(images, record)
     latencies: list[float] = []
+    errors: list[str] = []
     lock = threading.Lock()
     counter = iter(range(requests))
 
@@ -107,7 +109,12 @@ def measure(
                 if next(counter, None) is None:
                     return
             started = time.perf_counter()
-            engine.features(images, record)
+            try:
+                engine.features(images, record)
+            except Exception as exc:  # noqa: BLE001 - counted and reported in the result
+                with lock:
+                    errors.append(str(exc))
+                continue
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 latencies.append(elapsed)
@@ -121,16 +128,24 @@ def measure(
     wall = time.perf_counter() - started
     for engine in engines:
         engine.close()
-    return {
+    result = {
         "batch": int(len(images)),
         "requests": len(latencies),
         "concurrency": concurrency,
+        "errors": len(errors),
+        "wall_s": wall,
+    }
+    if errors:
+        result["error"] = errors[0][:500]
+    if not latencies:
+        return result
+    return result | {
         "latency_ms_mean": statistics.fmean(latencies),
         "latency_ms_p50": _percentile(latencies, 50),
         "latency_ms_p95": _percentile(latencies, 95),
+        "latency_ms_p99": _percentile(latencies, 99),
         "latency_ms_min": min(latencies),
         "throughput_images_per_s": len(latencies) * len(images) / wall,
-        "wall_s": wall,
     }
 
 
@@ -260,3 +275,264 @@ def run_bench(
         }
     )
     return result
+
+
+# ---------------------------------------------------------------------------------- the matrix
+#: the float32-payload twin of ``adqc_features`` written next to it by :func:`run_matrix`
+FEATURES_F32 = "adqc_features_f32"
+PAYLOADS = ("uint8", "float32")
+TRANSPORTS = ("grpc", "shm")
+
+
+class RawClient:
+    """One gRPC client calling a features model directly, payload ``uint8`` (``adqc``
+    ensemble, IMAGES [B,S,S,3]) or ``float32`` (:data:`FEATURES_F32`, preprocessed INPUT
+    [B,3,S,S]: 4x the bytes), ``transport`` ``grpc`` (tensors in the request) or ``shm``
+    (input and outputs in system shared memory regions registered with the server; same
+    host only). ``features(payload, record)``: the same contract as TritonEngine.features."""
+
+    def __init__(self, url: str, payload: str, transport: str, batch: int, image_size: int,
+                 level_shapes: list[tuple[int, int, int]]) -> None:  # fmt: skip
+        import tritonclient.grpc as grpcclient
+
+        if payload not in PAYLOADS or transport not in TRANSPORTS:
+            raise ValueError(f"payload {payload!r} / transport {transport!r}")
+        self.g = grpcclient
+        self.client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        self.payload, self.transport = payload, transport
+        self.model = "adqc" if payload == "uint8" else FEATURES_F32
+        self.input_name = "IMAGES" if payload == "uint8" else "INPUT"
+        s = image_size
+        self.input_shape = [batch, s, s, 3] if payload == "uint8" else [batch, 3, s, s]
+        self.dtype = "UINT8" if payload == "uint8" else "FP32"
+        self.input_bytes = int(np.prod(self.input_shape)) * (1 if payload == "uint8" else 4)
+        self.outputs = [(f"FEATURES_{i}", [batch, *shape]) for i, shape in enumerate(level_shapes)]
+        self.regions: list[tuple[str, object]] = []
+        if transport == "shm":
+            import tritonclient.utils.shared_memory as shm
+
+            self.shm = shm
+            tag = uuid_hex()
+            sizes = [("in", self.input_bytes)] + [
+                (name, int(np.prod(shape)) * 4) for name, shape in self.outputs
+            ]
+            for name, size in sizes:
+                region = f"adqc-bench-{tag}-{name}"
+                handle = shm.create_shared_memory_region(region, f"/{region}", size)
+                self.client.register_system_shared_memory(region, f"/{region}", size)
+                self.regions.append((region, handle))
+            self.sizes = dict(sizes)
+
+    def features(self, images: np.ndarray, record) -> list[np.ndarray]:
+        g, b = self.g, len(images)
+        image_input = g.InferInput(self.input_name, list(images.shape), self.dtype)
+        if self.transport == "shm":
+            self.shm.set_shared_memory_region(self.regions[0][1], [np.ascontiguousarray(images)])
+            image_input.set_shared_memory(self.regions[0][0], images.nbytes)
+        else:
+            image_input.set_data_from_numpy(np.ascontiguousarray(images))
+        inputs = [image_input]
+        for name, dtype, value in (
+            ("PRODUCT", "BYTES", np.full((b, 1), record.product.encode(), dtype=object)),
+            ("REFERENCE_VERSION", "INT64", np.full((b, 1), record.version, dtype=np.int64)),
+            ("REFERENCE_CREATED_AT", "BYTES",
+             np.full((b, 1), record.created_at.isoformat().encode(), dtype=object)),
+        ):  # fmt: skip
+            tensor = g.InferInput(name, [b, 1], dtype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        outputs = []
+        for i, (name, _shape) in enumerate(self.outputs):
+            out = g.InferRequestedOutput(name)
+            if self.transport == "shm":
+                out.set_shared_memory(self.regions[i + 1][0], self.sizes[name])
+            outputs.append(out)
+        result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=120.0)
+        if self.transport == "grpc":
+            return [result.as_numpy(name) for name, _ in self.outputs]
+        levels = []
+        for i, (name, shape) in enumerate(self.outputs):
+            meta = result.get_output(name)
+            dims = list(meta.shape) if meta is not None else shape
+            # a copy: the region is reused by the next call and unmapped by close()
+            region = self.regions[i + 1][1]
+            levels.append(self.shm.get_contents_as_numpy(region, np.float32, dims).copy())
+        return levels
+
+    def close(self) -> None:
+        for region, handle in self.regions:
+            self.client.unregister_system_shared_memory(region)
+            self.shm.destroy_shared_memory_region(handle)
+        self.regions = []
+        self.client.close()
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:10]
+
+
+def add_float32_twin(repo: Path, spec) -> None:
+    """Write :data:`FEATURES_F32` next to ``adqc_features``: the same checkpoint and code,
+    with the split layout's preprocessed float32 INPUT instead of uint8 IMAGES."""
+    import dataclasses
+    import shutil
+
+    from deploy import triton_repo
+
+    twin = repo / FEATURES_F32
+    (twin / "1").mkdir(parents=True, exist_ok=True)
+    source = repo / triton_repo.FEATURES / "1"
+    shutil.copyfile(source / "model.py", twin / "1" / "model.py")
+    shutil.copyfile(source / triton_repo.CHECKPOINT_FILE, twin / "1" / triton_repo.CHECKPOINT_FILE)
+    original = triton_repo.read_config(repo / triton_repo.FEATURES / "config.pbtxt")
+    params = {k: v.string_value for k, v in original.parameters.items()}
+    params.pop("input_is_preprocessed", None)
+    config = triton_repo.features_config(dataclasses.replace(spec, split_preprocess=True), **params)
+    config.name = FEATURES_F32
+    triton_repo.write_config(config, twin)
+
+
+def run_matrix(
+    *,
+    batch: int = 8,
+    concurrency: tuple[int, ...] = (1, 2, 4, 8),
+    payloads: tuple[str, ...] = PAYLOADS,
+    transports: tuple[str, ...] = TRANSPORTS,
+    requests: int = 16,
+    warmup: int = 2,
+    backbone: str = "mobilenet_v2",
+    checkpoint: Path | None = None,
+    shots: int = 8,
+    torch_threads: int = 0,
+    local_runtimes: tuple[str, ...] = ("torch", "onnxruntime"),
+    log_dir: Path | None = None,
+    progress=print,
+) -> dict:
+    """Images/s and p50/p99 per (payload, transport, concurrency) against one tritonserver,
+    then the same batch in this process per runtime (after the server stopped): see
+    docs/PERFORMANCE.md. ``requests`` per cell (p99 of 16 is close to the max)."""
+    import os
+
+    import torch
+
+    from deploy.servers import RedisServer, TritonServer
+    from deploy.triton_repo import build_model_repository
+    from inference.engines.local import LocalEngine
+    from inference.store import open_store
+    from pretrain.checkpoint import load_feature_model
+    from pretrain.checkpoint import model_id as checkpoint_model_id
+    from pretrain.preprocess import to_model_input
+
+    load_start = os.getloadavg()
+    rng = np.random.default_rng(1)
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-triton-") as tmp, RedisServer() as redis:
+        repo = Path(tmp) / "model_repository"
+        spec = build_model_repository(
+            repo,
+            backbone=backbone,
+            checkpoint=checkpoint,
+            redis_url=redis.url,
+            max_batch=max(16, batch),
+            kind="cpu",
+            torch_threads=torch_threads,
+        )
+        if "float32" in payloads:
+            add_float32_twin(repo, spec)
+        served = repo / "adqc_features" / "1" / "checkpoint.pt"
+        model = load_feature_model(backbone=backbone, checkpoint=served)
+        record = synthetic_record(model, checkpoint_model_id(served), shots=shots)
+        version = open_store(redis.url).publish(record)
+        record = record.model_copy(update={"version": version})
+        u8 = rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+        f32 = to_model_input(torch.from_numpy(u8), model.spec).numpy()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            to_model_input(torch.from_numpy(u8), model.spec)
+        normalise_ms = (time.perf_counter() - t0) * 100
+        shapes = [tuple(int(d) for d in s) for s in spec.level_shapes]
+        workdir = Path(log_dir) if log_dir is not None else Path(tmp) / "triton"
+        # one model at a time: two python stubs initialising at once on a loaded 2-core machine
+        # aborted tritonserver (boost::interprocess::lock_exception) in this benchmark's runs
+        with TritonServer(repo, workdir=workdir, startup_timeout=600,
+                          extra_args=["--model-load-thread-count=1"]) as triton:  # fmt: skip
+            for payload in payloads:
+                images = u8 if payload == "uint8" else f32
+                for transport in transports:
+                    for c in concurrency:
+
+                        def factory(p=payload, t=transport):  # noqa: E306
+                            return RawClient(triton.grpc_url, p, t, batch, spec.image_size, shapes)
+
+                        try:
+                            cell = measure(factory, record, images, requests, warmup, c)
+                        except Exception as exc:  # noqa: BLE001 - the cell says why
+                            cell = {"concurrency": c, "errors": requests, "error": str(exc)[:500]}
+                        cell.update(payload=payload, transport=transport,
+                                    payload_bytes=int(images.nbytes))  # fmt: skip
+                        cells.append(cell)
+                        progress(
+                            f"{payload} {transport} c={c}: "
+                            f"{cell.get('throughput_images_per_s', 0):.1f} images/s, "
+                            f"p50 {cell.get('latency_ms_p50', 0):.0f} ms, "
+                            f"errors {cell.get('errors')} {cell.get('error', '')[:200]}"
+                        )
+            server = {}
+            for name in ("adqc_features", FEATURES_F32):
+                if name == "adqc_features" or "float32" in payloads:
+                    try:
+                        server[name] = _server_stats(triton.grpc_url, name)
+                    except Exception as exc:  # noqa: BLE001 - e.g. the server died
+                        server[name] = {"error": str(exc)[:300]}
+            load_during = os.getloadavg()
+            log_tail = (
+                triton.log_path.read_text(errors="replace").splitlines()[-80:]
+                if any(cell.get("errors") for cell in cells)
+                else []
+            )
+        # after the server stopped, so the two do not compete for the CPUs
+        in_process = {}
+        for runtime in local_runtimes:
+            engine = LocalEngine(model=model, runtime=runtime)
+            cell = measure(lambda e=engine: _Unclosed(e), record, u8, requests, warmup, 1)
+            in_process[runtime] = cell
+    ok = [c for c in cells if c.get("throughput_images_per_s")]
+    base = min(ok, key=lambda c: (c["payload"] != "uint8", c["transport"] != "grpc",
+                                  c["concurrency"]), default=None)  # fmt: skip
+    overhead = {
+        runtime: round(base["throughput_images_per_s"] / cell["throughput_images_per_s"], 3)
+        for runtime, cell in in_process.items()
+        if base is not None and cell.get("throughput_images_per_s")
+    }
+    return {
+        "batch": batch,
+        "cells": cells,
+        "server": server,
+        "in_process": in_process,
+        "triton_over_in_process": overhead,
+        "client_normalise_ms_per_batch": round(normalise_ms, 3),
+        "model_id": spec.model_id,
+        "pool_patches": [int(a.shape[0]) for a in record.pool],
+        "shots": shots,
+        "torch_threads": torch_threads or torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_during_triton": [round(x, 2) for x in load_during],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "server_log_tail": log_tail,
+    }
+
+
+class _Unclosed:
+    """An engine that ``measure`` may close without closing the shared one."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def features(self, images, record):
+        return self.engine.features(images, record)
+
+    def close(self) -> None:
+        pass

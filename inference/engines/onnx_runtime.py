@@ -71,10 +71,35 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
             os.unlink(tmp)
 
 
+def _quantize(source: Path, path: Path) -> None:
+    """int8 dynamic quantisation of ``source``'s MatMul/Gemm weights into ``path`` (atomic)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        quantize_dynamic(
+            str(source), tmp, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 class OnnxFeatureRunner:
     """Backbone and projector of ``model`` as ONNX Runtime sessions (CPU)."""
 
-    def __init__(self, model: FeatureModel, cache_dir: Path | str | None = None, threads: int = 0):
+    def __init__(
+        self,
+        model: FeatureModel,
+        cache_dir: Path | str | None = None,
+        threads: int = 0,
+        projector_int8: bool = False,
+    ):
+        """``projector_int8``: run an int8 dynamically quantised copy of the projector (its
+        MatMul/Gemm weights; ``onnxruntime.quantization.quantize_dynamic``). Off by default:
+        measured in docs/PERFORMANCE.md, not kept."""
         import onnxruntime as ort
 
         if model.projector is None:
@@ -103,6 +128,11 @@ class OnnxFeatureRunner:
                 self.residual_names,
                 self.projected_names,
             )
+        if projector_int8:
+            q_path = folder / f"{tag}-projector-int8.onnx"
+            if not q_path.is_file():
+                _quantize(pj_path, q_path)
+            pj_path = q_path
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -55,3 +55,4 @@ def test_bench_all_smoke_cli(tmp_path, monkeypatch):
     bad = CliRunner().invoke(build_app(), ["bench", "all", "--smoke", "--out", str(out),
                                            "--with", "nope"])  # fmt: skip
     assert bad.exit_code != 0
+    assert "scaling" in bad.output and "io" in bad.output  # the suite knows the new benches

@@ -299,3 +299,23 @@ def test_serve_with_the_triton_engine_uses_the_served_stride8(served):
         assert result.reference_version == served["record"].version
     finally:
         scorer.engine.close()
+
+
+@pytest.mark.integration
+def test_bench_raw_client_over_system_shared_memory(served):
+    """`adqc bench triton --matrix`'s client: uint8 images and the outputs through system
+    shared memory give the TritonEngine's features; its regions are unregistered on close."""
+    from benchmarks.triton import RawClient
+
+    engine, record = served["engine"], served["record"]
+    images = _images(3, seed=4)
+    shapes = [tuple(level.shape[1:]) for level in engine.features(images[:1], record)]
+    want = engine.features(images, record)
+    client = RawClient(served["server"].grpc_url, "uint8", "shm", 3, 224, shapes)
+    try:
+        got = client.features(images, record)
+    finally:
+        client.close()
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert float(np.abs(g - w).max()) < MAP_TOL

@@ -61,3 +61,24 @@ def test_auto_runs_torch_when_onnxruntime_is_missing(engines, monkeypatch):
     assert LocalEngine(model=torch_engine.model, runtime="auto").runtime == "torch"
     with pytest.raises(ImportError):
         LocalEngine(model=torch_engine.model, runtime="onnxruntime")
+
+
+def test_int8_projector_option_is_close_and_off_by_default(engines):
+    """``projector_int8`` (measured, not the default: docs/PERFORMANCE.md) writes a quantised
+    copy next to the float32 projector and stays close to it."""
+    import torch
+
+    from inference.engines.onnx_runtime import OnnxFeatureRunner
+
+    torch_engine, onnx_engine = engines
+    assert "int8" not in onnx_engine._onnx.paths[1].name
+    runner = OnnxFeatureRunner(torch_engine.model, cache_dir=onnx_engine._onnx.paths[1].parent,
+                               projector_int8=True)  # fmt: skip
+    assert runner.paths[1].name.endswith("-projector-int8.onnx")
+    assert runner.paths[1].stat().st_size < onnx_engine._onnx.paths[1].stat().st_size
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 224, 224), dtype=np.float32))
+    residuals = onnx_engine._onnx.raw(x)
+    for a, b in zip(onnx_engine._onnx.project(residuals), runner.project(residuals), strict=True):
+        assert a.shape == b.shape
+        assert float(np.abs(a - b).max()) < 0.1 * max(1.0, float(np.abs(a).max()))
