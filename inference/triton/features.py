@@ -20,7 +20,6 @@ process); :class:`TritonPythonModel` adapts it to the python backend's API.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -33,6 +32,8 @@ import numpy as np
 
 from inference.store.urls import redact as _redact
 from inference.store.urls import with_secret_password
+from inference.triton.instance import instance_from_args
+from inference.triton.instance import param as _param
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -387,25 +388,12 @@ def decode_keys(
     return keys, [_text(d, "REFERENCE_CREATED_AT") for d in dates]
 
 
-def _param(config: dict, name: str, default: str | None = None) -> str | None:
-    value = config.get("parameters", {}).get(name, {}).get("string_value")
-    return default if value in (None, "") else value
-
-
 class TritonPythonModel:
     """Triton python-backend entry point (see module docstring)."""
 
     def initialize(self, args: dict) -> None:
-        import torch
-
-        config = json.loads(args["model_config"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        kind = args.get("model_instance_kind", "CPU")
-        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
-        threads = int(_param(config, "torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
-        weights = _param(config, "weights")
+        instance = instance_from_args(args)
+        config, version_dir, device = instance.config, instance.version_dir, instance.device
         from inference.store.settings import store_url as _store_url
 
         # ADQC_STORE__URL (or a deprecated ADQC_REDIS_URL) wins over the exported parameter
@@ -419,7 +407,7 @@ class TritonPythonModel:
             backbone=_param(config, "backbone"),
             checkpoint=version_dir / _param(config, "checkpoint", "checkpoint.pt"),
             model_id=_param(config, "model_id"),
-            weights=version_dir / weights if weights else None,
+            weights=instance.weights,
             store_url=store_url,
             device=device,
             input_is_preprocessed=_param(config, "input_is_preprocessed", "false") == "true",

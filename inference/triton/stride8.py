@@ -17,7 +17,6 @@ the exception's class name, as in ``adqc_features``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.triton.features import InvalidRequestError, error_message
+from inference.triton.instance import instance_from_args
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -98,29 +98,14 @@ class Stride8Service:
         self.features(np.zeros((1, s, s, 3), dtype=np.uint8))
 
 
-def _param(config: dict, name: str, default: str | None = None) -> str | None:
-    value = config.get("parameters", {}).get(name, {}).get("string_value")
-    return default if value in (None, "") else value
-
-
 class TritonPythonModel:
     """Triton python-backend entry point (see module docstring)."""
 
     def initialize(self, args: dict) -> None:
-        import torch
-
-        config = json.loads(args["model_config"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        kind = args.get("model_instance_kind", "CPU")
-        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
-        threads = int(_param(config, "torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
-        weights = _param(config, "weights")
+        instance = instance_from_args(args)
+        config, device = instance.config, instance.device
         started = time.perf_counter()
-        self.service = Stride8Service(
-            weights=version_dir / weights if weights else None, device=device
-        )
+        self.service = Stride8Service(weights=instance.weights, device=device)
         self.service.warm_up()
         self.output_names = sorted(
             (o["name"] for o in config["output"]), key=lambda name: int(name.rsplit("_", 1)[1])
