@@ -32,32 +32,21 @@ def _percentile(values: list[float], q: float) -> float:
 
 def pool_record(shots: int, product: str, seed: int = 0) -> Any:
     """A FeatureNorm record whose pool has the shipped backbone's shapes for ``shots`` shots."""
-    from inference.records import Calibration, ProductRecord
+    from benchmarks.triton import featurenorm_record
     from pretrain.backbones.cnn import MOBILENET_V2
-    from pretrain.detectors import FeatureNormConfig
 
     rng = np.random.default_rng(seed)
     pool = [
         rng.standard_normal((shots * g * g, c), dtype=np.float32)
         for c, g in zip(MOBILENET_V2.channels, MOBILENET_V2.grid_sizes, strict=True)
     ]
-    return ProductRecord(
-        product=product,
-        model_id="mobilenet_v2:bench0000000",
-        backbone=MOBILENET_V2.name,
-        image_size=MOBILENET_V2.image_size,
-        shots=shots,
-        detector_config=FeatureNormConfig(),
-        pool=pool,
-        calibration=Calibration(
-            threshold=1.0,
-            target_far=0.01,
-            method="leave-one-out",
-            n_normals=1,
-            normal_scores=[0.5],
-            score_mean=0.5,
-            score_std=0.0,
-        ),
+    return featurenorm_record(
+        product,
+        "mobilenet_v2:bench0000000",
+        MOBILENET_V2.name,
+        MOBILENET_V2.image_size,
+        shots,
+        pool,
     )
 
 

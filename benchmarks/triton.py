@@ -26,29 +26,22 @@ import numpy as np
 BENCH_PRODUCT = "bench-product"
 
 
-def synthetic_record(
-    model, model_id: str, shots: int = 8, seed: int = 0, product: str = BENCH_PRODUCT
+def featurenorm_record(
+    product: str, model_id: str, backbone: str, image_size: int, shots: int, pool: list
 ):
-    """A published-ready featurenorm ProductRecord whose pool comes from ``shots`` noise images."""
-    import torch
-
+    """A published-ready FeatureNorm ProductRecord over ``pool`` (benchmarks only: its
+    threshold is a placeholder)."""
     from inference.records import Calibration, ProductRecord
     from pretrain.detectors import FeatureNormConfig
-    from pretrain.preprocess import to_model_input
 
-    spec = model.backbone.spec
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (shots, spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
     return ProductRecord(
         product=product,
         model_id=model_id,
-        backbone=spec.name,
-        image_size=spec.image_size,
+        backbone=backbone,
+        image_size=image_size,
         shots=shots,
         detector_config=FeatureNormConfig(),
-        pool=pool.numpy(),
+        pool=pool,
         calibration=Calibration(
             threshold=1.0,
             target_far=0.01,
@@ -59,6 +52,22 @@ def synthetic_record(
             score_std=0.0,
         ),
     )
+
+
+def synthetic_record(
+    model, model_id: str, shots: int = 8, seed: int = 0, product: str = BENCH_PRODUCT
+):
+    """A published-ready featurenorm ProductRecord whose pool comes from ``shots`` noise images."""
+    import torch
+
+    from pretrain.preprocess import to_model_input
+
+    spec = model.backbone.spec
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (shots, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        pool = model.build_pool(to_model_input(torch.from_numpy(images), spec))
+    return featurenorm_record(product, model_id, spec.name, spec.image_size, shots, pool.numpy())
 
 
 def _percentile(values: list[float], q: float) -> float:
