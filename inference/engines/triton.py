@@ -5,9 +5,10 @@
 
 - Payloads are the uint8 images (4x smaller than float input); preprocessing runs in the server.
 - Every call has a deadline (``timeout_s``, gRPC ``client_timeout``).
-- UNAVAILABLE (server starting, restarting, or its store unreachable) and overload
-  (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with exponential backoff (``retries``
-  times, ``backoff_s`` doubling: ``inference.errors.retrying``) and then raised as
+- UNAVAILABLE (server starting, restarting, or its store unreachable), a crashed python-backend
+  stub (INTERNAL "Stub process ... is not healthy", seen under CPU starvation: the server's
+  fault, not the frame's) and overload (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried
+  with exponential backoff (``retries`` times, ``backoff_s`` doubling: ``inference.errors.retrying``) and then raised as
   TritonUnavailableError / TritonOverloadedError, TransientErrors (the serve loop waits them
   out with back-pressure, never dead-letters the frames); other errors are not retried.
 - ``model_id`` comes from the served model's config (parameter ``model_id``, written by
@@ -44,6 +45,11 @@ DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "adqc"
 DEFAULT_STRIDE8_MODEL = "adqc_stride8"
 log = logging.getLogger(__name__)
+
+
+#: INTERNAL messages that mean the server's python stub died, not that the request was bad
+#: (triton-inference-server/server#8882: stubs crash under CPU starvation)
+_SERVER_FAULTS = ("Stub process", "is not healthy", "lock_exception")
 
 
 class TritonEngineError(RuntimeError):
@@ -341,7 +347,7 @@ class TritonEngine:
             return TritonOverloadedError(
                 f"{where}: overloaded after {attempt + 1} attempt(s) to {what}: {message}", status
             )
-        if "UNAVAILABLE" in status:
+        if "UNAVAILABLE" in status or any(m in message for m in _SERVER_FAULTS):
             return TritonUnavailableError(
                 f"{where}: unavailable after {attempt + 1} attempt(s) to {what}: {message}", status
             )

@@ -63,6 +63,13 @@ def test_server_errors_map_to_the_local_exception_types():
     for status in ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"):
         busy = translate("Deadline Exceeded", status)
         assert isinstance(busy, TritonOverloadedError) and isinstance(busy, TransientError)
+    # a python stub that died under CPU starvation is the server's fault: retried, not DLQ
+    stub = translate(
+        "Failed to process the request(s) for model instance 'adqc_features_0_0', "
+        "message: Stub process 'adqc_features_0_0' is not healthy.",
+        "StatusCode.INTERNAL",
+    )
+    assert isinstance(stub, TransientError)
     other = translate("in ensemble 'adqc', RuntimeError: boom", "StatusCode.INTERNAL")
     assert type(other) is TritonEngineError and "boom" in str(other)
     assert other.status == "StatusCode.INTERNAL"
