@@ -9,8 +9,9 @@
   stub (INTERNAL "Stub process ... is not healthy", seen under CPU starvation: the server's
   fault, not the frame's) and overload (DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried
   with exponential backoff (``retries`` times, ``backoff_s`` doubling:
-  ``inference.errors.retrying``) and then raised as TritonUnavailableError / TritonOverloadedError, TransientErrors (the serve loop waits them
-  out with back-pressure, never dead-letters the frames); other errors are not retried.
+  ``inference.errors.retrying``) and then raised as TritonUnavailableError /
+  TritonOverloadedError, TransientErrors (the serve loop waits them out with back-pressure,
+  never dead-letters the frames); other errors are not retried.
 - ``model_id`` comes from the served model's config (parameter ``model_id``, written by
   `adqc export triton`); a record built with another model raises ModelMismatchError before any
   request is sent.
