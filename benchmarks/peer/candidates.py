@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from benchmarks.peer import adqc_side
-from benchmarks.peer.adqc_side import AdqcOutput
+from benchmarks.peer.adqc_side import BATCH, AdqcOutput
 from benchmarks.peer.exchange import Inputs, load_batch
 from evaluation.datasets import Category
 from evaluation.runner import LoadedModel, RawFeatures, feature_set
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
+from inference.stride8 import Stride8Source
 from pretrain.data.folders import Sample
 from pretrain.detectors.ensemble import ensemble_scores
 
@@ -64,6 +65,11 @@ def aux_model() -> LoadedModel:
     return LoadedModel(FeatureModel(tapped_mobilenet_v2(AUX_TAPS), None), {})
 
 
+def _levels(extractor: Stride8Source, images: np.ndarray) -> list[torch.Tensor]:
+    parts = [extractor(images[s : s + BATCH]) for s in range(0, len(images), BATCH)]
+    return [torch.cat(level) for level in zip(*parts, strict=True)]
+
+
 def _threshold(scores: torch.Tensor, method: str = "leave-one-out") -> float:
     try:
         return calibrate(scores.double().tolist(), DEFAULT_TARGET_FAR, method).threshold
@@ -88,11 +94,14 @@ def run(
     inputs: Inputs,
     candidates: dict[str, tuple[str, ...]] = CANDIDATES,
     held_out: list[np.ndarray] | None = None,
+    stride8: Stride8Source | None = None,
 ) -> list[AdqcOutput]:
     """Every candidate's rows on ``inputs`` (features "candidate"), groups concatenated.
 
     ``held_out``: per group normal images that are neither references nor test images; each
     candidate then also gets the threshold onboarding sets from them (``held_out_thresholds``).
+    ``stride8``: the product's extractor (``inference.stride8``, ONNX Runtime) for the stride-8
+    source, so that rows time what ships; default: ``aux`` in torch.
     """
     bc = inputs.bench_class
     needed = sorted({m for members in candidates.values() for m in members})
@@ -114,8 +123,11 @@ def run(
         for source in sorted(sources):
             model = aux if source == "stride8" else lm
             t0 = time.perf_counter()
-            train = adqc_side._backbone(model, inputs.refs[g])
-            test = adqc_side._backbone(model, test_images)
+            if source == "stride8" and stride8 is not None:
+                train, test = _levels(stride8, inputs.refs[g]), _levels(stride8, test_images)
+            else:
+                train = adqc_side._backbone(model, inputs.refs[g])
+                test = adqc_side._backbone(model, test_images)
             raw = RawFeatures(
                 category=Category(bc.name, bc.spec, refs, group.test),
                 image_size=inputs.image_size,

@@ -164,7 +164,10 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
             held = None
             if opts.calibration_images:
                 held = candidates.calibration_images(inputs, opts.calibration_images)
-            outs += candidates.run(lm, candidates.aux_model(), inputs, chosen, held)
+            from inference.stride8 import shared_stride8
+
+            aux = candidates.aux_model()
+            outs += candidates.run(lm, aux, inputs, chosen, held, shared_stride8())
         for out in outs:
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {

@@ -14,6 +14,7 @@ from benchmarks.peer.cases import load_bench_class
 from inference.onboarding import build_record
 from inference.scorer import Scorer
 from inference.store import open_store
+from inference.stride8 import Stride8Features
 from tests.inference_testkit import local_engine, untrained_checkpoint  # noqa: F401
 
 SIZE = 224
@@ -46,6 +47,14 @@ def test_bench_row_scores_like_the_shipped_default(part: Path, local_engine) -> 
     inputs = exchange.prepare(bc, 3, SIZE)
     only = {"s8-patchcore": candidates.CANDIDATES["s8-patchcore"]}
     (row,) = candidates.run(local_engine_model(local_engine), candidates.aux_model(), inputs, only)
+    (fast,) = candidates.run(
+        local_engine_model(local_engine),
+        candidates.aux_model(),
+        inputs,
+        only,
+        stride8=Stride8Features(runtime="onnxruntime"),
+    )
+    np.testing.assert_allclose(fast.scores, row.scores, rtol=1e-4, atol=1e-4)  # ORT == torch
     record = build_record(local_engine, "toy", inputs.refs[0], detector="s8-patchcore")
     assert record.detector == "s8-patchcore"
     scorer = Scorer(local_engine, open_store("memory://"))
