@@ -40,7 +40,12 @@ def test_scaling_waits_for_a_stable_group_and_reads_its_assignment(kafka_broker)
             for c in consumers:
                 c.poll(timeout_ms=100)
         client = {"bootstrap_servers": kafka_broker.bootstrap}
-        assigned = _wait_stable(client, group, topic, 2, deadline, lambda: None)
+
+        def keep_polling() -> None:  # as live serve workers do: a member that stops polling
+            for c in consumers:  # during a rebalance is dropped from the group
+                c.poll(timeout_ms=100)
+
+        assigned = _wait_stable(client, group, topic, 2, deadline, keep_polling)
     finally:
         for c in consumers:
             c.close()
