@@ -29,11 +29,18 @@ def test_bench_io_tiny(redis_server, kafka_broker):
 def test_scaling_waits_for_a_stable_group_and_reads_its_assignment(kafka_broker):
     topic, group = f"scale-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topics([topic], partitions=4)
+    # as serve's consumer (ingest/consumer.py): fresh metadata, and the topic's partitions
+    # known before the first poll joins the group (a join on bootstrap metadata alone can be
+    # assigned nothing on a busy shared broker and never rebalance)
     consumers = [
         KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=group,
-                      client_id=f"member-{i}")
+                      client_id=f"member-{i}", metadata_max_age_ms=2000)
         for i in range(2)
     ]  # fmt: skip
+    for c in consumers:
+        deadline = time.monotonic() + 30
+        while not c.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.2)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(c.assignment() for c in consumers):
