@@ -32,7 +32,7 @@ import numpy as np
 
 from inference.store.urls import redact as _redact
 from inference.store.urls import with_secret_password
-from inference.triton.instance import instance_from_args
+from inference.triton.instance import execute_batch, instance_from_args
 from inference.triton.instance import param as _param
 
 try:  # only importable inside the Triton python-backend stub
@@ -424,36 +424,20 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        parsed: list = []
-        failures: dict[int, BaseException] = {}
-        for i, request in enumerate(requests):
-            try:
-                images = pb_utils.get_input_tensor_by_name(request, self.images_input).as_numpy()
-                created = pb_utils.get_input_tensor_by_name(request, "REFERENCE_CREATED_AT")
-                keys, dates = decode_keys(
-                    pb_utils.get_input_tensor_by_name(request, "PRODUCT").as_numpy(),
-                    pb_utils.get_input_tensor_by_name(request, "REFERENCE_VERSION").as_numpy(),
-                    None if created is None else created.as_numpy(),
-                    len(images),
-                )
-                parsed.append((images, keys, dates))
-            except Exception as exc:  # noqa: BLE001 - per-request error
-                failures[i] = exc
-                parsed.append(None)
-        served = self.service.serve([p for p in parsed if p is not None])
-        results = iter(served)
-        responses = []
-        for i, item in enumerate(parsed):
-            result = failures[i] if item is None else next(results)
-            if isinstance(result, BaseException):
-                responses.append(pb_utils.InferenceResponse(error=_triton_error(result)))
-            else:
-                tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(level))
-                    for name, level in zip(self.output_names, result, strict=True)
-                ]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
+        return execute_batch(
+            requests, self._parse, self.service.serve, self.output_names, _triton_error
+        )
+
+    def _parse(self, request) -> tuple:  # noqa: ANN001 - a pb_utils.InferenceRequest
+        images = pb_utils.get_input_tensor_by_name(request, self.images_input).as_numpy()
+        created = pb_utils.get_input_tensor_by_name(request, "REFERENCE_CREATED_AT")
+        keys, dates = decode_keys(
+            pb_utils.get_input_tensor_by_name(request, "PRODUCT").as_numpy(),
+            pb_utils.get_input_tensor_by_name(request, "REFERENCE_VERSION").as_numpy(),
+            None if created is None else created.as_numpy(),
+            len(images),
+        )
+        return images, keys, dates
 
     def finalize(self) -> None:
         store = getattr(getattr(self, "service", None), "_store", None)

@@ -1,9 +1,10 @@
-"""What every adqc Triton python model reads in ``initialize``: its config, version folder,
-device and torch threads (the ``args`` Triton passes)."""
+"""What every adqc Triton python model shares: what ``initialize`` reads (config, version
+folder, device, torch threads) and ``execute``'s one-response-per-request batching."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,39 @@ def instance_from_args(args: dict[str, Any]) -> Instance:
     if threads > 0:
         torch.set_num_threads(threads)
     return Instance(config, version_dir, device)
+
+
+def execute_batch(
+    requests: list,
+    parse: Callable[[Any], Any],
+    serve: Callable[[list], Iterable],
+    output_names: list[str],
+    to_error: Callable[[BaseException], Any],
+) -> list:
+    """One response per request, in order: ``parse`` each request (a failure answers that
+    request alone, through ``to_error``), ``serve`` the parsed ones together (it yields one
+    list of output arrays or one exception per parsed request), then pair them back."""
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    parsed: list = []
+    failures: dict[int, BaseException] = {}
+    for i, request in enumerate(requests):
+        try:
+            parsed.append(parse(request))
+        except Exception as exc:  # noqa: BLE001 - per-request error
+            failures[i] = exc
+            parsed.append(None)
+    results = iter(serve([p for p in parsed if p is not None]))
+    responses = []
+    for i, item in enumerate(parsed):
+        result = failures[i] if item is None else next(results)
+        if isinstance(result, BaseException):
+            responses.append(pb_utils.InferenceResponse(error=to_error(result)))
+        else:
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(level))
+                for name, level in zip(output_names, result, strict=True)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+    return responses

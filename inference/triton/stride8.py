@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.triton.features import InvalidRequestError, error_message
-from inference.triton.instance import instance_from_args
+from inference.triton.instance import execute_batch, instance_from_args
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -116,27 +116,13 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        parsed: list[np.ndarray | None] = []
-        failures: dict[int, BaseException] = {}
-        for i, request in enumerate(requests):
-            try:
-                parsed.append(pb_utils.get_input_tensor_by_name(request, "IMAGES").as_numpy())
-            except Exception as exc:  # noqa: BLE001 - per-request error
-                failures[i] = exc
-                parsed.append(None)
-        results = iter(self.service.serve([p for p in parsed if p is not None]))
-        responses = []
-        for i, item in enumerate(parsed):
-            result = failures[i] if item is None else next(results)
-            if isinstance(result, BaseException):
-                responses.append(pb_utils.InferenceResponse(error=_triton_error(result)))
-            else:
-                tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(level))
-                    for name, level in zip(self.output_names, result, strict=True)
-                ]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
+        return execute_batch(
+            requests,
+            lambda request: pb_utils.get_input_tensor_by_name(request, "IMAGES").as_numpy(),
+            self.service.serve,
+            self.output_names,
+            _triton_error,
+        )
 
     def finalize(self) -> None:
         self.service = None
