@@ -22,10 +22,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from pretrain.backbones.mobilenet_variants import S8_TAPS
 from pretrain.model import FeatureModel
 
 logger = logging.getLogger(__name__)
-STRIDE8_TAPS = (6, 13)
+STRIDE8_TAPS = S8_TAPS  # the `mobilenet_v2_s8` backbone's levels
 #: anything mapping uint8 [B,S,S,3] to the stride-8 level maps (a Stride8Features)
 Stride8Source = Callable[[np.ndarray], list[torch.Tensor]]
 

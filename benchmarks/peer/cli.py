@@ -63,6 +63,12 @@ def anomalib_command(
     peer_python: Path | None = typer.Option(
         None, "--peer-python", help="python of the anomalib venv (.cache/anomalib-venv)"
     ),
+    backbone: str = typer.Option(
+        "mobilenet_v2",
+        "--backbone",
+        help="backbone of the adqc rows and of the candidates' adpretrain members "
+        "(mobilenet_v2_s8: the default detector's levels, with its own projector)",
+    ),
     checkpoint: str | None = typer.Option(None, "--checkpoint"),
     checkpoint_for: list[str] = typer.Option(
         [],
@@ -112,6 +118,7 @@ def anomalib_command(
             peer=not no_peer,
             adqc=not no_adqc,
             peer_python=peer_python or PEER_PYTHON,
+            backbone=backbone,
             checkpoint=checkpoint,
             checkpoint_for=pairs,
             max_test=max_test,

@@ -21,12 +21,14 @@ from .cnn import (
     build_mobilenet_v2,
     build_wide_resnet50_2,
 )
+from .mobilenet_variants import MOBILENET_V2_S8, build_mobilenet_v2_s8
 from .vit import VIT_SPECS, vit_builder
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 
 _REGISTRY: dict[str, tuple[BackboneSpec, Callable[[Path | None, bool], Backbone]]] = {
     "mobilenet_v2": (MOBILENET_V2, build_mobilenet_v2),
+    "mobilenet_v2_s8": (MOBILENET_V2_S8, build_mobilenet_v2_s8),
     "efficientnet_lite0": (EFFICIENTNET_LITE0, build_efficientnet_lite0),
     "wide_resnet50_2": (WIDE_RESNET50_2, build_wide_resnet50_2),
     **{name: (spec, vit_builder(name)) for name, spec in VIT_SPECS.items()},

@@ -43,3 +43,14 @@ def tapped_mobilenet_v2(
     spec = mobilenet_v2_spec(name or "mobilenet_v2_" + "_".join(map(str, taps)), taps)
     net, loaded = load_mobilenet_v2(spec.name, weights, allow_random)
     return StagedBackbone(spec, _cut(net.features, taps), loaded)
+
+
+S8_TAPS = (6, 13)
+"""The default detector's levels (anomalib PatchCore's `blocks.2` + `blocks.4`): 28x28 + 14x14."""
+
+MOBILENET_V2_S8 = mobilenet_v2_spec("mobilenet_v2_s8", S8_TAPS)
+
+
+def build_mobilenet_v2_s8(weights: Path | None = None, allow_random: bool = False) -> Backbone:
+    """MobileNetV2 at the stride-8 and stride-16 stage ends, for the `mobilenet_v2_s8` projector."""
+    return tapped_mobilenet_v2(S8_TAPS, weights, allow_random, name="mobilenet_v2_s8")

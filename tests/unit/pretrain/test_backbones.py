@@ -18,6 +18,7 @@ from pretrain.backbones import base as bb_base
 
 ALL = [
     "mobilenet_v2",
+    "mobilenet_v2_s8",
     "efficientnet_lite0",
     "wide_resnet50_2",
     "dinov2_vitb14",
@@ -213,3 +214,11 @@ def test_vit_loads_a_local_weights_file(monkeypatch, tmp_path):
     torch.testing.assert_close(qkv, src.blocks[0].attn.qkv.weight)
     assert backbone.vit.pos_embed.shape[1] == 16 * 16 + 1
     check_maps(backbone, batch=1)
+
+
+def test_mobilenet_v2_s8_taps_the_default_detectors_levels():
+    spec = get_spec("mobilenet_v2_s8")
+    assert spec.levels == ("features.6", "features.13")
+    assert spec.channels == (32, 96) and spec.strides == (8, 16)
+    maps = check_maps(load_backbone("mobilenet_v2_s8"))
+    assert [m.shape[-1] for m in maps] == [28, 14]
