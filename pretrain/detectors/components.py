@@ -168,6 +168,33 @@ def greedy_coreset(
     return selected
 
 
+def blocked_coreset(
+    features: Tensor, ratio: float, block_rows: int, project_dim: int = 128, seed: int = 0
+) -> Tensor:
+    """Greedy k-center within consecutive blocks of ``block_rows`` rows, ``ratio`` of each.
+
+    One greedy pass over N rows costs N x picks distance updates, each a sweep over all N
+    rows, so full-shot banks (~160k patches) take minutes and outgrow the CPU caches. Blocks
+    cut the work by the number of blocks and keep each sweep in cache. Every row is still
+    within its block's covering radius of a selected row; the bank keeps the same size, with
+    some redundancy across blocks. Indices are global and increasing per block.
+    """
+    n = features.shape[0]
+    if block_rows <= 0 or n <= block_rows:
+        return greedy_coreset(features, max(1, math.ceil(ratio * n)), project_dim, seed)
+    x = features.float()
+    if project_dim and x.shape[1] > project_dim:
+        g = torch.Generator().manual_seed(seed)
+        proj = torch.randn(x.shape[1], project_dim, generator=g) / math.sqrt(project_dim)
+        x = x @ proj.to(x.device)
+    parts = []
+    for b, start in enumerate(range(0, n, block_rows)):
+        block = x[start : start + block_rows]
+        picks = max(1, math.ceil(ratio * block.shape[0]))
+        parts.append(start + greedy_coreset(block, picks, project_dim=0, seed=seed + b))
+    return torch.cat(parts)
+
+
 # ---------------------------------------------------------------------------- covariance
 
 

@@ -203,11 +203,17 @@ class Ensemble(Detector[EnsembleConfig]):
         return out
 
 
+#: full shot only (above 10k patches, K > 12): greedy coresets within blocks of ~11 images
+S8_CORESET_BLOCK = 8192
+
+
 def _s8_patchcore(first_level: int) -> EnsembleMember:
     return EnsembleMember(
         source="stride8",
         levels=(first_level, first_level + 1),
-        detector=PatchCoreConfig(aggregation="concat", n_levels=2, pool_include_pad=True),
+        detector=PatchCoreConfig(
+            aggregation="concat", n_levels=2, pool_include_pad=True, coreset_block=S8_CORESET_BLOCK
+        ),
     )
 
 
@@ -215,7 +221,8 @@ def preset_config(name: str, projected_levels: int = 3) -> EnsembleConfig:
     """An ensemble preset (docs/BACKBONES.md, "Choosing the default detector"):
 
     - ``s8-patchcore`` (the default of `adqc product add`): PatchCore on raw ``features.6`` +
-      ``features.13`` (anomalib's layers and embedding), full bank below 10k patches;
+      ``features.13`` (anomalib's layers and embedding), full bank below 10k patches, above
+      it 10 % kept by blocked greedy coresets (``S8_CORESET_BLOCK``);
     - ``ensemble``: that member plus FeatureNorm on the projector's ``projected_levels``
       levels, each z-scored by its leave-one-out normal scores.
     """

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import Tensor
 
 from pretrain.detectors.base import Detector, DetectorConfig, check_levels, finest_grid
-from pretrain.detectors.components import greedy_coreset, nearest_distances
+from pretrain.detectors.components import blocked_coreset, greedy_coreset, nearest_distances
 
 
 class PatchCoreConfig(DetectorConfig):
@@ -38,6 +38,10 @@ class PatchCoreConfig(DetectorConfig):
     #: own position (Chebyshev), as PaDiM's per-position statistics (aligned products; the
     #: whole bank is kept, so the bank must stay below ``coreset_threshold``)
     position_window: int = Field(0, ge=0)
+    #: 0: one greedy coreset over every patch (reference PatchCore); n > 0: greedy coresets
+    #: within consecutive blocks of whole images of about n patches each, ``coreset_ratio``
+    #: of each block (full-shot onboarding in seconds, ``components.blocked_coreset``)
+    coreset_block: int = Field(0, ge=0)
 
 
 class PatchCore(Detector[PatchCoreConfig]):
@@ -101,7 +105,7 @@ class PatchCore(Detector[PatchCoreConfig]):
         return emb.contiguous(), grid
 
     def fit(self, features: Sequence[Tensor]) -> None:
-        emb, _ = self.embed(features)
+        emb, grid = self.embed(features)
         seen = emb.shape[0]
         # rows of the fitted embedding the bank keeps (None: all); not part of the state
         self.selected: Tensor | None = None
@@ -111,8 +115,14 @@ class PatchCore(Detector[PatchCoreConfig]):
                     f"PatchCore: position-aware matching needs the whole bank, but {seen} "
                     f"patches exceed coreset_threshold {self.config.coreset_threshold}"
                 )
-            n_select = max(1, int(math.ceil(self.config.coreset_ratio * seen)))
-            idx = greedy_coreset(emb, n_select, self.config.project_dim, self.config.seed)
+            cfg = self.config
+            if cfg.coreset_block:
+                per_image = grid[0] * grid[1]
+                block = math.ceil(cfg.coreset_block / per_image) * per_image
+                idx = blocked_coreset(emb, cfg.coreset_ratio, block, cfg.project_dim, cfg.seed)
+            else:
+                n_select = max(1, int(math.ceil(cfg.coreset_ratio * seen)))
+                idx = greedy_coreset(emb, n_select, cfg.project_dim, cfg.seed)
             self.selected = idx
             emb = emb[idx]
         self.memory = emb.contiguous()

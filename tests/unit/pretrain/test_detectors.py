@@ -107,6 +107,29 @@ def test_greedy_coreset_matches_naive_k_center():
     assert P.greedy_coreset(x, 1000).tolist() == list(range(400))
 
 
+def test_blocked_coreset_keeps_the_ratio_of_each_block_and_equals_greedy_on_one_block():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1000, 32, generator=g)
+    one = P.blocked_coreset(x, 0.1, 1000, project_dim=0, seed=3)
+    assert one.tolist() == P.greedy_coreset(x, 100, project_dim=0, seed=3).tolist()
+    idx = P.blocked_coreset(x, 0.1, 300, project_dim=16, seed=3)
+    counts = torch.bincount(idx // 300, minlength=4).tolist()
+    assert counts == [30, 30, 30, 10]  # ceil(0.1 x rows) of each block, the last one partial
+    assert len(set(idx.tolist())) == len(idx) and int(idx.max()) < 1000
+    # within a block the picks are that block's greedy k-center (same projection, same seed)
+    blocked = P.blocked_coreset(x, 0.1, 300, project_dim=0, seed=3)[:30]
+    assert blocked.tolist() == P.greedy_coreset(x[:300], 30, project_dim=0, seed=3).tolist()
+
+
+def test_patchcore_coreset_block_rounds_to_whole_images():
+    feats = [torch.randn(30, 8, 4, 4)]  # 30 images x 16 patches = 480 > threshold
+    det = D.make_detector("patchcore", n_levels=1, coreset_threshold=100, coreset_block=40)
+    det.fit(feats)
+    # blocks of 48 rows (3 images): 10 blocks, ceil(0.1 x 48) = 5 picks each
+    assert det.memory.shape[0] == 50
+    assert torch.bincount(det.selected // 48).tolist() == [5] * 10
+
+
 def test_patchcore_finds_defect_and_round_trips_state():
     train = _levels(4, seed=0)
     test = _with_defect(_levels(2, seed=1))

@@ -159,3 +159,28 @@ def test_single_member_keeps_raw_scores() -> None:
     expected_loo = leave_one_out_maps(ens.config.members[0].detector, train[3:], SIZE)
     assert torch.allclose(loo, image_scores(expected_loo), atol=1e-5)
     assert (float(ens.scale_mean[0]), float(ens.scale_std[0])) == (0.0, 1.0)
+
+
+def test_full_shot_calibration_scores_an_evenly_spaced_subset(monkeypatch) -> None:
+    from pretrain.detectors import leave_one_out as loo_module
+
+    assert loo_module.calibration_subset(8) == list(range(8))
+    assert loo_module.calibration_subset(209)[:2] == [0, 3]
+    assert loo_module.calibration_subset(209)[-1] == 208
+    assert len(loo_module.calibration_subset(209)) == 64
+    train = _features(6, 4)
+    full = fit_ensemble(Ensemble(_config()), train, SIZE)
+    monkeypatch.setattr(loo_module, "CALIBRATION_MAX_IMAGES", 4)
+    chosen = loo_module.calibration_subset(6)
+    assert chosen == [0, 2, 3, 5]
+    sub = fit_ensemble(Ensemble(_config()), train, SIZE)
+    # each chosen reference is still scored against all the other five: the same maps, but
+    # the members' z-scales come from 4 scores instead of 6
+    assert sub.shape == (4,)
+    member = Ensemble(_config()).config.members[0]
+    maps = leave_one_out_maps(member.detector, Ensemble(_config()).member_features(train, 0), SIZE)
+    some = leave_one_out_maps(
+        member.detector, Ensemble(_config()).member_features(train, 0), SIZE, images=chosen
+    )
+    assert torch.allclose(some, maps[chosen], atol=1e-5)
+    assert full.shape == (6,)

@@ -1,0 +1,134 @@
+"""Normal-only threshold rules for the default detector, measured on real classes
+(issue 11, section 5; the rules and the choice are in docs/ONBOARDING.md).
+
+For each class and reference group at K shots: the default member (``s8-patchcore``) is fitted
+on the K references, the test images are scored, and each reference plus its horizontal flip,
+vertical flip and 180-degree rotation is scored leave-one-out against the other K-1. Each rule
+turns those normal scores into a threshold with ``inference.calibration.threshold_rule``; the
+observed false-alarm rate on good test images and the detection rate on defective ones follow.
+
+    python -m benchmarks.peer.calibration_rules --data ../shared/datasets/mvtec_ad/bottle ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.calibration import DEFAULT_TARGET_FAR, threshold_rule
+
+VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hflip": lambda a: a[:, :, ::-1],
+    "vflip": lambda a: a[:, ::-1],
+    "rot180": lambda a: a[:, ::-1, ::-1],
+}
+
+
+def rule_scores(rule: str, loo: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """The normal scores a rule feeds to the threshold rule.
+
+    loo: [K] leave-one-out scores; views: [V,K] the same for each flipped/rotated view."""
+    if rule == "R0":
+        return loo
+    if rule == "R1":
+        return np.concatenate([loo, views.ravel()])
+    if rule == "R2":
+        return np.vstack([loo[None], views]).max(axis=0)
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+def operating_point(
+    groups: list[dict[str, np.ndarray]], rule: str, target: float = DEFAULT_TARGET_FAR
+) -> dict[str, float | int | None]:
+    """False-alarm and detection rates of ``rule`` pooled over a class's groups."""
+    fa = normals = hits = defects = 0
+    for g in groups:
+        threshold, _ = threshold_rule(rule_scores(rule, g["loo"], g["views"]).tolist(), target)
+        scores, labels = g["test"], g["labels"]
+        fa += int((scores[labels == 0] > threshold).sum())
+        hits += int((scores[labels == 1] > threshold).sum())
+        normals += int((labels == 0).sum())
+        defects += int((labels == 1).sum())
+    return {
+        "false_alarm_rate": fa / normals if normals else None,
+        "detection_rate": hits / defects if defects else None,
+        "n_normal": normals,
+        "n_defective": defects,
+    }
+
+
+def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
+    """Per group: test scores and labels, references' leave-one-out scores, plain and viewed."""
+    from benchmarks.peer import exchange
+    from benchmarks.peer.candidates import _levels
+    from benchmarks.peer.cases import load_bench_class
+    from inference.stride8 import shared_stride8
+    from pretrain.detectors import image_scores, make_detector
+    from pretrain.detectors.ensemble import preset_config
+
+    member = preset_config("s8-patchcore").members[0].detector
+    extractor = shared_stride8()
+    bc = load_bench_class(spec, shots)
+    inputs = exchange.prepare(bc, shots, 224)
+    labels = np.asarray(inputs.labels)
+    out, offset = [], 0
+    for g in range(len(bc.groups)):
+        refs, test = inputs.refs[g], inputs.test[g]
+        train = _levels(extractor, refs)
+        det = make_detector(member)
+        det.fit(train)
+        k = len(refs)
+        loo, views = np.empty(k), np.empty((len(VIEWS), k))
+        with torch.inference_mode():
+            scores = image_scores(det.anomaly_maps(_levels(extractor, test), 224)).numpy()
+            for i in range(k):
+                rest = make_detector(member)
+                rest.fit([level[[j for j in range(k) if j != i]] for level in train])
+                loo[i] = float(image_scores(rest.anomaly_maps([t[i : i + 1] for t in train], 224)))
+                for v, view in enumerate(VIEWS.values()):
+                    viewed = _levels(extractor, np.ascontiguousarray(view(refs[i : i + 1])))
+                    views[v, i] = float(image_scores(rest.anomaly_maps(viewed, 224)))
+        out.append(
+            {
+                "test": scores,
+                "labels": labels[offset : offset + len(test)],
+                "loo": loo,
+                "views": views,
+            }
+        )
+        offset += len(test)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", action="append", required=True)
+    parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=Path("docs/results/calibration_rules.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    rows = {}
+    for spec in args.data:
+        groups = measure_class(spec, args.shots)
+        rows[spec] = {rule: operating_point(groups, rule) for rule in ("R0", "R1", "R2")}
+        print(spec, json.dumps(rows[spec]), flush=True)
+    doc = {
+        "command": "python -m benchmarks.peer.calibration_rules "
+        + " ".join(f"--data {d}" for d in args.data),
+        "shots": args.shots,
+        "target_far": DEFAULT_TARGET_FAR,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "classes": rows,
+    }
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The normal-only threshold rules of benchmarks/peer/calibration_rules.py (issue 11, section 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.peer.calibration_rules import operating_point, rule_scores
+from inference.calibration import threshold_rule
+
+LOO = np.array([1.0, 1.1, 1.2, 0.9, 1.05, 1.15, 0.95, 1.0])
+VIEWS = np.vstack([LOO + 0.5, LOO + 0.1, LOO - 0.2])
+
+
+def test_rules_feed_the_scores_the_docs_name():
+    assert np.array_equal(rule_scores("R0", LOO, VIEWS), LOO)
+    assert rule_scores("R1", LOO, VIEWS).shape == (32,)
+    assert np.array_equal(rule_scores("R2", LOO, VIEWS), LOO + 0.5)  # the worst view per shot
+    with pytest.raises(ValueError, match="unknown rule"):
+        rule_scores("R9", LOO, VIEWS)
+
+
+def test_operating_point_counts_alarms_above_each_groups_threshold():
+    threshold, _ = threshold_rule(LOO.tolist(), 0.01)
+    test = np.array([threshold - 0.01, threshold + 0.01, threshold + 1.0, threshold - 1.0])
+    labels = np.array([0, 0, 1, 1])
+    group = {"test": test, "labels": labels, "loo": LOO, "views": VIEWS}
+    r0 = operating_point([group, group], "R0")
+    assert r0 == {
+        "false_alarm_rate": 0.5,
+        "detection_rate": 0.5,
+        "n_normal": 4,
+        "n_defective": 4,
+    }
+    # the worst view raises the threshold above every test score but the defect at +1.0
+    r2 = operating_point([group], "R2")
+    assert r2["false_alarm_rate"] == 0.0 and r2["detection_rate"] == 0.5
+    assert operating_point([{**group, "labels": np.ones(4, int)}], "R0")["false_alarm_rate"] is None
