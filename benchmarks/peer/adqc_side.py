@@ -172,7 +172,7 @@ def run(
         for kind in kinds:
             if not any(k == kind for k, _ in rows):
                 continue
-            fs = feature_set(lm, raw, kind, inputs.shots, show_progress=False)
+            fs = feature_set(lm, raw, kind, inputs.shots or None, show_progress=False)
             for k, method in rows:
                 if k != kind:
                     continue

@@ -139,7 +139,7 @@ def run(
                 seconds=time.perf_counter() - t0,
             )
             kind = "raw" if source == "stride8" else source
-            fs = feature_set(model, raw, kind, inputs.shots, show_progress=False)
+            fs = feature_set(model, raw, kind, inputs.shots or None, show_progress=False)
             source_s[source] = raw.seconds + fs.seconds
             for m in needed:
                 if MEMBERS[m][0] != source:

@@ -24,6 +24,15 @@ GROUPED_CLASSES = ("aitex/fabric",)
 PRETRAINING_CLASSES = ("magnetic_tile/tile", "bsdata/ballscrew", "deeppcb/pcb")
 
 
+#: ``--shots all``: every train/good image of a group is a reference (full shot)
+ALL_SHOTS = 0
+
+
+def shots_label(shots: int) -> int | str:
+    """How a row names its K: the number, or "all" for full shot."""
+    return "all" if shots == ALL_SHOTS else shots
+
+
 @dataclass
 class Group:
     """Test images that share one reference set."""
@@ -33,6 +42,9 @@ class Group:
     test: list[Sample]
 
     def references(self, shots: int) -> list[Path]:
+        """The first ``shots`` train/good images; ``ALL_SHOTS``: every one (full shot)."""
+        if shots == ALL_SHOTS:
+            return list(self.train_good)
         if shots > len(self.train_good):
             raise DatasetError(
                 f"{shots} shots asked but group {self.name or '(all)'} has only "
@@ -77,7 +89,7 @@ def group_by_code(category: Category, shots: int) -> tuple[list[Group], list[str
     groups, notes = [], []
     for code in sorted(set(train) | set(test)):
         refs, samples = sorted(train.get(code, [])), test.get(code, [])
-        if len(refs) < shots or not samples:
+        if len(refs) < (shots or 2) or not samples:
             notes.append(
                 f"fabric {code} dropped: {len(refs)} train/good images (need {shots}), "
                 f"{len(samples)} test images"

@@ -29,7 +29,9 @@ def anomalib_command(
         help="class: MVTec-layout folder (aitex/fabric is grouped per fabric) "
         "or elpv:mono / elpv:poly; repeatable",
     ),
-    shots: list[str] = typer.Option(["8"], "--shots", help="K values, e.g. 2,4,8"),
+    shots: list[str] = typer.Option(
+        ["8"], "--shots", help="K values, e.g. 2,4,8; all = every train/good image (full shot)"
+    ),
     json_out: Path = typer.Option(DEFAULT_JSON, "--json", help="rows are merged into this JSON"),
     markdown: Path | None = typer.Option(None, "--markdown", help="e.g. docs/RESULTS.md"),
     section: str = typer.Option("anomalib-peer", "--section"),
@@ -105,7 +107,15 @@ def anomalib_command(
     wrong = set(_split(candidates or [])) - set(CANDIDATES)
     if wrong:
         raise typer.BadParameter(f"--candidates: unknown {sorted(wrong)}; {', '.join(CANDIDATES)}")
-    for k in [int(s) for s in _split(shots)]:
+    from benchmarks.peer.cases import ALL_SHOTS
+
+    try:
+        ks = [ALL_SHOTS if s == "all" else int(s) for s in _split(shots)]
+    except ValueError:
+        raise typer.BadParameter(f"--shots: numbers or all, got {shots}") from None
+    if ALL_SHOTS in ks and calibration_images:
+        raise typer.BadParameter("--calibration-images needs images beyond the references")
+    for k in ks:
         opts = BenchOptions(
             shots=k,
             image_size=image_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peer import adqc_side, exchange, scoring
-from benchmarks.peer.cases import capped, load_bench_class
+from benchmarks.peer.cases import capped, load_bench_class, shots_label
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {
         "class": bc.name,
-        "shots": opts.shots,
+        "shots": shots_label(opts.shots),
         "groups": [g.name for g in bc.groups],
         "notes": list(bc.notes)
         + (
@@ -121,7 +121,7 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
         ),
         "decode_s": round(decode_s, 2),
     }
-    common = {"class_name": bc.name, "shots": opts.shots, "labels": inputs.labels}
+    common = {"class_name": bc.name, "shots": shots_label(opts.shots), "labels": inputs.labels}
     peer_patchcore = None
     if opts.peer:
         folder = opts.work_dir / bc.name.replace("/", "_") / f"k{opts.shots}"

@@ -88,6 +88,17 @@ def test_aitex_groups_per_fabric_and_drops_short_ones(fabric: Path) -> None:
     assert len(bc1.groups) == 2 and len(bc1.test) == 4
 
 
+def test_all_shots_takes_every_train_image_per_group(fabric: Path, masked: Path) -> None:
+    from benchmarks.peer.cases import ALL_SHOTS, shots_label
+
+    bc = load_bench_class(str(fabric), shots=ALL_SHOTS)
+    assert [g.name for g in bc.groups] == ["fabric 00"]  # full shot needs 2 train images
+    assert bc.groups[0].references(ALL_SHOTS) == bc.groups[0].train_good
+    single = load_bench_class(str(masked), shots=ALL_SHOTS)
+    assert len(single.groups[0].references(ALL_SHOTS)) == 3
+    assert shots_label(ALL_SHOTS) == "all" and shots_label(8) == 8
+
+
 def test_single_group_class_refuses_too_many_shots(masked: Path) -> None:
     with pytest.raises(DatasetError, match="only 3 train/good"):
         load_bench_class(str(masked), shots=5)
