@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup servers test test-unit test-integration test-faults lint pretrain demo clean \
+.PHONY: setup servers test test-unit test-integration test-faults lint pretrain pretrain-s8 demo clean \
 	bench-anomalib-venv bench-anomalib bench bench-smoke bench-gpu
 
 setup: $(STAMP)
@@ -62,6 +62,16 @@ pretrain: setup
 		--backbone mobilenet_v2 \
 		--out pretrain/checkpoints/mobilenet_v2.pt \
 		$(PRETRAIN_FLAGS)
+
+# the projector of the default detector's levels (features.6 + 13; docs/BACKBONES.md)
+pretrain-s8: setup
+	$(BIN)/adqc pretrain \
+		--data $(DATASETS)/magnetic_tile/tile \
+		--data $(DATASETS)/bsdata/ballscrew \
+		--data $(DATASETS)/deeppcb/pcb \
+		--backbone mobilenet_v2_s8 \
+		--out pretrain/checkpoints/mobilenet_v2_s8.pt \
+		$(PRETRAIN_FLAGS) --time-limit 60
 
 demo: setup
 	$(BIN)/adqc demo
