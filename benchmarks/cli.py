@@ -53,6 +53,14 @@ def soak_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+def _emit_triton(result: dict, json_out: Path | None) -> None:
+    result["command"] = "adqc bench triton " + " ".join(sys.argv[3:])
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if json_out is not None:
+        json_out.write_text(text + "\n")
+
+
 def bench_triton(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per request.")] = 8,
     batch: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,
@@ -83,6 +91,14 @@ def bench_triton(
     concurrencies: Annotated[str, typer.Option(help="With --matrix.")] = "1,2,4,8",
     payloads: Annotated[str, typer.Option(help="With --matrix: uint8,float32.")] = "uint8,float32",
     transports: Annotated[str, typer.Option(help="With --matrix: grpc,shm.")] = "grpc,shm",
+    stride8: Annotated[
+        bool,
+        typer.Option(
+            "--stride8",
+            help="the default detector's engine step: adqc_stride8 vs in-process stride-8 "
+            "features (ONNX Runtime, torch) at --batch-size",
+        ),
+    ] = False,
 ) -> None:
     """Model-only latency/throughput of the `adqc` ensemble over gRPC (uint8 payloads);
     ``--matrix``: uint8 vs float32 payloads, gRPC vs system shared memory, concurrency 1..8."""
@@ -93,6 +109,16 @@ def bench_triton(
         return tuple(v.strip() for v in text.split(",") if v.strip())
 
     try:
+        if stride8:
+            from benchmarks.triton import run_stride8
+
+            result = run_stride8(
+                batch=pick(None, batch, "--batch-size", "--batch", batch_size),
+                requests=requests,
+                warmup=warmup,
+                progress=lambda line: typer.echo(line, err=True),
+            )
+            return _emit_triton(result, json_out)
         if matrix:
             result = run_matrix(
                 batch=pick(None, batch, "--batch-size", "--batch", batch_size),
@@ -107,12 +133,7 @@ def bench_triton(
                 log_dir=json_out.with_suffix(".triton-log") if json_out else None,
                 progress=lambda line: typer.echo(line, err=True),
             )
-            result["command"] = "adqc bench triton " + " ".join(sys.argv[3:])
-            text = json.dumps(result, indent=2)
-            typer.echo(text)
-            if json_out is not None:
-                json_out.write_text(text + "\n")
-            return
+            return _emit_triton(result, json_out)
         result = run_bench(
             batch=pick(None, batch, "--batch-size", "--batch", batch_size),
             requests=requests,

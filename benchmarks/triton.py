@@ -545,3 +545,66 @@ class _Unclosed:
 
     def close(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------- the default's stride-8 path
+def _timed(call, images: np.ndarray, requests: int, warmup: int) -> dict:
+    """Images/s and p50/p99 of ``requests`` sequential calls of ``call(images)``."""
+    for _ in range(warmup):
+        call(images)
+    ms = []
+    start = time.perf_counter()
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        call(images)
+        ms.append((time.perf_counter() - t0) * 1000.0)
+    wall = time.perf_counter() - start
+    return {
+        "requests": requests,
+        "throughput_images_per_s": round(requests * len(images) / wall, 2),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 2),
+        "latency_ms_p99": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
+def run_stride8(*, batch: int = 8, requests: int = 16, warmup: int = 2, progress=print) -> dict:
+    """The default detector's engine step, the stride-8 features, served by ``adqc_stride8``
+    (``TritonEngine.stride8``, uint8 over gRPC) against the worker's in-process
+    ``Stride8Features`` (ONNX Runtime, and torch) at the same batch, after the server stopped."""
+    import os
+
+    from deploy.servers import RedisServer, TritonServer
+    from deploy.triton_repo import build_model_repository
+    from inference.engines.triton import TritonEngine
+    from inference.stride8 import Stride8Features
+
+    load_start = os.getloadavg()
+    u8 = np.random.default_rng(1).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="adqc-bench-s8-") as tmp, RedisServer() as redis:
+        repo = Path(tmp) / "model_repository"
+        build_model_repository(repo, redis_url=redis.url, max_batch=max(16, batch), kind="cpu")
+        with TritonServer(repo, workdir=Path(tmp) / "triton", startup_timeout=600,
+                          extra_args=["--model-load-thread-count=1"]) as triton:  # fmt: skip
+            engine = TritonEngine(triton.grpc_url, timeout_s=120)
+            served = _timed(engine.stride8, u8, requests, warmup)
+            progress(f"triton adqc_stride8: {served['throughput_images_per_s']} images/s")
+            engine.close()
+            load_during = os.getloadavg()
+    in_process = {}
+    for runtime in ("onnxruntime", "torch"):
+        extractor = Stride8Features(runtime=runtime)
+        in_process[runtime] = _timed(extractor, u8, requests, warmup)
+        progress(f"in-process {runtime}: {in_process[runtime]['throughput_images_per_s']} images/s")
+    rate = served["throughput_images_per_s"]
+    return {
+        "batch": batch,
+        "triton": served,
+        "in_process": in_process,
+        "triton_over_in_process": {
+            k: round(rate / v["throughput_images_per_s"], 3) for k, v in in_process.items()
+        },
+        "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_during_triton": [round(x, 2) for x in load_during],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -36,16 +36,26 @@ LOG = logging.getLogger("adqc.triton.stride8")
 
 
 class Stride8Service:
-    """The tapped backbone on a device: uint8 batches -> raw stride-8 level maps (numpy)."""
+    """The tapped backbone on a device: uint8 batches -> raw stride-8 level maps (numpy).
+
+    On CPU it runs what the worker runs in process (:class:`inference.stride8.Stride8Features`:
+    ONNX Runtime, torch when onnxruntime is missing), so a Triton engine is not slower than the
+    in-process default by its runtime; on CUDA, torch on the device."""
 
     def __init__(self, *, weights: Path | None = None, device: str = "cpu") -> None:
         import torch
 
-        from inference.stride8 import stride8_model
+        from inference.stride8 import Stride8Features, stride8_model
 
         self.device = torch.device(device)
-        self.model = stride8_model(weights, device=str(self.device))
+        self.extractor: Stride8Features | None = None
+        if self.device.type == "cpu":
+            self.extractor = Stride8Features(weights)
+            self.model = self.extractor.model
+        else:
+            self.model = stride8_model(weights, device=str(self.device))
         self.model.eval()
+        self.runtime = self.extractor.runtime if self.extractor is not None else "torch"
         self.image_size = int(self.model.spec.image_size)
 
     def check_images(self, images: np.ndarray) -> None:
@@ -60,6 +70,8 @@ class Stride8Service:
         import torch
 
         self.check_images(images)
+        if self.extractor is not None:
+            return [t.numpy() for t in self.extractor(images)]
         with torch.inference_mode():
             x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
             levels = self.model.raw(x)
@@ -112,7 +124,7 @@ class TritonPythonModel:
         )
         pb_utils.Logger.log_info(
             f"adqc_stride8 {args['model_instance_name']}: {self.service.model.spec.name} on "
-            f"{device}, ready in {time.perf_counter() - started:.1f} s"
+            f"{device} ({self.service.runtime}), ready in {time.perf_counter() - started:.1f} s"
         )
 
     def execute(self, requests: list) -> list:

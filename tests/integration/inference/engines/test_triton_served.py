@@ -221,17 +221,20 @@ def _stride8_requests(engine: TritonEngine) -> int:
 
 @pytest.mark.integration
 def test_stride8_served_equals_torch(served):
-    """adqc_stride8 computes what Stride8Features(runtime="torch") does; 5 images > max_batch 4
-    are split into two requests."""
+    """adqc_stride8 computes what the worker's in-process Stride8Features does (ONNX Runtime on
+    CPU) and, within float tolerance, the torch path; 5 images > max_batch 4 are split into two
+    requests."""
     engine = served["engine"]
     images = _images(5, seed=7)
     before = _stride8_requests(engine)
     got = engine.stride8(images)
     assert _stride8_requests(engine) - before == 2
-    want = Stride8Features(runtime="torch")(images)
+    want = Stride8Features()(images)
     assert [tuple(g.shape) for g in got] == [(5, 32, 28, 28), (5, 96, 14, 14)]
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and g.is_contiguous()
+        assert float((g - w).abs().max()) < 1e-5
+    for g, w in zip(got, Stride8Features(runtime="torch")(images), strict=True):
         assert float((g - w).abs().max()) < MAP_TOL
     with pytest.raises(InvalidImageError):
         engine.stride8(np.zeros((1, 32, 32, 3), np.uint8))
