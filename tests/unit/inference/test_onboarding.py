@@ -146,3 +146,22 @@ def test_onboarding_refuses_images_serve_would_reject_naming_the_file(tmp_path):
     Image.new("RGB", (1, 1)).save(tiny)
     with pytest.raises(ImageLoadError, match=r"tiny-ref\.png is 1x1; sides must be within"):
         load_images([tiny], 32)
+
+
+def test_shipped_s8_projector_onboards_the_ensemble_and_scores(good_dir):
+    """`adqc product add --backbone mobilenet_v2_s8 --detector ensemble`: the shipped projector
+    of the default's levels (features.6 + 13) loads, its two levels feed FeatureNorm, and the
+    stride-8 PatchCore member reads levels 2-3 of the flat list."""
+    from inference.engines.local import LocalEngine
+
+    engine = LocalEngine(backbone="mobilenet_v2_s8")
+    assert engine.model_id.startswith("mobilenet_v2_s8:")
+    store = open_store("memory://")
+    record = onboard(engine, store, "cloth", good_dir, shots=3, detector="ensemble").record
+    assert [a.shape for a in record.pool] == [(3 * 28 * 28, 32), (3 * 14 * 14, 96)]
+    members = record.detector_config.members
+    assert [m.source for m in members] == ["stride8", "adpretrain"]
+    assert members[0].levels == (2, 3) and members[1].levels == (0, 1)
+    images = [load_image(good_dir / "good_3.png"), load_image(good_dir / "good_4.png")]
+    results = Scorer(engine, store).score(images, "cloth")
+    assert all(np.isfinite(r.score) for r in results)
