@@ -145,7 +145,8 @@ def anomalib_command(
                 raise typer.Exit(2) from exc
             for r in rows:
                 err.print(
-                    f"{info['class']} K={k} {r['source']} {r['features']} {r['method']}: "
+                    f"{info['class']} K={info['shots']} {r['source']} {r['features']} "
+                    f"{r['method']}: "
                     f"I-AUROC {r['image_auroc']} P-AUROC {r['pixel_auroc']} "
                     f"AUPRO {r['aupro']} {r['images_per_s']} img/s",
                     highlight=False,
