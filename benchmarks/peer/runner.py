@@ -83,8 +83,18 @@ def kinds_for(class_name: str, seen: bool, opts: BenchOptions) -> tuple[list[str
     if class_name in opts.checkpoint_for:
         return opts.features, opts.checkpoint_for[class_name]
     if seen and ({"adpretrain", "candidate"} & set(opts.features)):
-        return [k for k in opts.features if k not in ("adpretrain", "candidate")], None
+        drop = {"adpretrain"} if raw_candidates_only(opts) else {"adpretrain", "candidate"}
+        return [k for k in opts.features if k not in drop], None
     return opts.features, opts.checkpoint
+
+
+def raw_candidates_only(opts: BenchOptions) -> bool:
+    """Whether every candidate asked for reads raw stride-8 features only (no projector, so a
+    class the projector was pretrained on is still unseen by them)."""
+    from benchmarks.peer.candidates import CANDIDATES, MEMBERS
+
+    names = opts.candidates if opts.candidates is not None else tuple(CANDIDATES)
+    return all(MEMBERS[m][0] == "stride8" for c in names for m in CANDIDATES[c])
 
 
 def vs_peer(peer, out, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:

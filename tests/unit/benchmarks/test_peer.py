@@ -259,3 +259,15 @@ def test_peer_script_runs_stock_anomalib(masked: Path, tmp_path: Path) -> None:
     for name in ("patchcore", "padim"):
         assert outs[name].scores.shape == (3,) and np.isfinite(outs[name].scores).all()
         assert outs[name].maps.shape == (3, 64, 64)
+
+
+def test_raw_candidates_run_on_the_projectors_pretraining_sets() -> None:
+    """The stride-8 candidates read no projector, so a pretraining class is unseen by them;
+    adpretrain rows and candidates with projector members are still dropped there."""
+    from benchmarks.peer.runner import BenchOptions, kinds_for
+
+    raw_only = BenchOptions(shots=8, features=["candidate"], candidates=("s8-patchcore",))
+    assert kinds_for("magnetic_tile/tile", True, raw_only) == (["candidate"], None)
+    mixed = BenchOptions(shots=8, features=["raw", "adpretrain", "candidate"])
+    assert kinds_for("magnetic_tile/tile", True, mixed) == (["raw"], None)
+    assert kinds_for("mvtec_ad/bottle", False, mixed)[0] == ["raw", "adpretrain", "candidate"]
