@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.peer import adqc_side, exchange, scoring
 from benchmarks.peer.cases import capped, load_bench_class, shots_label
 
@@ -102,6 +104,8 @@ def vs_peer(peer, out, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str,
     AUROC, resampling test images (evaluation.significance)."""
     from evaluation.significance import paired_bootstrap
 
+    if len(set(np.asarray(inputs.labels).tolist())) < 2:
+        return {}  # no normal (or no defective) test image: nothing to resample (deeppcb)
     have_maps = inputs.masks is not None and peer.maps is not None and out.maps is not None
     a = {"scores": peer.scores, "maps": peer.maps if have_maps else None}
     b = {"scores": out.scores, "maps": out.maps if have_maps else None}

@@ -271,3 +271,14 @@ def test_raw_candidates_run_on_the_projectors_pretraining_sets() -> None:
     mixed = BenchOptions(shots=8, features=["raw", "adpretrain", "candidate"])
     assert kinds_for("magnetic_tile/tile", True, mixed) == (["raw"], None)
     assert kinds_for("mvtec_ad/bottle", False, mixed)[0] == ["raw", "adpretrain", "candidate"]
+
+
+def test_no_bootstrap_without_both_labels() -> None:
+    """deeppcb has no normal test image: the bench skips the interval instead of failing."""
+    from types import SimpleNamespace
+
+    from benchmarks.peer.runner import BenchOptions, vs_peer
+
+    inputs = SimpleNamespace(labels=np.ones(4, int), masks=None)
+    out = SimpleNamespace(scores=np.arange(4.0), maps=None)
+    assert vs_peer(out, out, inputs, BenchOptions(shots=8, bootstrap=10)) == {}
