@@ -32,7 +32,7 @@ import numpy as np
 
 from inference.store.urls import redact as _redact
 from inference.store.urls import with_secret_password
-from inference.triton.instance import execute_batch, instance_from_args
+from inference.triton.instance import compute_together, execute_batch, instance_from_args
 from inference.triton.instance import param as _param
 
 try:  # only importable inside the Triton python-backend stub
@@ -320,21 +320,18 @@ class FeaturesService:
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
                 results[i] = exc
-        if valid:
-            images = np.concatenate([requests[i][0] for i in valid])
-            keys = [key for i in valid for key in requests[i][1]]
-            try:
-                levels = self.features(images, keys, resolved)
-            except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
-                LOG.exception("adqc_features: batch of %d images failed", len(images))
-                for i in valid:
-                    results[i] = exc
-            else:
-                start = 0
-                for i in valid:
-                    n = len(requests[i][0])
-                    results[i] = [level[start : start + n] for level in levels]
-                    start += n
+        compute_together(
+            results,
+            valid,
+            [len(requests[i][0]) for i in valid],
+            lambda: self.features(
+                np.concatenate([requests[i][0] for i in valid]),
+                [key for i in valid for key in requests[i][1]],
+                resolved,
+            ),
+            LOG,
+            "adqc_features",
+        )
         return results  # type: ignore[return-value]
 
     def _autocast(self):

@@ -4,7 +4,8 @@ folder, device, torch threads) and ``execute``'s one-response-per-request batchi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,29 @@ def execute_batch(
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
     return responses
+
+
+def compute_together(
+    results: list,
+    valid: list[int],
+    sizes: Sequence[int],
+    compute: Callable[[], Sequence[Any]],
+    log: logging.Logger,
+    name: str,
+) -> None:
+    """Fill ``results[i]`` for the ``valid`` requests (``sizes``: their image counts, in order):
+    ``compute()`` runs once for all their images concatenated and its level arrays are split
+    back per request; an exception there fails every valid request of the batch."""
+    if not valid:
+        return
+    try:
+        levels = compute()
+    except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
+        log.exception("%s: batch of %d images failed", name, sum(sizes))
+        for i in valid:
+            results[i] = exc
+        return
+    start = 0
+    for i, n in zip(valid, sizes, strict=True):
+        results[i] = [level[start : start + n] for level in levels]
+        start += n

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.triton.features import InvalidRequestError, error_message
-from inference.triton.instance import execute_batch, instance_from_args
+from inference.triton.instance import compute_together, execute_batch, instance_from_args
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -88,20 +88,14 @@ class Stride8Service:
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
                 results[i] = exc
-        if valid:
-            batch = np.concatenate([requests[i] for i in valid])
-            try:
-                levels = self.features(batch)
-            except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
-                LOG.exception("adqc_stride8: batch of %d images failed", len(batch))
-                for i in valid:
-                    results[i] = exc
-            else:
-                start = 0
-                for i in valid:
-                    n = len(requests[i])
-                    results[i] = [level[start : start + n] for level in levels]
-                    start += n
+        compute_together(
+            results,
+            valid,
+            [len(requests[i]) for i in valid],
+            lambda: self.features(np.concatenate([requests[i] for i in valid])),
+            LOG,
+            "adqc_stride8",
+        )
         return results  # type: ignore[return-value]
 
     def warm_up(self) -> None:
