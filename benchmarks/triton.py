@@ -197,6 +197,39 @@ def measure_local(model, record, images: np.ndarray, requests: int) -> dict:
     }
 
 
+def _served_repository(
+    tmp: Path,
+    redis_url: str,
+    backbone: str,
+    checkpoint: Path | None,
+    max_batch: int,
+    torch_threads: int,
+    shots: int,
+):
+    """The CPU model repository the Triton benches serve (under ``tmp``) and a synthetic
+    record of its checkpoint, published to ``redis_url``: (repository, spec, model, record)."""
+    from deploy.triton_repo import build_model_repository
+    from inference.store import open_store
+    from pretrain.checkpoint import load_feature_model
+    from pretrain.checkpoint import model_id as checkpoint_model_id
+
+    repo = tmp / "model_repository"
+    spec = build_model_repository(
+        repo,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        redis_url=redis_url,
+        max_batch=max_batch,
+        kind="cpu",
+        torch_threads=torch_threads,
+    )
+    served = repo / "adqc_features" / "1" / "checkpoint.pt"
+    model = load_feature_model(backbone=backbone, checkpoint=served)
+    record = synthetic_record(model, checkpoint_model_id(served), shots=shots)
+    version = open_store(redis_url).publish(record)
+    return repo, spec, model, record.model_copy(update={"version": version})
+
+
 def run_bench(
     *,
     batch: int = 8,
@@ -234,27 +267,11 @@ def run_bench(
         return result
 
     from deploy.servers import RedisServer, TritonServer
-    from deploy.triton_repo import build_model_repository
-    from inference.store import open_store
-    from pretrain.checkpoint import load_feature_model
-    from pretrain.checkpoint import model_id as checkpoint_model_id
 
     with tempfile.TemporaryDirectory(prefix="adqc-bench-triton-") as tmp, RedisServer() as redis:
-        repo = Path(tmp) / "model_repository"
-        spec = build_model_repository(
-            repo,
-            backbone=backbone,
-            checkpoint=checkpoint,
-            redis_url=redis.url,
-            max_batch=max(16, batch),
-            kind="cpu",
-            torch_threads=torch_threads,
+        repo, spec, model, record = _served_repository(
+            Path(tmp), redis.url, backbone, checkpoint, max(16, batch), torch_threads, shots
         )
-        served = repo / "adqc_features" / "1" / "checkpoint.pt"
-        model = load_feature_model(backbone=backbone, checkpoint=served)
-        record = synthetic_record(model, checkpoint_model_id(served), shots=shots)
-        version = open_store(redis.url).publish(record)
-        record = record.model_copy(update={"version": version})
         images = rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3), dtype=np.uint8)
         with TritonServer(repo) as triton:
             result = measure(
@@ -427,34 +444,18 @@ def run_matrix(
     import torch
 
     from deploy.servers import RedisServer, TritonServer
-    from deploy.triton_repo import build_model_repository
     from inference.engines.local import LocalEngine
-    from inference.store import open_store
-    from pretrain.checkpoint import load_feature_model
-    from pretrain.checkpoint import model_id as checkpoint_model_id
     from pretrain.preprocess import to_model_input
 
     load_start = os.getloadavg()
     rng = np.random.default_rng(1)
     cells = []
     with tempfile.TemporaryDirectory(prefix="adqc-bench-triton-") as tmp, RedisServer() as redis:
-        repo = Path(tmp) / "model_repository"
-        spec = build_model_repository(
-            repo,
-            backbone=backbone,
-            checkpoint=checkpoint,
-            redis_url=redis.url,
-            max_batch=max(16, batch),
-            kind="cpu",
-            torch_threads=torch_threads,
+        repo, spec, model, record = _served_repository(
+            Path(tmp), redis.url, backbone, checkpoint, max(16, batch), torch_threads, shots
         )
         if "float32" in payloads:
             add_float32_twin(repo, spec)
-        served = repo / "adqc_features" / "1" / "checkpoint.pt"
-        model = load_feature_model(backbone=backbone, checkpoint=served)
-        record = synthetic_record(model, checkpoint_model_id(served), shots=shots)
-        version = open_store(redis.url).publish(record)
-        record = record.model_copy(update={"version": version})
         u8 = rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3), dtype=np.uint8)
         f32 = to_model_input(torch.from_numpy(u8), model.spec).numpy()
         t0 = time.perf_counter()
@@ -505,7 +506,7 @@ def run_matrix(
         in_process = {}
         for runtime in local_runtimes:
             engine = LocalEngine(model=model, runtime=runtime)
-            cell = measure(lambda e=engine: _Unclosed(e), record, u8, requests, warmup, 1)
+            cell = measure(lambda e=engine: _Calls(e.features), record, u8, requests, warmup, 1)
             in_process[runtime] = cell
     ok = [c for c in cells if c.get("throughput_images_per_s")]
     base = min(ok, key=lambda c: (c["payload"] != "uint8", c["transport"] != "grpc",
@@ -534,37 +535,27 @@ def run_matrix(
     }
 
 
-class _Unclosed:
-    """An engine that ``measure`` may close without closing the shared one."""
+class _Calls:
+    """What ``measure`` times, as an engine it may close without closing anything shared:
+    ``features(images, record)`` calls ``call(images, record)``."""
 
-    def __init__(self, engine) -> None:
-        self.engine = engine
+    def __init__(self, call) -> None:
+        self.call = call
 
     def features(self, images, record):
-        return self.engine.features(images, record)
+        return self.call(images, record)
 
     def close(self) -> None:
         pass
 
 
 # ------------------------------------------------------------------- the default's stride-8 path
-def _timed(call, images: np.ndarray, requests: int, warmup: int) -> dict:
-    """Images/s and p50/p99 of ``requests`` sequential calls of ``call(images)``."""
-    for _ in range(warmup):
-        call(images)
-    ms = []
-    start = time.perf_counter()
-    for _ in range(requests):
-        t0 = time.perf_counter()
-        call(images)
-        ms.append((time.perf_counter() - t0) * 1000.0)
-    wall = time.perf_counter() - start
-    return {
-        "requests": requests,
-        "throughput_images_per_s": round(requests * len(images) / wall, 2),
-        "latency_ms_p50": round(float(np.percentile(ms, 50)), 2),
-        "latency_ms_p99": round(float(np.percentile(ms, 99)), 2),
-    }
+def _measured(call, images: np.ndarray, requests: int, warmup: int) -> dict:
+    """``measure`` of ``requests`` sequential ``call(images)``; a failed call stops the bench."""
+    result = measure(lambda: _Calls(lambda x, _record: call(x)), None, images, requests, warmup, 1)
+    if result["errors"]:
+        raise RuntimeError(result["error"])
+    return result
 
 
 def run_stride8(*, batch: int = 8, requests: int = 16, warmup: int = 2, progress=print) -> dict:
@@ -586,14 +577,14 @@ def run_stride8(*, batch: int = 8, requests: int = 16, warmup: int = 2, progress
         with TritonServer(repo, workdir=Path(tmp) / "triton", startup_timeout=600,
                           extra_args=["--model-load-thread-count=1"]) as triton:  # fmt: skip
             engine = TritonEngine(triton.grpc_url, timeout_s=120)
-            served = _timed(engine.stride8, u8, requests, warmup)
+            served = _measured(engine.stride8, u8, requests, warmup)
             progress(f"triton adqc_stride8: {served['throughput_images_per_s']} images/s")
             engine.close()
             load_during = os.getloadavg()
     in_process = {}
     for runtime in ("onnxruntime", "torch"):
         extractor = Stride8Features(runtime=runtime)
-        in_process[runtime] = _timed(extractor, u8, requests, warmup)
+        in_process[runtime] = _measured(extractor, u8, requests, warmup)
         progress(f"in-process {runtime}: {in_process[runtime]['throughput_images_per_s']} images/s")
     rate = served["throughput_images_per_s"]
     return {
