@@ -132,6 +132,15 @@ def nearest_distances(
     return out.clamp_(min=0.0).sqrt_()
 
 
+def _random_projection(x: Tensor, project_dim: int, generator: torch.Generator) -> Tensor:
+    """``x`` [N,D] through a Gaussian random projection to ``project_dim`` columns (as is when
+    ``project_dim`` is 0 or not below D)."""
+    if not project_dim or x.shape[1] <= project_dim:
+        return x
+    proj = torch.randn(x.shape[1], project_dim, generator=generator) / math.sqrt(project_dim)
+    return x @ proj.to(x.device)
+
+
 def greedy_coreset(
     features: Tensor, n_select: int, project_dim: int = 128, seed: int = 0
 ) -> Tensor:
@@ -145,11 +154,7 @@ def greedy_coreset(
     if n_select >= n:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed)
-    x = features.float()
-    if project_dim and x.shape[1] > project_dim:
-        proj = torch.randn(x.shape[1], project_dim, generator=g) / math.sqrt(project_dim)
-        x = x @ proj.to(x.device)
-    x = x.contiguous()
+    x = _random_projection(features.float(), project_dim, g).contiguous()
     sq = (x * x).sum(dim=1)
     min_d = torch.empty(n, dtype=torch.float32, device=x.device)
     new_d = torch.empty(n, dtype=torch.float32, device=x.device)
@@ -182,11 +187,7 @@ def blocked_coreset(
     n = features.shape[0]
     if block_rows <= 0 or n <= block_rows:
         return greedy_coreset(features, max(1, math.ceil(ratio * n)), project_dim, seed)
-    x = features.float()
-    if project_dim and x.shape[1] > project_dim:
-        g = torch.Generator().manual_seed(seed)
-        proj = torch.randn(x.shape[1], project_dim, generator=g) / math.sqrt(project_dim)
-        x = x @ proj.to(x.device)
+    x = _random_projection(features.float(), project_dim, torch.Generator().manual_seed(seed))
     parts = []
     for b, start in enumerate(range(0, n, block_rows)):
         block = x[start : start + block_rows]
