@@ -98,6 +98,12 @@ class Stride8Features:
         return [torch.from_numpy(a) for a in out]
 
 
+def in_batches(source: Stride8Source, images: np.ndarray, batch: int) -> list[torch.Tensor]:
+    """``source`` over uint8 ``images`` ``batch`` at a time, each level concatenated."""
+    parts = [source(images[s : s + batch]) for s in range(0, len(images), batch)]
+    return [torch.cat(level) for level in zip(*parts, strict=True)]
+
+
 @functools.lru_cache(maxsize=1)
 def shared_stride8() -> Stride8Features:
     """One extractor per process (loaded on first use)."""

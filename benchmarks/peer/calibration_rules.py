@@ -66,9 +66,9 @@ def operating_point(
 def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
     """Per group: test scores and labels, references' leave-one-out scores, plain and viewed."""
     from benchmarks.peer import exchange
-    from benchmarks.peer.candidates import _levels
+    from benchmarks.peer.adqc_side import BATCH
     from benchmarks.peer.cases import load_bench_class
-    from inference.stride8 import shared_stride8
+    from inference.stride8 import in_batches, shared_stride8
     from pretrain.detectors import image_scores, make_detector
     from pretrain.detectors.ensemble import preset_config
 
@@ -80,19 +80,21 @@ def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
     out, offset = [], 0
     for g in range(len(bc.groups)):
         refs, test = inputs.refs[g], inputs.test[g]
-        train = _levels(extractor, refs)
+        train = in_batches(extractor, refs, BATCH)
         det = make_detector(member)
         det.fit(train)
         k = len(refs)
         loo, views = np.empty(k), np.empty((len(VIEWS), k))
         with torch.inference_mode():
-            scores = image_scores(det.anomaly_maps(_levels(extractor, test), 224)).numpy()
+            scores = image_scores(det.anomaly_maps(in_batches(extractor, test, BATCH), 224)).numpy()
             for i in range(k):
                 rest = make_detector(member)
                 rest.fit([level[[j for j in range(k) if j != i]] for level in train])
                 loo[i] = float(image_scores(rest.anomaly_maps([t[i : i + 1] for t in train], 224)))
                 for v, view in enumerate(VIEWS.values()):
-                    viewed = _levels(extractor, np.ascontiguousarray(view(refs[i : i + 1])))
+                    viewed = in_batches(
+                        extractor, np.ascontiguousarray(view(refs[i : i + 1])), BATCH
+                    )
                     views[v, i] = float(image_scores(rest.anomaly_maps(viewed, 224)))
         out.append(
             {

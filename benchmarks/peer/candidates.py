@@ -29,7 +29,7 @@ from benchmarks.peer.exchange import Inputs, load_batch
 from evaluation.datasets import Category
 from evaluation.runner import LoadedModel, RawFeatures, feature_set
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
-from inference.stride8 import Stride8Source
+from inference.stride8 import Stride8Source, in_batches
 from pretrain.data.folders import Sample
 from pretrain.detectors.ensemble import ensemble_scores
 
@@ -63,11 +63,6 @@ def aux_model() -> LoadedModel:
     from pretrain.model import FeatureModel
 
     return LoadedModel(FeatureModel(tapped_mobilenet_v2(AUX_TAPS), None), {})
-
-
-def _levels(extractor: Stride8Source, images: np.ndarray) -> list[torch.Tensor]:
-    parts = [extractor(images[s : s + BATCH]) for s in range(0, len(images), BATCH)]
-    return [torch.cat(level) for level in zip(*parts, strict=True)]
 
 
 def _threshold(scores: torch.Tensor, method: str = "leave-one-out") -> float:
@@ -124,7 +119,8 @@ def run(
             model = aux if source == "stride8" else lm
             t0 = time.perf_counter()
             if source == "stride8" and stride8 is not None:
-                train, test = _levels(stride8, inputs.refs[g]), _levels(stride8, test_images)
+                train = in_batches(stride8, inputs.refs[g], BATCH)
+                test = in_batches(stride8, test_images, BATCH)
             else:
                 train = adqc_side._backbone(model, inputs.refs[g])
                 test = adqc_side._backbone(model, test_images)
