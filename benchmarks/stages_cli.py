@@ -228,7 +228,7 @@ def run_onboarding_bench(
     u8 = load_images(inputs.shots, engine.image_size)
     t = done("decode+resize", t0)
     if detector in PRESETS:
-        return _preset_onboarding(engine, u8, detector, phases, done, t, exact_coreset, build)
+        return _preset_onboarding(engine, u8, detector, phases, done, t0, t, exact_coreset, build)
     with torch.inference_mode():
         raw = engine.raw(engine.model.preprocess(torch.from_numpy(u8)))
     t = done("backbone", t)
@@ -268,26 +268,25 @@ def run_onboarding_bench(
     return result
 
 
-def _preset_onboarding(engine, u8, preset, phases, done, t, exact, build) -> dict:
-    """The default's full-shot onboarding by phase: stride-8 features, the member's fit
-    (blocked coreset), its leave-one-out calibration; ``exact``: also one global coreset."""
+def _preset_onboarding(engine, u8, preset, phases, done, t0, t, exact, build) -> dict:
+    """The default's full-shot onboarding by phase (``t0``: the bench's start, ``t``: the end
+    of decoding): stride-8 features, the member's fit (blocked coreset), its leave-one-out
+    calibration; ``exact``: also one global coreset."""
     import numpy as np
     import torch
 
     from inference.onboarding import build_record
-    from inference.stride8 import shared_stride8
+    from inference.stride8 import in_batches, shared_stride8
     from pretrain.detectors import image_scores, leave_one_out_maps, make_detector
     from pretrain.detectors.ensemble import preset_config
     from pretrain.detectors.leave_one_out import calibration_subset
 
-    t0 = t - sum(phases.values())
     config = preset_config(preset)
     if len(config.members) != 1 or config.members[0].source != "stride8":
         raise ValueError(f"bench onboarding times single stride-8 presets, not {preset!r}")
     member = config.members[0].detector
     extractor = shared_stride8()
-    parts = [extractor(u8[i : i + 32]) for i in range(0, len(u8), 32)]
-    feats = [torch.cat(level) for level in zip(*parts, strict=True)]
+    feats = in_batches(extractor, u8, 32)
     t = done("stride-8 features", t)
     fitted = make_detector(member)
     fitted.fit(feats)
@@ -320,6 +319,10 @@ def _preset_onboarding(engine, u8, preset, phases, done, t, exact, build) -> dic
     return result
 
 
+#: what ``adqc bench onboarding`` times: the default preset, or one projector detector
+ONBOARDING_DETECTORS = ("s8-patchcore", "featurenorm", "patchcore")
+
+
 def onboarding_command(
     json_out: Path = typer.Option(OUT_DIR / "onboarding.json", "--json", help="result JSON"),
     images: str = typer.Option(
@@ -337,11 +340,14 @@ def onboarding_command(
     ),
     build: bool = typer.Option(False, "--build-record", help="also time build_record once"),
 ) -> None:
-    from benchmarks.stages import write_json
-
     """Time full-shot onboarding (``adqc product add`` without the store) by phase."""
+    from benchmarks.stages import write_json
     from inference.onboarding import OnboardingError, find_images
 
+    if detector not in ONBOARDING_DETECTORS:
+        raise typer.BadParameter(
+            f"{detector!r}: use one of {', '.join(ONBOARDING_DETECTORS)}", param_hint="--detector"
+        )
     try:
         k = shots or len(find_images(images))
         result = run_onboarding_bench(images, k, detector, old_estimate, build, exact_coreset)

@@ -56,3 +56,14 @@ def test_bench_all_smoke_cli(tmp_path, monkeypatch):
                                            "--with", "nope"])  # fmt: skip
     assert bad.exit_code != 0
     assert "scaling" in bad.output and "io" in bad.output  # the suite knows the new benches
+
+
+def test_bench_onboarding_refuses_a_detector_it_does_not_time(tmp_path):
+    """A usage error naming the choices, before any image or model is loaded (no traceback)."""
+    result = CliRunner().invoke(
+        build_app(),
+        ["bench", "onboarding", "--detector", "ensemble", "--json", str(tmp_path / "o.json")],
+    )
+    assert result.exit_code == 2
+    assert "s8-patchcore" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.json").exists()
