@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from ingest_testkit import onboard_unique
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -94,13 +94,12 @@ class Product:
 @pytest.fixture(scope="session")
 def product(redis_server: Any, local_engine: Any, frame_images: FrameSet) -> Product:
     """A product onboarded into the session Redis from the shots (unique name)."""
-    from inference.onboarding import onboard
     from inference.store import open_store
 
-    name = f"bottle-{uuid.uuid4().hex[:6]}"
-    store = open_store(redis_server.url)
-    result = onboard(local_engine, store, name, frame_images.shots, shots=SHOTS)
-    return Product(name, redis_server.url, result.record.calibration.threshold)
+    result = onboard_unique(
+        local_engine, open_store(redis_server.url), "bottle", frame_images.shots
+    )
+    return Product(result.record.product, redis_server.url, result.record.calibration.threshold)
 
 
 @pytest.fixture(scope="session")

@@ -93,6 +93,15 @@ def serve_topics(
     return topics, serve_config(broker.bootstrap, topics, store_url, checkpoint, **sections)
 
 
+def onboard_unique(engine: Any, store: Any, prefix: str, shots: list[Path]) -> Any:
+    """Onboard every one of ``shots`` as a new product ``<prefix>-<6 hex>`` (tests share
+    stores, so names never collide); the ``OnboardingResult``."""
+    from inference.onboarding import onboard
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return onboard(engine, store, name, shots, shots=len(shots))
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path

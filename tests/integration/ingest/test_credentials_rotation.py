@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from ingest_testkit import (
     ServeProcess,
     committed,
+    onboard_unique,
     producer,
     read_all,
     read_to_end,
@@ -47,13 +47,11 @@ def test_a_password_rotated_mid_run_stops_serve_with_exit_3_and_loses_no_frame(
     ingest_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
-    from inference.onboarding import onboard
     from inference.store import open_store
 
     redis = redis_server_factory(password=OLD)
-    name = f"rotate-{uuid.uuid4().hex[:6]}"
     with open_store(redis.url) as store:
-        onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
+        name = onboard_unique(local_engine, store, "rotate", frame_images.shots).record.product
     retry = {"initial_backoff_s": 0.1, "max_backoff_s": 0.5, "drain_timeout_s": 30}
     topics, config = serve_topics(kafka_broker, "rotate", redis.url, ingest_checkpoint, retry=retry)
     bootstrap = kafka_broker.bootstrap

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ingest_testkit import (
     committed,
+    onboard_unique,
     producer,
     read_all,
     running_loop,
@@ -32,14 +32,12 @@ def test_store_outage_is_retried_without_committing(
     frame_images: Any,
     ingest_checkpoint: Path,
 ) -> None:
-    from inference.onboarding import onboard
     from inference.scorer import Scorer
     from inference.store import open_store
 
     redis = redis_server_factory(appendonly=True)
     store = open_store(redis.url)
-    name = f"outage-{uuid.uuid4().hex[:6]}"
-    onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
+    name = onboard_unique(local_engine, store, "outage", frame_images.shots).record.product
     scorer = Scorer(local_engine, store, batch_size=4)
     topics, config = serve_topics(kafka_broker, "outage", redis.url, ingest_checkpoint)
     config["telemetry"] = {"prometheus_port": 0, "prometheus_addr": "127.0.0.1"}

@@ -4,13 +4,13 @@ mid-stream loses no product, sends nothing to the DLQ and does not stop the work
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ingest_testkit import (
     ServeProcess,
+    onboard_unique,
     producer,
     read_all,
     serve_topics,
@@ -31,14 +31,12 @@ def test_flushall_mid_stream_is_answered_from_the_durable_copy(
     ingest_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
-    from inference.onboarding import onboard
     from inference.store import open_store
 
     redis = redis_server_factory()  # private: FLUSHALL must not touch other tests' keys
     store_url = f"{redis.url}?durable=file://{tmp_path / 'references'}"
-    name = f"bottle-{uuid.uuid4().hex[:6]}"
     with open_store(store_url) as store:
-        onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
+        name = onboard_unique(local_engine, store, "bottle", frame_images.shots).record.product
 
     topics, config = serve_topics(kafka_broker, "flush", store_url, ingest_checkpoint)
     path = write_config(tmp_path / "serve.yaml", config)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_testkit import producer, read_all, running_loop, serve_topics
+from ingest_testkit import onboard_unique, producer, read_all, running_loop, serve_topics
 
 from ingest.camera import CameraSimulator
 from ingest.runtime import build_scorer
@@ -29,7 +29,6 @@ def test_serve_over_triton_matches_the_local_engine(
     tmp_path: Path,
 ) -> None:
     from deploy.triton_repo import build_model_repository
-    from inference.onboarding import onboard
     from inference.scorer import Scorer
     from inference.store import open_store
 
@@ -40,8 +39,7 @@ def test_serve_over_triton_matches_the_local_engine(
     )
     server = triton_server_factory(repo)
     store = open_store(store_url)
-    name = f"triton-{uuid.uuid4().hex[:6]}"
-    onboard(local_engine, store, name, frame_images.shots, shots=len(frame_images.shots))
+    name = onboard_unique(local_engine, store, "triton", frame_images.shots).record.product
 
     topics, config = serve_topics(kafka_broker, "triton", store_url, ingest_checkpoint)
     config["engine"] = {"kind": "triton", "url": server.grpc_url, "timeout_s": 60}
