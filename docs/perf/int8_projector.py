@@ -18,27 +18,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from auroc_runtime import bottle_inputs, compare_engines  # this folder's AUROC comparison
 
 from inference.engines.local import LocalEngine
 from inference.engines.onnx_runtime import OnnxFeatureRunner
-from inference.onboarding import build_record, find_images, load_images
-from inference.scorer import detector_for, maps_and_scores
+from inference.onboarding import build_record
 from pretrain.residual import pool_residuals
 
 REPEATS = 9
 
 
 def main() -> None:
-    root = Path("../shared/datasets/mvtec_ad/bottle")
     fp32 = LocalEngine()
     assert fp32.runtime == "onnxruntime", fp32.runtime
     int8 = LocalEngine(model=fp32.model)
     int8._onnx = OnnxFeatureRunner(fp32.model, projector_int8=True)
-    shots = load_images(find_images(root / "train/good")[:8], 224)
-    tests = sorted((root / "test").glob("*/*.png"))
-    labels = np.array([0 if p.parent.name == "good" else 1 for p in tests])
-    imgs = load_images(tests, 224)
+    shots, tests, labels, imgs = bottle_inputs()
     out: dict = {
         "command": ".venv/bin/python docs/perf/int8_projector.py",
         "load_average_start": os.getloadavg(),
@@ -77,22 +72,7 @@ def main() -> None:
         max(np.abs(p - q).max() for p, q in zip(a, b, strict=True))
     )
     out["projector_max_abs"] = float(max(np.abs(p).max() for p in a))
-    for det in ("featurenorm", "patchcore"):
-        record = build_record(fp32, "bottle", shots, detector=det)
-        detector = detector_for(record)
-        for name, eng in (("fp32", fp32), ("int8", int8)):
-            start = time.perf_counter()
-            parts = [
-                maps_and_scores(detector, eng.features(imgs[i : i + 8], record), 224)[1]
-                for i in range(0, len(imgs), 8)
-            ]
-            scores = np.concatenate(parts)
-            out[f"{det}_{name}_image_auroc"] = round(float(roc_auc_score(labels, scores)), 4)
-            out[f"{det}_{name}_s"] = round(time.perf_counter() - start, 1)
-            out[f"{det}_{name}_scores"] = [round(float(v), 5) for v in scores]
-        a = np.array(out[f"{det}_fp32_scores"])
-        b = np.array(out[f"{det}_int8_scores"])
-        out[f"{det}_max_rel_score_diff"] = float(np.max(np.abs(b - a) / np.abs(a)))
+    compare_engines({"fp32": fp32, "int8": int8}, shots, imgs, labels, out)
     out["load_average_end"] = os.getloadavg()
     Path("docs/perf/int8-projector.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_scores")}, indent=1))
