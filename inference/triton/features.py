@@ -32,7 +32,7 @@ import numpy as np
 
 from inference.store.urls import redact as _redact
 from inference.store.urls import with_secret_password
-from inference.triton.instance import compute_together, execute_batch, instance_from_args
+from inference.triton.instance import execute_batch, instance_from_args, serve_together
 from inference.triton.instance import param as _param
 
 try:  # only importable inside the Triton python-backend stub
@@ -302,37 +302,31 @@ class FeaturesService:
         pass per (product, version), so a dynamic batch of single-image requests runs the
         backbone once.
         """
-        results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
-        valid: list[int] = []
         resolved: dict[tuple[str, int], Reference] = {}
-        for i, (images, keys, created) in enumerate(requests):
-            try:
-                self.check_images(images)
-                if len(keys) != len(images):
-                    raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
-                if len(created) != len(keys):
-                    raise InvalidRequestError(f"{len(keys)} product keys but {len(created)} dates")
-                found = {
-                    key: self.check_reference(*key, when)
-                    for key, when in dict.fromkeys(zip(keys, created, strict=True))
-                }
-                resolved.update(found)
-                valid.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported to that request only
-                results[i] = exc
-        compute_together(
-            results,
-            valid,
-            [len(requests[i][0]) for i in valid],
-            lambda: self.features(
-                np.concatenate([requests[i][0] for i in valid]),
-                [key for i in valid for key in requests[i][1]],
-                resolved,
+
+        def check(request) -> None:
+            images, keys, created = request
+            self.check_images(images)
+            if len(keys) != len(images):
+                raise InvalidRequestError(f"{len(images)} images but {len(keys)} product keys")
+            if len(created) != len(keys):
+                raise InvalidRequestError(f"{len(keys)} product keys but {len(created)} dates")
+            found = {
+                key: self.check_reference(*key, when)
+                for key, when in dict.fromkeys(zip(keys, created, strict=True))
+            }
+            resolved.update(found)
+
+        return serve_together(
+            requests,
+            check,
+            lambda request: request[0],
+            lambda valid: self.features(
+                np.concatenate([r[0] for r in valid]), [k for r in valid for k in r[1]], resolved
             ),
             LOG,
             "adqc_features",
         )
-        return results  # type: ignore[return-value]
 
     def _autocast(self):
         """CUDA float16 autocast for precision fp16, else a no-op context."""

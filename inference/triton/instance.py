@@ -83,27 +83,38 @@ def execute_batch(
     return responses
 
 
-def compute_together(
-    results: list,
-    valid: list[int],
-    sizes: Sequence[int],
-    compute: Callable[[], Sequence[Any]],
+def serve_together(
+    requests: Sequence[Any],
+    check: Callable[[Any], None],
+    images_of: Callable[[Any], Any],
+    compute: Callable[[list[Any]], Sequence[Any]],
     log: logging.Logger,
     name: str,
-) -> None:
-    """Fill ``results[i]`` for the ``valid`` requests (``sizes``: their image counts, in order):
-    ``compute()`` runs once for all their images concatenated and its level arrays are split
-    back per request; an exception there fails every valid request of the batch."""
+) -> list:
+    """One result per request, in order: ``check`` each (raising fails that request alone),
+    then ``compute`` the valid ones in one pass (it gets them in order and returns level arrays
+    over all their images concatenated), split back per request by ``len(images_of(r))``; an
+    exception in ``compute`` fails every valid request of the batch."""
+    results: list = [None] * len(requests)
+    valid: list[int] = []
+    for i, request in enumerate(requests):
+        try:
+            check(request)
+            valid.append(i)
+        except Exception as exc:  # noqa: BLE001 - reported to that request only
+            results[i] = exc
     if not valid:
-        return
+        return results
+    sizes = [len(images_of(requests[i])) for i in valid]
     try:
-        levels = compute()
+        levels = compute([requests[i] for i in valid])
     except Exception as exc:  # noqa: BLE001 - a compute failure fails the batch
         log.exception("%s: batch of %d images failed", name, sum(sizes))
         for i in valid:
             results[i] = exc
-        return
+        return results
     start = 0
     for i, n in zip(valid, sizes, strict=True):
         results[i] = [level[start : start + n] for level in levels]
         start += n
+    return results

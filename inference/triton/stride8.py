@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.triton.features import InvalidRequestError, error_message
-from inference.triton.instance import compute_together, execute_batch, instance_from_args
+from inference.triton.instance import execute_batch, instance_from_args, serve_together
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -80,23 +80,14 @@ class Stride8Service:
     def serve(self, requests: Sequence[np.ndarray]) -> list[list[np.ndarray] | BaseException]:
         """One result per request (its images): its level maps or the exception that failed it
         alone. Valid requests are computed in one pass."""
-        results: list[list[np.ndarray] | BaseException | None] = [None] * len(requests)
-        valid: list[int] = []
-        for i, images in enumerate(requests):
-            try:
-                self.check_images(images)
-                valid.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported to that request only
-                results[i] = exc
-        compute_together(
-            results,
-            valid,
-            [len(requests[i]) for i in valid],
-            lambda: self.features(np.concatenate([requests[i] for i in valid])),
+        return serve_together(
+            requests,
+            self.check_images,
+            lambda images: images,
+            lambda valid: self.features(np.concatenate(valid)),
             LOG,
             "adqc_stride8",
         )
-        return results  # type: ignore[return-value]
 
     def warm_up(self) -> None:
         """One forward pass, so the first request does not pay for it."""
