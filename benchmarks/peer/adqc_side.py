@@ -73,8 +73,14 @@ class Scored:
     loo_maps: torch.Tensor | None = None  # [K,S,S] of the references, leave-one-out
 
 
-def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = True) -> Scored:
-    """Fit the row's detector on the references' features and score the test features."""
+def score_features(
+    fs: FeatureSet,
+    row_method: str,
+    calibrate_threshold: bool = True,
+    loo_images: list[int] | None = None,
+) -> Scored:
+    """Fit the row's detector on the references' features and score the test features;
+    ``loo_images``: the references scored leave-one-out (default all, as for one detector)."""
     method, kwargs = VARIANTS.get(row_method, (row_method, {}))
     det = make_detector(method, **kwargs)
     t0 = time.perf_counter()
@@ -94,7 +100,9 @@ def score_features(fs: FeatureSet, row_method: str, calibrate_threshold: bool = 
     if calibrate_threshold and fs.train is not None and fs.train[0].shape[0] >= 2:
         # exactly what `adqc product add` does without calibration images
         # (inference/onboarding.py): leave-one-out scores of the K references, then the rule
-        loo_maps = leave_one_out_maps(det.config, fs.train, fs.image_size, fitted=det)
+        loo_maps = leave_one_out_maps(
+            det.config, fs.train, fs.image_size, fitted=det, images=loo_images
+        )
         normal = image_scores(loo_maps)
         try:
             cal = calibrate(normal.numpy().astype(np.float64).tolist(), DEFAULT_TARGET_FAR)

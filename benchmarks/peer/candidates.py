@@ -32,6 +32,7 @@ from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrat
 from inference.stride8 import Stride8Source, in_batches
 from pretrain.data.folders import Sample
 from pretrain.detectors.ensemble import ensemble_scores
+from pretrain.detectors.leave_one_out import calibration_subset
 
 AUX_TAPS = (6, 13)
 #: member -> (feature source, row method of adqc_side.score_features)
@@ -140,7 +141,9 @@ def run(
             for m in needed:
                 if MEMBERS[m][0] != source:
                     continue
-                out = adqc_side.score_features(fs, MEMBERS[m][1], calibrate_threshold=True)
+                # as fit_ensemble calibrates the presets: at most 64 references at full shot
+                loo = calibration_subset(len(inputs.refs[g]))
+                out = adqc_side.score_features(fs, MEMBERS[m][1], True, loo)
                 member_out[m] = out
                 member_s[m] = out.fit_seconds + out.score_seconds
         for c, members in candidates.items():
