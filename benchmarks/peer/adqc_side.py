@@ -30,25 +30,22 @@ from evaluation.runner import (
 )
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
 from pretrain.detectors import check_supported, image_scores, leave_one_out_maps, make_detector
+from pretrain.detectors.ensemble import preset_config
 
 BATCH = 16
+#: the default's PatchCore member exactly as `adqc product add` configures it (anomalib 2.x's
+#: embedding on taps 6 + 13, border padding counted, blocked coreset above 10k patches)
+S8_MEMBER = preset_config("s8-patchcore").members[0].detector.model_dump(exclude={"method"})
 #: row name -> (detector, constructor arguments); plain names are the detectors' defaults
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore_n1": ("patchcore", {"neighbourhood": 1}),  # no 3x3 aggregation (side check)
-    # anomalib 2.x's embedding: the last two levels concatenated (on taps 6 + 13: its layers)
-    "patchcore_concat": (
-        "patchcore",
-        {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True},
-    ),
+    "patchcore_concat": ("patchcore", S8_MEMBER),
     # position-aware matching (issue 11, section 3): bank patches within 2 cells (of 28)
-    "patchcore_concat_local": (
-        "patchcore",
-        {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True, "position_window": 2},
-    ),
-    # the same with anomalib's 10 % coreset at any bank size (speed, issue 12)
+    "patchcore_concat_local": ("patchcore", {**S8_MEMBER, "position_window": 2}),
+    # the same with anomalib's 10 % global coreset at any bank size (speed, issue 12)
     "patchcore_concat_coreset": (
         "patchcore",
-        {"aggregation": "concat", "n_levels": 2, "pool_include_pad": True, "coreset_threshold": 1},
+        {**S8_MEMBER, "coreset_threshold": 1, "coreset_block": 0},
     ),
 }
 

@@ -120,3 +120,16 @@ def test_rule_counts_points_then_mean_then_members() -> None:
     rows[4] = _row("a", "adqc", "x+y", image_auroc=0.81, pixel_auroc=0.90, aupro=0.61)
     assert choose.standings(rows)[0].candidate == "x"
     assert "x+y" in choose.markdown(rows)
+
+
+def test_bench_member_is_the_shipped_member_config_at_any_bank_size() -> None:
+    """The bench's s8-patchcore row fits what `adqc product add` fits, coreset settings
+    included (a copied literal once missed the blocked coreset at full shot)."""
+    from benchmarks.peer.adqc_side import VARIANTS
+    from pretrain.detectors import make_detector
+    from pretrain.detectors.ensemble import preset_config
+
+    method, kwargs = VARIANTS["patchcore_concat"]
+    assert (
+        make_detector(method, **kwargs).config == preset_config("s8-patchcore").members[0].detector
+    )
