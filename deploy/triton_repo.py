@@ -206,6 +206,8 @@ def features_config(spec: RepoSpec, *, queue_delay_us: int = 2000, **params: str
         "pool_cache_mb": "1024",
         "torch_threads": "0",
         "precision": "fp32",
+        # auto: ONNX Runtime on CPU instances (as the in-process engine), torch on GPU
+        "runtime": "auto",
         **params,
     }
     config = _config(

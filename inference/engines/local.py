@@ -22,7 +22,7 @@ from inference.records import ProductRecord
 from inference.store.base import LruCache
 from pretrain.checkpoint import load_feature_model
 from pretrain.model import FeatureModel
-from pretrain.residual import ReferencePool, pool_residuals
+from pretrain.residual import ReferencePool
 
 logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnxruntime")
@@ -116,7 +116,6 @@ class LocalEngine:
         with torch.inference_mode():
             x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
             if self._onnx is not None:
-                raw = self._onnx.raw(x)
-                return self._onnx.project(pool_residuals(raw, pool, self.model.chunk))
+                return self._onnx.projected(x, pool, self.model.chunk)
             levels = self.model.projected(x, pool)
         return [level.float().cpu().numpy() for level in levels]

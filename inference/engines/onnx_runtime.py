@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.model import FeatureModel
+from pretrain.residual import ReferencePool, pool_residuals
 
 OPSET = 17
 CACHE_ENV = "ADQC_ONNX_CACHE"
@@ -153,3 +154,8 @@ class OnnxFeatureRunner:
             for name, r in zip(self.residual_names, residuals, strict=True)
         }
         return self.projector.run(None, feed)
+
+    def projected(self, x: Tensor, pool: ReferencePool, chunk: int) -> list[np.ndarray]:
+        """Normalised float [B,3,S,S] -> backbone -> residual against ``pool`` (torch, in
+        chunks of ``chunk`` patches) -> projector: the anomaly representation per level."""
+        return self.project(pool_residuals(self.raw(x), pool, chunk))

@@ -2,7 +2,9 @@
 
 Per request: uint8 images [B,S,S,3] (or, in the split layout, already normalised float
 [B,3,S,S]), the product name and reference version per image -> backbone -> residual against the
-product's reference pool -> projector -> projected features per level [B,C_l,h_l,w_l].
+product's reference pool -> projector -> projected features per level [B,C_l,h_l,w_l]. On CPU
+the backbone and projector run in ONNX Runtime, as the worker's in-process engine does
+(``runtime`` parameter; torch on GPU or when onnxruntime is missing).
 
 The pools come from the reference store (Redis) by (product, version) and are cached in the
 model instance in a bounded LRU (entries and bytes). Versions are immutable and never reused
@@ -150,7 +152,11 @@ class FeaturesService:
         pool_cache_bytes: int = 1 << 30,
         store=None,
         precision: str = "fp32",
+        runtime: str = "auto",
     ) -> None:
+        """``runtime``: ``auto`` runs the backbone and projector in ONNX Runtime on CPU (as the
+        in-process engine does; torch when onnxruntime is missing) and torch on CUDA;
+        ``torch`` / ``onnxruntime`` force one (``onnxruntime`` only on CPU)."""
         import torch
 
         from pretrain.checkpoint import load_feature_model
@@ -173,6 +179,8 @@ class FeaturesService:
                 "the repository was edited by hand; re-run `adqc export triton`"
             )
         self.model_id = model_id
+        self._onnx = self._onnx_runner(runtime)
+        self.runtime = "onnxruntime" if self._onnx is not None else "torch"
         self.spec = self.model.backbone.spec
         self.image_size = int(self.spec.image_size)
         self.input_is_preprocessed = input_is_preprocessed
@@ -180,6 +188,24 @@ class FeaturesService:
         self._store = store
         self.pools = PoolCache(pool_cache_entries, pool_cache_bytes)
         self._store_lock = threading.Lock()
+
+    def _onnx_runner(self, runtime: str):
+        """An OnnxFeatureRunner when ``runtime`` asks for ONNX Runtime and it can run, else None."""
+        if runtime not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
+        if runtime == "torch" or (runtime == "auto" and self.device.type != "cpu"):
+            return None
+        if self.device.type != "cpu":
+            raise ValueError(f"runtime onnxruntime runs on CPU, not on {self.device}")
+        try:
+            from inference.engines.onnx_runtime import OnnxFeatureRunner
+
+            return OnnxFeatureRunner(self.model)
+        except (ImportError, OSError) as exc:
+            if runtime == "onnxruntime":
+                raise
+            LOG.warning("onnxruntime unavailable (%s); adqc_features runs torch", exc)
+            return None
 
     # ------------------------------------------------------------------ store and pools
     @property
@@ -279,13 +305,19 @@ class FeaturesService:
             for key, pool in pools.items():
                 index = [i for i, k in enumerate(keys) if k == key]
                 x = self._model_input(images[index])
-                levels = self.model.projected(x, pool)
+                if self._onnx is not None:
+                    levels = self._onnx.projected(x, pool, self.model.chunk)
+                else:
+                    levels = [
+                        t.detach().to("cpu", torch.float32).numpy()
+                        for t in self.model.projected(x, pool)
+                    ]
                 if outputs is None:
                     outputs = [
                         np.empty((len(images), *t.shape[1:]), dtype=np.float32) for t in levels
                     ]
-                for out, t in zip(outputs, levels, strict=True):
-                    out[index] = t.detach().to("cpu", torch.float32).numpy()
+                for out, level in zip(outputs, levels, strict=True):
+                    out[index] = level
         assert outputs is not None
         return outputs
 
@@ -346,7 +378,11 @@ class FeaturesService:
         shape = (1, 3, s, s) if self.input_is_preprocessed else (1, s, s, 3)
         dtype = np.float32 if self.input_is_preprocessed else np.uint8
         with torch.inference_mode():
-            self.model.raw(self._model_input(np.zeros(shape, dtype=dtype)))
+            x = self._model_input(np.zeros(shape, dtype=dtype))
+            if self._onnx is not None:
+                self._onnx.raw(x)
+            else:
+                self.model.raw(x)
 
 
 def _text(value: object, name: str) -> str:
@@ -405,12 +441,14 @@ class TritonPythonModel:
             pool_cache_entries=int(_param(config, "pool_cache_entries", "64")),
             pool_cache_bytes=int(float(_param(config, "pool_cache_mb", "1024")) * 2**20),
             precision=_param(config, "precision", "fp32"),
+            runtime=_param(config, "runtime", "auto"),
         )
         self.service.warm_up()
         self.images_input = "INPUT" if self.service.input_is_preprocessed else "IMAGES"
         self.output_names = [o["name"] for o in config["output"]]
         pb_utils.Logger.log_info(
-            f"adqc_features {args['model_instance_name']}: {self.service.model_id} on {device}, "
+            f"adqc_features {args['model_instance_name']}: {self.service.model_id} on {device} "
+            f"({self.service.runtime}), "
             f"store {_redact(store_url)}, ready in {time.perf_counter() - started:.1f} s"
         )
 

@@ -158,6 +158,7 @@ def test_features_config(repo):
     assert params["model_id"] == spec.model_id
     assert params["redis_url"] == "redis://example:6379/2"
     assert params["checkpoint"] == "checkpoint.pt"
+    assert params["runtime"] == "auto"
 
 
 def test_ensemble_config(repo):
@@ -315,6 +316,37 @@ def test_service_matches_feature_model(service, model):
     for got, ref in zip(out, want, strict=True):
         assert got.dtype == np.float32 and got.shape == tuple(ref.shape)
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-5, rtol=0)
+
+
+def test_service_runs_what_the_local_engine_runs(service, model, checkpoint):
+    """On CPU the service's backbone and projector run ONNX Runtime, as the worker's in-process
+    engine does: the same features to float rounding; ``runtime="torch"`` stays available and
+    an unknown runtime is refused."""
+    from inference.engines.local import LocalEngine
+
+    assert service.runtime == "onnxruntime"
+    record = _record(model, service.model_id, "engine-parity", seed=14)
+    version = service.store.publish(record)
+    images = _images(3, service.image_size, seed=15)
+    served = service.features(images, [("engine-parity", version)] * 3)
+    local = LocalEngine(model=model, runtime="onnxruntime")
+    in_process = local.features(images, service.store.get("engine-parity", version))
+    for got, want in zip(served, in_process, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    torch_service = FeaturesService(
+        backbone=BACKBONE, checkpoint=checkpoint, model_id=service.model_id,
+        store_url="memory://", store=service.store, runtime="torch",
+    )  # fmt: skip
+    assert torch_service.runtime == "torch"
+    for got, want in zip(
+        torch_service.features(images, [("engine-parity", version)] * 3), served, strict=True
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="runtime must be auto, torch or onnxruntime"):
+        FeaturesService(
+            backbone=BACKBONE, checkpoint=checkpoint, model_id=service.model_id,
+            store_url="memory://", runtime="tensorrt",
+        )  # fmt: skip
 
 
 def test_service_mixed_products_in_one_batch(service, model):

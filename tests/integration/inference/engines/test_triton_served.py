@@ -146,14 +146,17 @@ def test_scorer_parity_local_vs_triton(served):
 
 @pytest.mark.integration
 def test_features_parity_and_batch_split(served):
-    """More images than max_batch (4) are split into requests; raw features match too."""
+    """More images than max_batch (4) are split into requests; raw features match too: the
+    CPU instance runs ONNX Runtime as the LocalEngine does: equal to 1e-6 (torch differs from
+    ONNX Runtime by ~4e-6 here, so this tells the runtimes apart)."""
     images = _images(5, seed=3)
     record = served["record"]
+    assert served["local"].runtime == "onnxruntime"
     want = served["local"].features(images, record)
     got = served["engine"].features(images, record)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == np.float32
-        assert float(np.abs(g - w).max()) < MAP_TOL
+        assert float(np.abs(g - w).max()) < 1e-6
 
 
 @pytest.mark.integration
