@@ -63,6 +63,32 @@ def operating_point(
     }
 
 
+def group_shift(groups: list[dict[str, np.ndarray]], target: float = DEFAULT_TARGET_FAR) -> list:
+    """Per group, how the good test images sit against the references: the R0 threshold, the
+    references' leave-one-out scores (mean, max), the good test images' median and max score,
+    their median over the LOO mean (``shift``: 1 = the references predict the good test images)
+    and the false alarms at the threshold. A large shift is a change between the references and
+    the good test images that no rule over the references' own scores can see."""
+    out = []
+    for g in groups:
+        threshold, _ = threshold_rule(g["loo"].tolist(), target)
+        good = g["test"][g["labels"] == 0]
+        loo_mean = float(np.mean(g["loo"]))
+        out.append(
+            {
+                "threshold": round(threshold, 4),
+                "loo_mean": round(loo_mean, 4),
+                "loo_max": round(float(np.max(g["loo"])), 4),
+                "n_good": int(good.size),
+                "good_median": round(float(np.median(good)), 4) if good.size else None,
+                "good_max": round(float(np.max(good)), 4) if good.size else None,
+                "shift": round(float(np.median(good)) / loo_mean, 3) if good.size else None,
+                "false_alarms": int((good > threshold).sum()),
+            }
+        )
+    return out
+
+
 def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
     """Per group: test scores and labels, references' leave-one-out scores, plain and viewed."""
     from benchmarks.peer import exchange
@@ -120,6 +146,7 @@ def main() -> None:
     for spec in args.data:
         groups = measure_class(spec, args.shots)
         rows[spec] = {rule: operating_point(groups, rule) for rule in ("R0", "R1", "R2")}
+        rows[spec]["groups"] = group_shift(groups)
         print(spec, json.dumps(rows[spec]), flush=True)
     doc = {
         "command": "python -m benchmarks.peer.calibration_rules "

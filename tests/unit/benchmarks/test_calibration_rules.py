@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.peer.calibration_rules import operating_point, rule_scores
+from benchmarks.peer.calibration_rules import group_shift, operating_point, rule_scores
 from inference.calibration import threshold_rule
 
 LOO = np.array([1.0, 1.1, 1.2, 0.9, 1.05, 1.15, 0.95, 1.0])
@@ -36,3 +36,18 @@ def test_operating_point_counts_alarms_above_each_groups_threshold():
     r2 = operating_point([group], "R2")
     assert r2["false_alarm_rate"] == 0.0 and r2["detection_rate"] == 0.5
     assert operating_point([{**group, "labels": np.ones(4, int)}], "R0")["false_alarm_rate"] is None
+
+
+def test_group_shift_tells_a_shifted_group_from_a_predicted_one():
+    threshold, _ = threshold_rule(LOO.tolist(), 0.01)
+    labels = np.array([0, 0, 0, 1])
+    predicted = {"test": np.array([0.9, 1.0, 1.1, 3.0]), "labels": labels, "loo": LOO}
+    shifted = {"test": 2 * np.array([0.9, 1.0, 1.1, 3.0]), "labels": labels, "loo": LOO}
+    near, far = group_shift([predicted, shifted])
+    assert near["shift"] == pytest.approx(1.0 / LOO.mean(), abs=1e-3)
+    assert far["shift"] == pytest.approx(2.0 / LOO.mean(), abs=1e-3)
+    assert near["false_alarms"] == 0 and far["false_alarms"] == 3
+    assert near["threshold"] == far["threshold"] == pytest.approx(threshold, abs=1e-4)
+    assert near["n_good"] == 3 and near["good_max"] == 1.1 and near["loo_max"] == 1.2
+    none = group_shift([{**predicted, "labels": np.ones(4, int)}])[0]
+    assert none["good_median"] is None and none["false_alarms"] == 0
