@@ -26,6 +26,8 @@ PIXEL_STRIDE = 4  # 224 px maps -> 56 x 56 per image: the bootstrap recomputes t
 def _metric(name: str, scores, maps, labels, masks, idx: np.ndarray) -> float | None:
     if name == "image_auroc":
         return M.auroc(scores[idx], labels[idx])
+    if name == "aupro":
+        return M.aupro(maps[idx], masks[idx])
     return M.auroc(maps[idx], masks[idx])
 
 
@@ -36,6 +38,7 @@ def paired_bootstrap(
     masks: np.ndarray | None,
     n_boot: int = 1000,
     seed: int = 0,
+    metrics: tuple[str, ...] = METRICS,
 ) -> dict[str, dict[str, float]]:
     """95 % intervals of metric(b) - metric(a) over image resamples.
 
@@ -45,6 +48,9 @@ def paired_bootstrap(
         masks: [N,H,W] boolean ground truth, or None (image metrics only).
         n_boot: resamples.
         seed: generator seed.
+        metrics: of ``image_auroc``, ``pixel_auroc``, ``aupro`` (pixel metrics need masks;
+            both are computed on maps subsampled by ``PIXEL_STRIDE``, so they approximate the
+            full-resolution values).
 
     Returns:
         {metric: {"diff", "low", "high", "p_below_zero"}}; ``diff`` is on all images.
@@ -53,7 +59,10 @@ def paired_bootstrap(
     normal, defective = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     if normal.size == 0 or defective.size == 0:
         raise ValueError("the bootstrap needs normal and defective test images")
-    names = [m for m in METRICS if m == "image_auroc" or masks is not None]
+    unknown = set(metrics) - {"image_auroc", "pixel_auroc", "aupro"}
+    if unknown:
+        raise ValueError(f"unknown bootstrap metrics {sorted(unknown)}")
+    names = [m for m in metrics if m == "image_auroc" or masks is not None]
     s = np.s_[:, ::PIXEL_STRIDE, ::PIXEL_STRIDE]
     ma = None if masks is None else np.ascontiguousarray(a["maps"][s])
     mb = None if masks is None else np.ascontiguousarray(b["maps"][s])

@@ -50,7 +50,10 @@ def anomalib_command(
         None, "--candidates", help="with --features candidate: only these (comma-separated)"
     ),
     bootstrap: int = typer.Option(
-        0, "--bootstrap", help="paired bootstrap resamples of each adqc row vs anomalib PatchCore"
+        0,
+        "--bootstrap",
+        help="paired bootstrap resamples of each adqc row vs anomalib PatchCore, and of each "
+        "adpretrain row vs the same detector on raw features (FeatureNorm: residual)",
     ),
     calibration_images: int = typer.Option(
         0,

@@ -113,6 +113,34 @@ def vs_peer(peer, out, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str,
     return paired_bootstrap(a, b, inputs.labels, masks, n_boot=opts.bootstrap, seed=opts.seed)
 
 
+#: the baseline each adpretrain row is compared with (FeatureNorm refuses raw features)
+BASELINE = {"featurenorm": "residual", "patchcore": "raw", "padim": "raw"}
+
+
+def vs_baseline(outs: list, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:
+    """Per adpretrain row's method: paired bootstrap (95 %) of adpretrain - its baseline
+    (``BASELINE``) on image AUROC, and pixel AUROC and AUPRO where masks exist (goal 2 of issue
+    11: every miss with its size and interval)."""
+    from evaluation.significance import paired_bootstrap
+
+    if len(set(np.asarray(inputs.labels).tolist())) < 2:
+        return {}
+    by_key = {(o.features, o.method): o for o in outs}
+    found: dict[str, Any] = {}
+    for method, base in BASELINE.items():
+        ours, theirs = by_key.get(("adpretrain", method)), by_key.get((base, method))
+        if ours is None or theirs is None:
+            continue
+        have_maps = inputs.masks is not None and ours.maps is not None and theirs.maps is not None
+        a = {"scores": theirs.scores, "maps": theirs.maps if have_maps else None}
+        b = {"scores": ours.scores, "maps": ours.maps if have_maps else None}
+        masks = inputs.masks if have_maps else None
+        metrics = ("image_auroc", "pixel_auroc", "aupro")
+        result = paired_bootstrap(a, b, inputs.labels, masks, opts.bootstrap, opts.seed, metrics)
+        found[method] = {"baseline": base, **result}
+    return found
+
+
 def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All rows of one class at K = opts.shots, and a note on what ran."""
     t0 = time.perf_counter()
@@ -167,6 +195,7 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
         kinds = [k for k in kinds if k != "candidate"]
         lm = adqc_side.load(opts.backbone, checkpoint, kinds + ["adpretrain"] * want_candidates)
         outs = adqc_side.run(lm, inputs, kinds, opts.methods) if kinds else []
+        baseline = vs_baseline(outs, inputs, opts) if opts.bootstrap else {}
         if want_candidates:
             from benchmarks.peer import candidates
 
@@ -199,6 +228,8 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                 )
             if opts.bootstrap and peer_patchcore is not None:
                 extra["vs_anomalib_patchcore"] = vs_peer(peer_patchcore, out, inputs, opts)
+            if out.features == "adpretrain" and out.method in baseline:
+                extra["vs_baseline"] = baseline[out.method]
             rows.append(
                 scoring.make_row(
                     source="adqc",

@@ -202,6 +202,47 @@ def intervals(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_intervals(rows: list[dict[str, Any]]) -> str:
+    """adpretrain - the same detector on raw (FeatureNorm: residual) features, 95 % paired
+    bootstrap intervals; the count of points at or above the baseline and every miss."""
+    lines = [
+        "adpretrain - the same detector on its baseline features (raw; FeatureNorm: residual), "
+        "95 % paired bootstrap interval (pixel metrics on maps subsampled 4x):\n",
+        "| class | K | detector (baseline) | image AUROC | pixel AUROC | AUPRO |",
+        "|---|---|---|---|---|---|",
+    ]
+    held = total = 0
+    misses = []
+    for r in sorted(rows, key=lambda r: (r["class"], _shots_order(r["shots"]), r["method"])):
+        vs = r.get("vs_baseline")
+        if not vs:
+            continue
+        cells = []
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            d = vs.get(metric)
+            if not d:
+                cells.append("–")
+                continue
+            total += 1
+            held += d["diff"] >= 0
+            text = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            if d["diff"] < 0:
+                misses.append(d["high"] >= 0)
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(
+            f"| {r['class']} | {r['shots']} | {r['method']} ({vs['baseline']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    within = sum(misses)
+    lines.append(
+        f"\nadpretrain >= baseline at {held} of {total} points; {len(misses)} misses (bold), "
+        f"{within} of them with a 95 % interval that includes 0.\n"
+    )
+    return "\n".join(lines)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc.get("rows", [])
     out = []
@@ -220,6 +261,8 @@ def markdown(doc: dict[str, Any]) -> str:
             ]
     if any("vs_anomalib_patchcore" in r for r in rows):
         out.append(intervals(rows))
+    if any("vs_baseline" in r for r in rows):
+        out.append(baseline_intervals(rows))
     for c in sorted({r["class"] for r in rows}):
         out.append(detail(rows, c))
     return "\n".join(out)

@@ -282,3 +282,42 @@ def test_no_bootstrap_without_both_labels() -> None:
     inputs = SimpleNamespace(labels=np.ones(4, int), masks=None)
     out = SimpleNamespace(scores=np.arange(4.0), maps=None)
     assert vs_peer(out, out, inputs, BenchOptions(shots=8, bootstrap=10)) == {}
+
+
+def test_adpretrain_rows_get_intervals_against_their_baseline() -> None:
+    """Each adpretrain row is bootstrapped against the same detector on raw features
+    (FeatureNorm: residual); the table counts the points and marks every miss."""
+    from types import SimpleNamespace
+
+    from benchmarks.peer.runner import BenchOptions, vs_baseline
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 10 + [1] * 10)
+    masks = np.zeros((20, 8, 8), bool)
+    masks[10:, 2:6, 2:6] = True
+    noise = rng.normal(size=(20, 8, 8))
+
+    def out(features: str, method: str, signal: float) -> SimpleNamespace:
+        maps = noise + masks * signal
+        return SimpleNamespace(
+            features=features, method=method, maps=maps, scores=maps.reshape(20, -1).max(1)
+        )
+
+    outs = [
+        out("raw", "patchcore", 0.5), out("adpretrain", "patchcore", 3.0),
+        out("residual", "featurenorm", 3.0), out("adpretrain", "featurenorm", 0.5),
+        out("adpretrain", "padim", 1.0),  # no raw PaDiM row: no interval
+    ]  # fmt: skip
+    inputs = SimpleNamespace(labels=labels, masks=masks)
+    found = vs_baseline(outs, inputs, BenchOptions(shots=8, bootstrap=40))
+    assert set(found) == {"patchcore", "featurenorm"}
+    assert found["patchcore"]["baseline"] == "raw"
+    assert found["featurenorm"]["baseline"] == "residual"
+    assert found["patchcore"]["pixel_auroc"]["low"] > 0
+    assert found["featurenorm"]["aupro"]["high"] < 0
+    rows = [{"class": "c", "shots": 8, "method": m, "vs_baseline": v} for m, v in found.items()]
+    text = table.baseline_intervals(rows)
+    assert "| c | 8 | featurenorm (residual) | **" in text
+    assert "adpretrain >= baseline at 3 of 6 points; 3 misses (bold)" in text
+    assert vs_baseline(outs, SimpleNamespace(labels=np.ones(20, int), masks=None),
+                       BenchOptions(shots=8, bootstrap=5)) == {}  # fmt: skip

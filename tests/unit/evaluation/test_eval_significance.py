@@ -45,3 +45,13 @@ def test_without_masks_only_image_metrics_and_both_classes_required():
     assert set(paired_bootstrap(a, a, labels, None, n_boot=10)) == {"image_auroc"}
     with pytest.raises(ValueError, match="normal and defective"):
         paired_bootstrap(a, a, np.ones_like(labels), masks, n_boot=10)
+
+
+def test_aupro_on_request_and_unknown_metrics_refused():
+    labels, masks, noise = _case()
+    weak, strong = _scored(noise + masks * 0.3), _scored(noise + masks * 3.0)
+    out = paired_bootstrap(weak, strong, labels, masks, n_boot=50, metrics=("image_auroc", "aupro"))
+    assert set(out) == {"image_auroc", "aupro"}
+    assert out["aupro"]["low"] > 0 and out["aupro"]["diff"] > 0.1
+    with pytest.raises(ValueError, match="unknown bootstrap metrics"):
+        paired_bootstrap(weak, strong, labels, masks, n_boot=5, metrics=("f1",))
