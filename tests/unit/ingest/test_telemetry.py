@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from ingest.camera import new_traceparent
-from ingest.logs import configure_logging
+from ingest.logs import KAFKA_TRANSPORT_LOGGER, ClosedSocketRead, configure_logging
 from ingest.settings import SettingsError, TelemetrySettings, load_settings
 from ingest.telemetry import LabelLimiter, Telemetry, trace_id_of, traceparent_of
 
@@ -287,3 +287,34 @@ def test_log_format_is_validated(monkeypatch) -> None:
     monkeypatch.setenv("ADQC_LOG_FORMAT", "xml")
     with pytest.raises(SettingsError, match="log_format"):
         load_settings()
+
+
+def test_kafka_closed_socket_read_is_dropped_and_other_kafka_errors_pass() -> None:
+    """kafka-python's read of a socket it has just closed (an ERROR with a traceback in
+    3.0.12) is not logged; a real transport error still is."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    transport = logging.getLogger(KAFKA_TRANSPORT_LOGGER)
+    try:
+        configure_logging("INFO", "text", stream=stream)
+        configure_logging("INFO", "text", stream=stream)  # idempotent: one filter
+        assert sum(isinstance(f, ClosedSocketRead) for f in transport.filters) == 1
+        for name, exc in [
+            (
+                "<KafkaTCPTransport [none] (closed)>",
+                AttributeError("'NoneType' object has no attribute 'recv'"),
+            ),
+            ("<KafkaTCPTransport [broker:9092]>", ConnectionResetError("reset by peer")),
+        ]:
+            try:
+                raise exc
+            except Exception:
+                transport.exception("%s: Error receiving network data closing socket", name)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    out = stream.getvalue()
+    assert "(closed)" not in out and "AttributeError" not in out
+    assert "[broker:9092]>: Error receiving network data" in out
+    assert "ConnectionResetError: reset by peer" in out
