@@ -8,6 +8,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from kafka.structs import TopicPartition
@@ -253,25 +254,30 @@ def test_series_names_cover_counters_histograms_gauges() -> None:
     assert "adqc_frames_out" not in names  # a counter is exposed with _total only
 
 
-@pytest.mark.parametrize("fmt", ["json", "text"])
-def test_log_format(fmt: str, monkeypatch) -> None:
-    monkeypatch.setenv("ADQC_LOG_FORMAT", fmt)
-    settings = load_settings()
-    assert settings.log_format == fmt
-    stream = io.StringIO()
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """A stream for ``configure_logging``; the root logger's handlers and level are restored."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
-        configure_logging("INFO", settings.log_format, stream=stream)
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logging.getLogger("adqc.serve").exception("frame %s failed", "f-1")
-        logging.getLogger("adqc.serve").debug("not shown")
+        yield io.StringIO()
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-    lines = stream.getvalue().strip().splitlines()
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_log_format(fmt: str, monkeypatch, log_stream: io.StringIO) -> None:
+    monkeypatch.setenv("ADQC_LOG_FORMAT", fmt)
+    settings = load_settings()
+    assert settings.log_format == fmt
+    configure_logging("INFO", settings.log_format, stream=log_stream)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("adqc.serve").exception("frame %s failed", "f-1")
+    logging.getLogger("adqc.serve").debug("not shown")
+    lines = log_stream.getvalue().strip().splitlines()
     if fmt == "json":
         record = json.loads(lines[0])
         assert len([line for line in lines if line.startswith("{")]) == 1
@@ -289,32 +295,27 @@ def test_log_format_is_validated(monkeypatch) -> None:
         load_settings()
 
 
-def test_kafka_closed_socket_read_is_dropped_and_other_kafka_errors_pass() -> None:
+def test_kafka_closed_socket_read_is_dropped_and_other_kafka_errors_pass(
+    log_stream: io.StringIO,
+) -> None:
     """kafka-python's read of a socket it has just closed (an ERROR with a traceback in
     3.0.12) is not logged; a real transport error still is."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     transport = logging.getLogger(KAFKA_TRANSPORT_LOGGER)
-    try:
-        configure_logging("INFO", "text", stream=stream)
-        configure_logging("INFO", "text", stream=stream)  # idempotent: one filter
-        assert sum(isinstance(f, ClosedSocketRead) for f in transport.filters) == 1
-        for name, exc in [
-            (
-                "<KafkaTCPTransport [none] (closed)>",
-                AttributeError("'NoneType' object has no attribute 'recv'"),
-            ),
-            ("<KafkaTCPTransport [broker:9092]>", ConnectionResetError("reset by peer")),
-        ]:
-            try:
-                raise exc
-            except Exception:
-                transport.exception("%s: Error receiving network data closing socket", name)
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-    out = stream.getvalue()
+    configure_logging("INFO", "text", stream=log_stream)
+    configure_logging("INFO", "text", stream=log_stream)  # idempotent: one filter
+    assert sum(isinstance(f, ClosedSocketRead) for f in transport.filters) == 1
+    for name, exc in [
+        (
+            "<KafkaTCPTransport [none] (closed)>",
+            AttributeError("'NoneType' object has no attribute 'recv'"),
+        ),
+        ("<KafkaTCPTransport [broker:9092]>", ConnectionResetError("reset by peer")),
+    ]:
+        try:
+            raise exc
+        except Exception:
+            transport.exception("%s: Error receiving network data closing socket", name)
+    out = log_stream.getvalue()
     assert "(closed)" not in out and "AttributeError" not in out
     assert "[broker:9092]>: Error receiving network data" in out
     assert "ConnectionResetError: reset by peer" in out
