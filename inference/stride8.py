@@ -50,17 +50,25 @@ def stride8_model(weights: Path | str | None = None, device: str = "cpu") -> Fea
 
 
 class Stride8Features:
-    """uint8 [B,S,S,3] -> raw level maps [B,32,S/8,S/8] and [B,96,S/16,S/16] (torch)."""
+    """uint8 [B,S,S,3] -> raw level maps [B,32,S/8,S/8] and [B,96,S/16,S/16] (torch).
+
+    ``image_size``: the S it is fed (default the backbone's 224); the ONNX graph is exported
+    for that size (torch takes any size).
+    """
 
     def __init__(
         self,
         weights: Path | str | None = None,
         runtime: str = "auto",
         cache_dir: Path | str | None = None,
+        image_size: int | None = None,
     ) -> None:
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"runtime must be auto, torch or onnxruntime, not {runtime!r}")
         self.model = stride8_model(weights)
+        self.image_size = int(image_size or self.model.spec.image_size)
+        if self.image_size % 16:
+            raise ValueError(f"the stride-8 input size must be a multiple of 16, not {image_size}")
         self._session = None
         if runtime != "torch":
             try:
@@ -78,9 +86,11 @@ class Stride8Features:
 
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         tag = f"{self.model.spec.name}-torch{torch.__version__.split('+')[0]}-op{OPSET}"
+        size = self.image_size
+        if size != int(self.model.spec.image_size):
+            tag += f"-{size}px"
         path = folder / f"{tag}-backbone.onnx"
         if not path.is_file():
-            size = int(self.model.spec.image_size)
             names = [f"level_{i}" for i in range(len(STRIDE8_TAPS))]
             x = torch.zeros(2, 3, size, size)
             _export(_Backbone(self.model.backbone), (x,), path, ["input"], names)
@@ -94,6 +104,11 @@ class Stride8Features:
             x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
             if self._session is None:
                 return [f.float() for f in self.model.raw(x)]
+            if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+                raise ValueError(
+                    f"stride-8 features were exported for {self.image_size} px images, "
+                    f"got {tuple(images.shape[1:3])}"
+                )
             out = self._session.run(None, {"input": np.ascontiguousarray(x.numpy())})
         return [torch.from_numpy(a) for a in out]
 
@@ -104,10 +119,10 @@ def in_batches(source: Stride8Source, images: np.ndarray, batch: int) -> list[to
     return [torch.cat(level) for level in zip(*parts, strict=True)]
 
 
-@functools.lru_cache(maxsize=1)
-def shared_stride8() -> Stride8Features:
-    """One extractor per process (loaded on first use)."""
-    return Stride8Features()
+@functools.lru_cache(maxsize=4)
+def shared_stride8(image_size: int | None = None) -> Stride8Features:
+    """One extractor per process and input size (loaded on first use)."""
+    return Stride8Features(image_size=image_size)
 
 
 def stride8_source(engine: object) -> Stride8Source:

@@ -11,6 +11,7 @@ and scoring (image decoding excluded, as on the peer side).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,22 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {**S8_MEMBER, "coreset_threshold": 1, "coreset_block": 0},
     ),
 }
+
+
+def sized_member(size: int, base: int = 224) -> dict[str, Any]:
+    """The default's member for ``size`` px input: the coreset threshold and block scale with
+    the patches per image, so the bank turns into coresets at the same number of references."""
+    scale = (size / base) ** 2
+    return {
+        **S8_MEMBER,
+        "coreset_threshold": math.ceil(S8_MEMBER["coreset_threshold"] * scale),
+        "coreset_block": math.ceil(S8_MEMBER["coreset_block"] * scale),
+    }
+
+
+# the default's input-size candidates (issue 11, section 2; docs/BACKBONES.md)
+for _size in (256, 320):
+    VARIANTS[f"patchcore_concat_{_size}"] = ("patchcore", sized_member(_size))
 
 
 @dataclass

@@ -6,6 +6,9 @@ Members, each fitted on the K references of a group exactly as ``adqc eval`` fit
   ``features.6`` + ``features.13``, strides 8 and 16, a 28x28 grid at 224): 3x3 average,
   levels upsampled to 28x28 and concatenated (128 channels), full memory bank below 10k patches
   (no coreset at few-shot);
+- ``s8-patchcore@256`` / ``@320``: the same member on images resized from their files to
+  256 / 320 px (its own ``stride8@S`` source); maps are resized to the peer's size for the
+  pixel metrics, image scores are the maxima of the maps at S;
 - ``adp-featurenorm`` / ``adp-padim`` / ``adp-patchcore``: the shipped projector's features
   (``features.10/13/17``) with adqc's detectors.
 
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmarks.peer import adqc_side
 from benchmarks.peer.adqc_side import BATCH, AdqcOutput
@@ -29,7 +33,7 @@ from benchmarks.peer.exchange import Inputs, load_batch
 from evaluation.datasets import Category
 from evaluation.runner import LoadedModel, RawFeatures, feature_set
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
-from inference.stride8 import Stride8Source, in_batches
+from inference.stride8 import Stride8Source, in_batches, shared_stride8
 from pretrain.data.folders import Sample
 from pretrain.detectors.ensemble import ensemble_scores
 from pretrain.detectors.leave_one_out import calibration_subset
@@ -40,6 +44,8 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "s8-patchcore": ("stride8", "patchcore_concat"),
     "s8-patchcore-coreset": ("stride8", "patchcore_concat_coreset"),
     "s8-patchcore-local": ("stride8", "patchcore_concat_local"),
+    "s8-patchcore@256": ("stride8@256", "patchcore_concat_256"),
+    "s8-patchcore@320": ("stride8@320", "patchcore_concat_320"),
     "adp-featurenorm": ("adpretrain", "featurenorm"),
     "adp-padim": ("adpretrain", "padim"),
     "adp-patchcore": ("adpretrain", "patchcore"),
@@ -55,7 +61,32 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "s8-patchcore-coreset": ("s8-patchcore-coreset",),
     # position-aware matching (issue 11, section 3), measured on every class
     "s8-patchcore-local": ("s8-patchcore-local",),
+    # the default's input size (issue 11, section 2)
+    "s8-patchcore@256": ("s8-patchcore@256",),
+    "s8-patchcore@320": ("s8-patchcore@320",),
 }
+
+
+def source_size(source: str, default: int) -> int:
+    """The input size of a feature source: ``stride8@320`` -> 320, else ``default``."""
+    return int(source.split("@", 1)[1]) if "@" in source else default
+
+
+def decoded(inputs: Inputs, g: int, size: int, held_paths: list) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``g``'s references and test images (then ``held_paths``) at ``size`` px."""
+    if size == inputs.image_size:
+        raise ValueError("decoded() is for other sizes; use inputs.refs / inputs.test")
+    group = inputs.bench_class.groups[g]
+    refs = load_batch(group.references(inputs.shots), size)
+    paths = [s.path for s in group.test] + list(held_paths)
+    return refs, load_batch(paths, size)
+
+
+def at_size(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """[N,S,S] maps resized bilinearly to ``size`` (unchanged when already that size)."""
+    if maps.shape[-1] == size:
+        return maps
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear")[:, 0]
 
 
 def aux_model() -> LoadedModel:
@@ -117,17 +148,23 @@ def run(
         refs = group.references(inputs.shots)
         member_out, member_s, source_s = {}, {}, {}
         for source in sorted(sources):
-            model = aux if source == "stride8" else lm
+            is_s8 = source.startswith("stride8")
+            model = aux if is_s8 else lm
+            size = source_size(source, inputs.image_size)
+            ref_images, images = inputs.refs[g], test_images
+            if size != inputs.image_size:  # decoding is not timed, as on the peer side
+                ref_images, images = decoded(inputs, g, size, held_paths)
             t0 = time.perf_counter()
-            if source == "stride8" and stride8 is not None:
-                train = in_batches(stride8, inputs.refs[g], BATCH)
-                test = in_batches(stride8, test_images, BATCH)
+            if is_s8 and stride8 is not None:
+                extractor = stride8 if size == inputs.image_size else shared_stride8(size)
+                train = in_batches(extractor, ref_images, BATCH)
+                test = in_batches(extractor, images, BATCH)
             else:
-                train = adqc_side._backbone(model, inputs.refs[g])
-                test = adqc_side._backbone(model, test_images)
+                train = adqc_side._backbone(model, ref_images)
+                test = adqc_side._backbone(model, images)
             raw = RawFeatures(
                 category=Category(bc.name, bc.spec, refs, group.test),
-                image_size=inputs.image_size,
+                image_size=size,
                 train_paths=refs,
                 train=train,
                 test=test,
@@ -135,7 +172,7 @@ def run(
                 masks=None,
                 seconds=time.perf_counter() - t0,
             )
-            kind = "raw" if source == "stride8" else source
+            kind = "raw" if is_s8 else source
             fs = feature_set(model, raw, kind, inputs.shots or None, show_progress=False)
             source_s[source] = raw.seconds + fs.seconds
             for m in needed:
@@ -153,8 +190,8 @@ def run(
             # exactly the product's presets (a single member keeps its raw scores)
             c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
             scores[c].append(c_scores.double().numpy())
-            if inputs.masks is not None:
-                maps[c].append(c_maps.float().numpy())
+            if inputs.masks is not None:  # the pixel metrics at the peer's size
+                maps[c].append(at_size(c_maps, inputs.image_size).numpy())
             thresholds[c].append(_threshold(c_loo))
             if len(extra) >= 2:
                 _, held_scores, _ = ensemble_scores([m[n_test:] for m in all_maps], loo_maps)

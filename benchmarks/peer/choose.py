@@ -3,7 +3,8 @@ detector"), applied to the candidate rows of ``adqc bench anomalib --features ca
 
 Points: image AUROC of every class, pixel AUROC and AUPRO where masks exist. (1) Most points
 >= anomalib PatchCore (same run) wins; (2) ties go to the higher mean of (candidate -
-anomalib) over the points; (3) within ``TIE`` of that mean, fewer members win.
+anomalib) over the points; (3) within ``TIE`` of that mean, fewer members win, then the
+smaller input (``s8-patchcore@320`` reads 320 px images; a plain name the peer's 224).
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Any
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 TIE = 0.005
+PEER_SIZE = 224
+
+
+def input_size(candidate: str) -> int:
+    """The input size a candidate's name says (``name@320``), else the peer's."""
+    return int(candidate.rsplit("@", 1)[1]) if "@" in candidate else PEER_SIZE
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,12 @@ def standings(rows: list[dict[str, Any]], shots: int = 8) -> list[Standing]:
         mean = sum(diffs.values()) / len(diffs) if diffs else float("nan")
         out.append(Standing(name, name.count("+") + 1, wins, len(diffs), mean, diffs))
     out.sort(key=lambda s: (-s.wins, -s.mean_diff))
-    # (3): within TIE of the best mean among those with the most wins, fewer members first
+    # (3): within TIE of the best mean among those with the most wins, fewer members first,
+    # then the smaller input
     if out:
         top = [s for s in out if s.wins == out[0].wins]
         close = [s for s in top if out[0].mean_diff - s.mean_diff <= TIE]
-        close.sort(key=lambda s: (s.members, -s.mean_diff))
+        close.sort(key=lambda s: (s.members, input_size(s.candidate), -s.mean_diff))
         rest = [s for s in out if s not in close]
         out = close + rest
     return out

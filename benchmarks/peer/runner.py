@@ -96,34 +96,45 @@ def raw_candidates_only(opts: BenchOptions) -> bool:
     from benchmarks.peer.candidates import CANDIDATES, MEMBERS
 
     names = opts.candidates if opts.candidates is not None else tuple(CANDIDATES)
-    return all(MEMBERS[m][0] == "stride8" for c in names for m in CANDIDATES[c])
+    return all(MEMBERS[m][0].startswith("stride8") for c in names for m in CANDIDATES[c])
+
+
+def _paired(base, out, inputs: exchange.Inputs, opts: BenchOptions, metrics=None) -> dict:
+    """Paired bootstrap (95 %) of ``out`` - ``base`` over test-image resamples
+    (evaluation.significance); pixel metrics where both have maps and the class has masks."""
+    from evaluation.significance import paired_bootstrap
+
+    have_maps = inputs.masks is not None and base.maps is not None and out.maps is not None
+    a = {"scores": base.scores, "maps": base.maps if have_maps else None}
+    b = {"scores": out.scores, "maps": out.maps if have_maps else None}
+    masks = inputs.masks if have_maps else None
+    extra = {} if metrics is None else {"metrics": metrics}
+    return paired_bootstrap(a, b, inputs.labels, masks, opts.bootstrap, opts.seed, **extra)
+
+
+def _two_labels(inputs: exchange.Inputs) -> bool:
+    """Both normal and defective test images (else there is nothing to resample: deeppcb)."""
+    return len(set(np.asarray(inputs.labels).tolist())) >= 2
 
 
 def vs_peer(peer, out, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:
     """Paired bootstrap (95 % interval) of adqc row - anomalib PatchCore, image and pixel
     AUROC, resampling test images (evaluation.significance)."""
-    from evaluation.significance import paired_bootstrap
-
-    if len(set(np.asarray(inputs.labels).tolist())) < 2:
-        return {}  # no normal (or no defective) test image: nothing to resample (deeppcb)
-    have_maps = inputs.masks is not None and peer.maps is not None and out.maps is not None
-    a = {"scores": peer.scores, "maps": peer.maps if have_maps else None}
-    b = {"scores": out.scores, "maps": out.maps if have_maps else None}
-    masks = inputs.masks if have_maps else None
-    return paired_bootstrap(a, b, inputs.labels, masks, n_boot=opts.bootstrap, seed=opts.seed)
+    return _paired(peer, out, inputs, opts) if _two_labels(inputs) else {}
 
 
 #: the baseline each adpretrain row is compared with (FeatureNorm refuses raw features)
 BASELINE = {"featurenorm": "residual", "patchcore": "raw", "padim": "raw"}
+ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+#: the candidate the others are compared with (the shipped default)
+DEFAULT_CANDIDATE = "s8-patchcore"
 
 
 def vs_baseline(outs: list, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:
     """Per adpretrain row's method: paired bootstrap (95 %) of adpretrain - its baseline
     (``BASELINE``) on image AUROC, and pixel AUROC and AUPRO where masks exist (goal 2 of issue
     11: every miss with its size and interval)."""
-    from evaluation.significance import paired_bootstrap
-
-    if len(set(np.asarray(inputs.labels).tolist())) < 2:
+    if not _two_labels(inputs):
         return {}
     by_key = {(o.features, o.method): o for o in outs}
     found: dict[str, Any] = {}
@@ -131,14 +142,22 @@ def vs_baseline(outs: list, inputs: exchange.Inputs, opts: BenchOptions) -> dict
         ours, theirs = by_key.get(("adpretrain", method)), by_key.get((base, method))
         if ours is None or theirs is None:
             continue
-        have_maps = inputs.masks is not None and ours.maps is not None and theirs.maps is not None
-        a = {"scores": theirs.scores, "maps": theirs.maps if have_maps else None}
-        b = {"scores": ours.scores, "maps": ours.maps if have_maps else None}
-        masks = inputs.masks if have_maps else None
-        metrics = ("image_auroc", "pixel_auroc", "aupro")
-        result = paired_bootstrap(a, b, inputs.labels, masks, opts.bootstrap, opts.seed, metrics)
-        found[method] = {"baseline": base, **result}
+        found[method] = {"baseline": base, **_paired(theirs, ours, inputs, opts, ALL_METRICS)}
     return found
+
+
+def vs_default(outs: list, inputs: exchange.Inputs, opts: BenchOptions) -> dict[str, Any]:
+    """Per candidate row other than the default: paired bootstrap (95 %) of candidate -
+    ``DEFAULT_CANDIDATE`` in the same run (image AUROC, pixel AUROC, AUPRO)."""
+    cands = {o.method: o for o in outs if o.features == "candidate"}
+    default = cands.get(DEFAULT_CANDIDATE)
+    if default is None or not _two_labels(inputs):
+        return {}
+    return {
+        name: _paired(default, out, inputs, opts, ALL_METRICS)
+        for name, out in cands.items()
+        if name != DEFAULT_CANDIDATE
+    }
 
 
 def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -211,6 +230,7 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
 
             aux = candidates.aux_model()
             outs += candidates.run(lm, aux, inputs, chosen, held, shared_stride8())
+        against_default = vs_default(outs, inputs, opts) if opts.bootstrap else {}
         for out in outs:
             m = scoring.metrics_of(out.scores, inputs.labels, out.maps, inputs.masks, sizes)
             extra = {
@@ -230,6 +250,8 @@ def bench_class(spec: str, opts: BenchOptions) -> tuple[list[dict[str, Any]], di
                 extra["vs_anomalib_patchcore"] = vs_peer(peer_patchcore, out, inputs, opts)
             if out.features == "adpretrain" and out.method in baseline:
                 extra["vs_baseline"] = baseline[out.method]
+            if out.method in against_default:
+                extra["vs_default"] = against_default[out.method]
             rows.append(
                 scoring.make_row(
                     source="adqc",

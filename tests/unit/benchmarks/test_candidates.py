@@ -3,6 +3,7 @@ rule that picks the default."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,33 @@ def test_rule_counts_points_then_mean_then_members() -> None:
     assert "x+y" in choose.markdown(rows)
 
 
+def test_rule_breaks_a_tie_toward_the_smaller_input() -> None:
+    rows = [
+        _row("a", "anomalib", "patchcore", image_auroc=0.80),
+        _row("a", "adqc", "s8@320", image_auroc=0.812),
+        _row("a", "adqc", "s8", image_auroc=0.810),
+        _row("a", "adqc", "s8@256", image_auroc=0.811),
+    ]
+    assert [s.candidate for s in choose.standings(rows)] == ["s8", "s8@256", "s8@320"]
+    rows[1] = _row("a", "adqc", "s8@320", image_auroc=0.83)  # beyond the tie: the best mean
+    assert choose.standings(rows)[0].candidate == "s8@320"
+
+
+def test_sized_candidate_scores_its_own_decoding_at_the_peers_map_size(part: Path) -> None:
+    """s8-patchcore@256 decodes the files at 256 px, fits and scores there (a 32x32 grid),
+    and hands back maps at the peer's 224 px for the pixel metrics."""
+    bc = load_bench_class(str(part), shots=3)
+    inputs = exchange.prepare(bc, 3, SIZE)
+    only = {c: candidates.CANDIDATES[c] for c in ("s8-patchcore", "s8-patchcore@256")}
+    inputs.masks = np.zeros((len(inputs.labels), SIZE, SIZE), bool)  # ask for maps
+    plain, sized = candidates.run(None, candidates.aux_model(), inputs, only)
+    assert sized.maps.shape == plain.maps.shape == (4, SIZE, SIZE)
+    assert not np.allclose(sized.scores, plain.scores)  # other pixels, other scores
+    assert sized.scores[2:].min() > sized.scores[:2].max()  # the dark spot still outscores
+    refs, test = candidates.decoded(inputs, 0, 256, [])
+    assert refs.shape == (3, 256, 256, 3) and test.shape == (4, 256, 256, 3)
+
+
 def test_bench_member_is_the_shipped_member_config_at_any_bank_size() -> None:
     """The bench's s8-patchcore row fits what `adqc product add` fits, coreset settings
     included (a copied literal once missed the blocked coreset at full shot)."""
@@ -133,3 +161,5 @@ def test_bench_member_is_the_shipped_member_config_at_any_bank_size() -> None:
     assert (
         make_detector(method, **kwargs).config == preset_config("s8-patchcore").members[0].detector
     )
+    sized = VARIANTS["patchcore_concat_320"][1]
+    assert sized["coreset_threshold"] == math.ceil(kwargs["coreset_threshold"] * (320 / 224) ** 2)

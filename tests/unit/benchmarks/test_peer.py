@@ -321,3 +321,30 @@ def test_adpretrain_rows_get_intervals_against_their_baseline() -> None:
     assert "adpretrain >= baseline at 3 of 6 points; 3 misses (bold)" in text
     assert vs_baseline(outs, SimpleNamespace(labels=np.ones(20, int), masks=None),
                        BenchOptions(shots=8, bootstrap=5)) == {}  # fmt: skip
+
+
+def test_candidates_get_intervals_against_the_default() -> None:
+    """Every candidate row other than the shipped default is bootstrapped against it in the
+    same run (the input-size rule reports both intervals)."""
+    from types import SimpleNamespace
+
+    from benchmarks.peer.runner import DEFAULT_CANDIDATE, BenchOptions, vs_default
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 10 + [1] * 10)
+    masks = np.zeros((20, 8, 8), bool)
+    masks[10:, 2:6, 2:6] = True
+    noise = rng.normal(size=(20, 8, 8))
+
+    def out(method: str, signal: float, features: str = "candidate") -> SimpleNamespace:
+        maps = noise + masks * signal
+        return SimpleNamespace(
+            features=features, method=method, maps=maps, scores=maps.reshape(20, -1).max(1)
+        )
+
+    outs = [out(DEFAULT_CANDIDATE, 0.3), out("s8@320", 3.0), out("raw", 3.0, "raw")]
+    inputs = SimpleNamespace(labels=labels, masks=masks)
+    found = vs_default(outs, inputs, BenchOptions(shots=8, bootstrap=40))
+    assert set(found) == {"s8@320"}
+    assert found["s8@320"]["aupro"]["low"] > 0 and found["s8@320"]["image_auroc"]["low"] > 0
+    assert vs_default(outs[1:], inputs, BenchOptions(shots=8, bootstrap=5)) == {}  # no default

@@ -22,6 +22,22 @@ def test_onnxruntime_matches_torch(tmp_path) -> None:
     assert STRIDE8_TAPS == (6, 13)
 
 
+def test_an_other_input_size_gets_its_own_graph_and_grid(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    images = np.random.default_rng(1).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    fast = Stride8Features(runtime="onnxruntime", cache_dir=tmp_path, image_size=256)
+    names = [p.name for p in tmp_path.glob("*.onnx")]
+    assert len(names) == 1 and "256px" in names[0], names
+    a, b = fast(images), Stride8Features(runtime="torch")(images)
+    assert [tuple(x.shape) for x in a] == [(2, 32, 32, 32), (2, 96, 16, 16)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="exported for 256 px images, got \\(224, 224\\)"):
+        fast(np.zeros((1, 224, 224, 3), np.uint8))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Stride8Features(runtime="torch", image_size=250)
+
+
 def test_unknown_runtime_is_refused() -> None:
     with pytest.raises(ValueError, match="runtime"):
         Stride8Features(runtime="tensorrt")
