@@ -107,6 +107,8 @@ class RepoSpec:
     extra: dict = field(default_factory=dict)
     # per level (C, h, w) of the adqc_stride8 outputs for one image; None: no such model
     stride8_shapes: tuple[tuple[int, int, int], ...] | None = None
+    # the input size adqc_stride8 takes: the default preset's (``S8_INPUT_SIZE``)
+    stride8_size: int | None = None
 
 
 #: compute precisions of the features model (fp16: CUDA autocast, GPU instances only)
@@ -242,18 +244,19 @@ def stride8_config(spec: RepoSpec, *, queue_delay_us: int = 2000, **params: str)
         raise ValueError("spec has no stride8_shapes: the repository serves no stride-8 model")
     from inference.stride8 import STRIDE8_TAPS
 
+    size = spec.stride8_size or spec.image_size
     config = _config(
         STRIDE8,
         backend="python",
         max_batch=spec.max_batch,
-        inputs=[_tensor(INPUT_IMAGES, mc.TYPE_UINT8, [spec.image_size, spec.image_size, 3])],
+        inputs=[_tensor(INPUT_IMAGES, mc.TYPE_UINT8, [size, size, 3])],
         outputs=[
             _tensor(stride8_output_name(i), mc.TYPE_FP32, list(shape))
             for i, shape in enumerate(spec.stride8_shapes)
         ],
         parameters={
             "taps": ",".join(map(str, STRIDE8_TAPS)),
-            "image_size": str(spec.image_size),
+            "image_size": str(size),
             "torch_threads": "0",
             **params,
         },
@@ -372,17 +375,14 @@ def build_model_repository(
         raise FileNotFoundError(f"backbone weights not found: {weights}")
     model = load_feature_model(backbone=backbone, checkpoint=checkpoint, weights=weights)
     image_size = int(model.backbone.spec.image_size)
-    stride8_shapes = None
+    stride8_shapes = stride8_size = None
     if stride8:
         from inference.stride8 import stride8_model
+        from pretrain.detectors.ensemble import preset_config
 
-        tapped = stride8_model()
-        if int(tapped.spec.image_size) != image_size:
-            raise ValueError(
-                f"the stride-8 source runs at {tapped.spec.image_size}px, backbone {backbone!r} "
-                f"at {image_size}px: export without the stride-8 model (stride8=False)"
-            )
-        stride8_shapes = probe_level_shapes(tapped, image_size)
+        # served at the size of the default detector, the preset that reads it alone
+        stride8_size = preset_config("s8-patchcore").image_size or image_size
+        stride8_shapes = probe_level_shapes(stride8_model(), stride8_size)
     spec = RepoSpec(
         model_id=model_id(checkpoint),
         backbone=backbone,
@@ -395,6 +395,7 @@ def build_model_repository(
         split_preprocess=split_preprocess,
         checkpoint_sha256=sha256_file(checkpoint),
         stride8_shapes=stride8_shapes,
+        stride8_size=stride8_size,
     )
 
     out = Path(out)

@@ -34,7 +34,7 @@ from inference.frames import load_frame
 from inference.records import DetectorName, ProductRecord, check_product_name
 from inference.scorer import maps_and_scores
 from inference.store import ReferenceStore
-from inference.stride8 import Stride8Source, shared_stride8
+from inference.stride8 import Stride8Source, any_size_stride8
 from pretrain.detectors import (
     Ensemble,
     fit_ensemble,
@@ -93,6 +93,21 @@ def find_images(spec: str | Path) -> list[Path]:
     return found
 
 
+def input_size(engine: LocalEngine, detector: DetectorName) -> int:
+    """The size (px) a product onboarded with ``detector`` is scored at: its preset's own
+    (``s8-patchcore``: ``S8_INPUT_SIZE``) or the engine's."""
+    if detector in PRESETS:
+        return preset_config(detector).image_size or engine.image_size
+    return engine.image_size
+
+
+def at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N,S,S,3] resized to ``size`` (as they are when already that size)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([resize_uint8(image, size) for image in images])
+
+
 def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
     """uint8 [N,S,S,3], each file through the frame decoder (:func:`inference.frames.load_frame`,
     as serve decodes frames); an unreadable file raises ImageLoadError naming it."""
@@ -109,7 +124,8 @@ def build_record(
     calibration: np.ndarray | None = None,
     stride8: Stride8Source | None = None,
 ) -> ProductRecord:
-    """An unpublished record (version 0) from uint8 [K,S,S,3] shots (S = engine.image_size)."""
+    """An unpublished record (version 0) from uint8 [K,S,S,3] shots, best decoded at the
+    detector's :func:`input_size` (other sizes are resized to it)."""
     check_product_name(product)
     if detector not in DETECTOR_CHOICES:
         choices = ", ".join(DETECTOR_CHOICES)
@@ -117,11 +133,12 @@ def build_record(
     k = int(shots.shape[0])
     if k < MIN_SHOTS:
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
-    model, size = engine.model, engine.image_size
+    model, size = engine.model, input_size(engine, detector)
+    shots = at_size(shots, size)
     with torch.inference_mode():
-        raw = engine.raw(model.preprocess(torch.from_numpy(shots)))
+        raw = engine.raw(model.preprocess(torch.from_numpy(at_size(shots, engine.image_size))))
     pool = ReferencePool.from_features(raw)
-    stride8 = stride8 or shared_stride8()
+    stride8 = stride8 or any_size_stride8
     config = preset_config(detector, len(raw)) if detector in PRESETS else None
     reads = config.sources() if config is not None else ("adpretrain",)
     loo = None
@@ -137,7 +154,8 @@ def build_record(
         loo_scores = leave_one_out_scores(fitted.config, loo, size, fitted=fitted)
     if calibration is not None and len(calibration):
         projected = s8 = None
-        if "adpretrain" in reads:
+        calibration = at_size(calibration, size)
+        if "adpretrain" in reads:  # such detectors run at the engine's size
             with torch.inference_mode():
                 x = model.preprocess(torch.from_numpy(calibration))
                 projected = engine.project(pool_residuals(engine.raw(x), pool, model.chunk))
@@ -212,7 +230,7 @@ def onboard(
     started = time.perf_counter()
     check_product_name(product)
     inputs = resolve_inputs(images, shots, calibration_images)
-    size = engine.image_size
+    size = input_size(engine, detector)
     record = build_record(
         engine,
         product,

@@ -32,6 +32,7 @@ from inference.store import ReferenceStore
 from inference.store.base import LruCache
 from inference.stride8 import Stride8Source, stride8_source
 from pretrain.detectors import Detector, Ensemble, flat_features, image_scores, load_detector
+from pretrain.detectors.ensemble import EnsembleConfig
 from pretrain.preprocess import resize_uint8
 
 #: images smaller than this (either side) are refused: too small to inspect
@@ -43,6 +44,13 @@ MAX_REGIONS = 32
 def detector_for(record: ProductRecord) -> Detector:
     """The record's detector, ready to score (rebuilt from its config and state dict)."""
     return load_detector(record.detector_config, record.detector_state)
+
+
+def reads_projected(record: ProductRecord) -> bool:
+    """Whether the record's detector reads the engine's projected features (and so must run at
+    the engine's image size); an ensemble of raw stride-8 members has a size of its own."""
+    config = record.detector_config
+    return not isinstance(config, EnsembleConfig) or "adpretrain" in config.sources()
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -144,7 +152,7 @@ class Scorer:
         Raises ProductNotFoundError, ModelMismatchError or StoreUnavailableError.
         """
         record = self.store.get(product, model_id=self.engine.model_id)
-        if record.image_size != self.engine.image_size:
+        if record.image_size != self.engine.image_size and reads_projected(record):
             raise InvalidImageError(
                 f"product {product!r} v{record.version} was onboarded at {record.image_size}px "
                 f"but the engine runs at {self.engine.image_size}px"

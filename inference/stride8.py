@@ -27,6 +27,7 @@ from pretrain.model import FeatureModel
 
 logger = logging.getLogger(__name__)
 STRIDE8_TAPS = S8_TAPS  # the `mobilenet_v2_s8` backbone's levels
+BASE_SIZE = 224  # the tapped backbone's own input size (its ImageNet resolution)
 #: anything mapping uint8 [B,S,S,3] to the stride-8 level maps (a Stride8Features)
 Stride8Source = Callable[[np.ndarray], list[torch.Tensor]]
 
@@ -119,14 +120,23 @@ def in_batches(source: Stride8Source, images: np.ndarray, batch: int) -> list[to
     return [torch.cat(level) for level in zip(*parts, strict=True)]
 
 
-@functools.lru_cache(maxsize=4)
 def shared_stride8(image_size: int | None = None) -> Stride8Features:
-    """One extractor per process and input size (loaded on first use)."""
+    """One extractor per process and input size (default 224 px; loaded on first use)."""
+    return _shared(int(image_size or BASE_SIZE))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(image_size: int) -> Stride8Features:
     return Stride8Features(image_size=image_size)
 
 
+def any_size_stride8(images: np.ndarray) -> list[torch.Tensor]:
+    """The in-process stride-8 features of uint8 [B,S,S,3] at whatever S they come in."""
+    return shared_stride8(int(images.shape[1]))(images)
+
+
 def stride8_source(engine: object) -> Stride8Source:
-    """The engine's own stride-8 features when it serves them, else :func:`shared_stride8`."""
+    """The engine's own stride-8 features when it serves them, else in process at any size."""
     if isinstance(engine, Stride8Engine):
         return engine.stride8
-    return shared_stride8()
+    return any_size_stride8

@@ -11,7 +11,6 @@ and scoring (image decoding excluded, as on the peer side).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +30,13 @@ from evaluation.runner import (
 )
 from inference.calibration import DEFAULT_TARGET_FAR, CalibrationError, calibrate
 from pretrain.detectors import check_supported, image_scores, leave_one_out_maps, make_detector
-from pretrain.detectors.ensemble import preset_config
+from pretrain.detectors.ensemble import s8_patchcore_config
 
 BATCH = 16
-#: the default's PatchCore member exactly as `adqc product add` configures it (anomalib 2.x's
-#: embedding on taps 6 + 13, border padding counted, blocked coreset above 10k patches)
-S8_MEMBER = preset_config("s8-patchcore").members[0].detector.model_dump(exclude={"method"})
+#: the default's PatchCore member at the peer's 224 px (anomalib 2.x's embedding on taps
+#: 6 + 13, border padding counted, blocked coreset above 10k patches); the preset runs it at
+#: ``S8_INPUT_SIZE`` (``sized_member``)
+S8_MEMBER = s8_patchcore_config().model_dump(exclude={"method"})
 #: row name -> (detector, constructor arguments); plain names are the detectors' defaults
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "patchcore_n1": ("patchcore", {"neighbourhood": 1}),  # no 3x3 aggregation (side check)
@@ -51,15 +51,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def sized_member(size: int, base: int = 224) -> dict[str, Any]:
-    """The default's member for ``size`` px input: the coreset threshold and block scale with
-    the patches per image, so the bank turns into coresets at the same number of references."""
-    scale = (size / base) ** 2
-    return {
-        **S8_MEMBER,
-        "coreset_threshold": math.ceil(S8_MEMBER["coreset_threshold"] * scale),
-        "coreset_block": math.ceil(S8_MEMBER["coreset_block"] * scale),
-    }
+def sized_member(size: int) -> dict[str, Any]:
+    """The default's member for ``size`` px input, as the preset configures it."""
+    return s8_patchcore_config(size).model_dump(exclude={"method"})
 
 
 # the default's input-size candidates (issue 11, section 2; docs/BACKBONES.md)

@@ -67,6 +67,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 
+def shipped_candidate() -> str:
+    """The candidate that is the default preset as `adqc product add` builds it."""
+    from pretrain.detectors.ensemble import S8_BASE_SIZE, preset_config
+
+    size = preset_config("s8-patchcore").image_size or S8_BASE_SIZE
+    return "s8-patchcore" if size == S8_BASE_SIZE else f"s8-patchcore@{size}"
+
+
 def source_size(source: str, default: int) -> int:
     """The input size of a feature source: ``stride8@320`` -> 320, else ``default``."""
     return int(source.split("@", 1)[1]) if "@" in source else default

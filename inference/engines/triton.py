@@ -219,14 +219,17 @@ class TritonEngine:
 
     def stride8(self, images: np.ndarray) -> list:
         """uint8 [B,S,S,3] -> the raw stride-8 level maps (torch tensors [B,32,S/8,S/8] and
-        [B,96,S/16,S/16]) from the server's ``adqc_stride8``, else computed in this process."""
+        [B,96,S/16,S/16]) from the server's ``adqc_stride8`` when it takes S px, else computed
+        in this process."""
         import torch
 
-        if self.stride8_model is None:
-            from inference.stride8 import shared_stride8
+        size = images.shape[1] if isinstance(images, np.ndarray) and images.ndim == 4 else -1
+        check_batch(images, size)
+        if self.stride8_model is None or size != self.stride8_size:
+            # no adqc_stride8 on the server, or one exported for another input size
+            from inference.stride8 import any_size_stride8
 
-            return shared_stride8()(images)
-        check_batch(images, self.stride8_size)
+            return any_size_stride8(images)
         chunks = [
             self._infer_stride8(images[i : i + self.stride8_max_batch])
             for i in range(0, len(images), self.stride8_max_batch)

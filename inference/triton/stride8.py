@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.triton.features import InvalidRequestError, error_message
-from inference.triton.instance import execute_batch, instance_from_args, serve_together
+from inference.triton.instance import execute_batch, instance_from_args, param, serve_together
 
 try:  # only importable inside the Triton python-backend stub
     import triton_python_backend_utils as pb_utils
@@ -42,7 +42,11 @@ class Stride8Service:
     ONNX Runtime, torch when onnxruntime is missing), so a Triton engine is not slower than the
     in-process default by its runtime; on CUDA, torch on the device."""
 
-    def __init__(self, *, weights: Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, *, weights: Path | None = None, device: str = "cpu", image_size: int | None = None
+    ) -> None:
+        """``image_size``: the S it takes (default the backbone's 224; the repository exports
+        the default detector's)."""
         import torch
 
         from inference.stride8 import Stride8Features, stride8_model
@@ -50,13 +54,13 @@ class Stride8Service:
         self.device = torch.device(device)
         self.extractor: Stride8Features | None = None
         if self.device.type == "cpu":
-            self.extractor = Stride8Features(weights)
+            self.extractor = Stride8Features(weights, image_size=image_size)
             self.model = self.extractor.model
         else:
             self.model = stride8_model(weights, device=str(self.device))
         self.model.eval()
         self.runtime = self.extractor.runtime if self.extractor is not None else "torch"
-        self.image_size = int(self.model.spec.image_size)
+        self.image_size = int(image_size or self.model.spec.image_size)
 
     def check_images(self, images: np.ndarray) -> None:
         s = self.image_size
@@ -102,7 +106,8 @@ class TritonPythonModel:
         instance = instance_from_args(args)
         config, device = instance.config, instance.device
         started = time.perf_counter()
-        self.service = Stride8Service(weights=instance.weights, device=device)
+        size = int(param(config, "image_size", "0") or 0) or None
+        self.service = Stride8Service(weights=instance.weights, device=device, image_size=size)
         self.service.warm_up()
         self.output_names = sorted(
             (o["name"] for o in config["output"]), key=lambda name: int(name.rsplit("_", 1)[1])

@@ -17,12 +17,13 @@ shared ``anomaly_map`` gives exactly the mean of the members' maps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from pretrain.detectors.base import Detector, DetectorConfig, NotFittedError
@@ -118,6 +119,17 @@ class EnsembleConfig(DetectorConfig):
     members: tuple[EnsembleMember, ...] = Field(min_length=1)
     #: the preset it was built from (``PRESETS``), shown by `adqc product list`
     preset: str | None = None
+    #: the size (px) images are resized to for this detector; None: the engine's. Only for
+    #: ensembles that read raw stride-8 features alone (the projector is trained at its size)
+    image_size: int | None = Field(None, ge=32)
+
+    @model_validator(mode="after")
+    def _own_size_reads_stride8_only(self) -> EnsembleConfig:
+        if self.image_size is not None and "adpretrain" in self.sources():
+            raise ValueError("an ensemble with its own image_size must read stride8 features only")
+        if self.image_size is not None and self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, not {self.image_size}")
+        return self
 
     def sources(self) -> tuple[FeatureSource, ...]:
         """The feature sources the members read, in ``SOURCE_ORDER``."""
@@ -205,15 +217,33 @@ class Ensemble(Detector[EnsembleConfig]):
 
 #: full shot only (above 10k patches, K > 12): greedy coresets within blocks of ~11 images
 S8_CORESET_BLOCK = 8192
+#: the bank of the 224 px member turns into coresets above this many patches (~12 images)
+S8_CORESET_THRESHOLD = 10_000
+#: the input size of the ``s8-patchcore`` preset (docs/BACKBONES.md, "The default's input size")
+S8_INPUT_SIZE = 256
+#: the size the thresholds above are stated for (the peer's; the member's grid is S / 8)
+S8_BASE_SIZE = 224
 
 
-def _s8_patchcore(first_level: int) -> EnsembleMember:
+def s8_patchcore_config(image_size: int = S8_BASE_SIZE) -> PatchCoreConfig:
+    """The default's PatchCore member (anomalib's layers, embedding and padding) for
+    ``image_size`` px input: the coreset threshold and block scale with the patches per image,
+    so the bank turns into coresets at the same number of references at every size."""
+    scale = (image_size / S8_BASE_SIZE) ** 2
+    return PatchCoreConfig(
+        aggregation="concat",
+        n_levels=2,
+        pool_include_pad=True,
+        coreset_threshold=math.ceil(S8_CORESET_THRESHOLD * scale),
+        coreset_block=math.ceil(S8_CORESET_BLOCK * scale),
+    )
+
+
+def _s8_patchcore(first_level: int, image_size: int = S8_BASE_SIZE) -> EnsembleMember:
     return EnsembleMember(
         source="stride8",
         levels=(first_level, first_level + 1),
-        detector=PatchCoreConfig(
-            aggregation="concat", n_levels=2, pool_include_pad=True, coreset_block=S8_CORESET_BLOCK
-        ),
+        detector=s8_patchcore_config(image_size),
     )
 
 
@@ -221,13 +251,15 @@ def preset_config(name: str, projected_levels: int = 3) -> EnsembleConfig:
     """An ensemble preset (docs/BACKBONES.md, "Choosing the default detector"):
 
     - ``s8-patchcore`` (the default of `adqc product add`): PatchCore on raw ``features.6`` +
-      ``features.13`` (anomalib's layers and embedding), full bank below 10k patches, above
-      it 10 % kept by blocked greedy coresets (``S8_CORESET_BLOCK``);
-    - ``ensemble``: that member plus FeatureNorm on the projector's ``projected_levels``
-      levels, each z-scored by its leave-one-out normal scores.
+      ``features.13`` (anomalib's layers and embedding) of images resized to
+      ``S8_INPUT_SIZE`` px, the whole bank up to ~12 references, above that 10 % kept by
+      blocked greedy coresets (``s8_patchcore_config``);
+    - ``ensemble``: that member at the engine's size (224 px) plus FeatureNorm on the
+      projector's ``projected_levels`` levels, each z-scored by its leave-one-out normal scores.
     """
     if name == "s8-patchcore":
-        return EnsembleConfig(members=(_s8_patchcore(0),), preset=name)
+        member = _s8_patchcore(0, S8_INPUT_SIZE)
+        return EnsembleConfig(members=(member,), preset=name, image_size=S8_INPUT_SIZE)
     if name == "ensemble":
         projected = EnsembleMember(
             source="adpretrain",

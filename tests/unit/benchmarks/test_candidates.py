@@ -16,6 +16,7 @@ from inference.onboarding import build_record
 from inference.scorer import Scorer
 from inference.store import open_store
 from inference.stride8 import Stride8Features
+from pretrain.preprocess import load_batch
 from tests.inference_testkit import local_engine, untrained_checkpoint  # noqa: F401
 
 SIZE = 224
@@ -46,7 +47,9 @@ def part(tmp_path: Path) -> Path:
 def test_bench_row_scores_like_the_shipped_default(part: Path, local_engine) -> None:  # noqa: F811
     bc = load_bench_class(str(part), shots=3)
     inputs = exchange.prepare(bc, 3, SIZE)
-    only = {"s8-patchcore": candidates.CANDIDATES["s8-patchcore"]}
+    shipped = candidates.shipped_candidate()
+    assert shipped == "s8-patchcore@256"  # docs/BACKBONES.md, "The default's input size"
+    only = {shipped: candidates.CANDIDATES[shipped]}
     (row,) = candidates.run(local_engine_model(local_engine), candidates.aux_model(), inputs, only)
     (fast,) = candidates.run(
         local_engine_model(local_engine),
@@ -56,10 +59,11 @@ def test_bench_row_scores_like_the_shipped_default(part: Path, local_engine) -> 
         stride8=Stride8Features(runtime="onnxruntime"),
     )
     np.testing.assert_allclose(fast.scores, row.scores, rtol=1e-4, atol=1e-4)  # ORT == torch
-    record = build_record(local_engine, "toy", inputs.refs[0], detector="s8-patchcore")
-    assert record.detector == "s8-patchcore"
+    refs, test = candidates.decoded(inputs, 0, 256, [])  # the files at the preset's size
+    record = build_record(local_engine, "toy", refs, detector="s8-patchcore")
+    assert record.detector == "s8-patchcore" and record.image_size == 256
     scorer = Scorer(local_engine, open_store("memory://"))
-    product = np.array([r.score for r in scorer.score_with(list(inputs.test[0]), record)])
+    product = np.array([r.score for r in scorer.score_with(list(test), record)])
     np.testing.assert_allclose(product, row.scores, rtol=1e-3, atol=1e-3)
     assert row.info["group_thresholds"][0] == pytest.approx(record.calibration.threshold, 1e-3)
     assert product[2:].min() > product[:2].max()  # the dark spot outscores the good parts
@@ -70,13 +74,14 @@ def test_held_out_threshold_is_what_onboarding_sets(part: Path, local_engine) ->
     inputs = exchange.prepare(bc, 3, SIZE)
     held = candidates.calibration_images(inputs, 5)
     assert [len(h) for h in held] == [2]  # only two train/good images follow the references
-    only = {"s8-patchcore": candidates.CANDIDATES["s8-patchcore"]}
+    shipped = candidates.shipped_candidate()
+    only = {shipped: candidates.CANDIDATES[shipped]}
     (row,) = candidates.run(
         local_engine_model(local_engine), candidates.aux_model(), inputs, only, held
     )
-    record = build_record(
-        local_engine, "toy", inputs.refs[0], detector="s8-patchcore", calibration=held[0]
-    )
+    refs, _ = candidates.decoded(inputs, 0, 256, [])
+    held_256 = load_batch(bc.groups[0].train_good[3:5], 256)
+    record = build_record(local_engine, "toy", refs, detector="s8-patchcore", calibration=held_256)
     assert record.calibration.method == "held-out"
     assert row.info["held_out_thresholds"][0] == pytest.approx(record.calibration.threshold, 1e-3)
     assert row.info["group_thresholds"][0] != pytest.approx(record.calibration.threshold, 1e-3)
@@ -157,9 +162,12 @@ def test_bench_member_is_the_shipped_member_config_at_any_bank_size() -> None:
     from pretrain.detectors import make_detector
     from pretrain.detectors.ensemble import preset_config
 
-    method, kwargs = VARIANTS["patchcore_concat"]
+    method, kwargs = VARIANTS["patchcore_concat_256"]
+    shipped = preset_config("s8-patchcore").members[0].detector
+    assert make_detector(method, **kwargs).config == shipped
+    plain = VARIANTS["patchcore_concat"][1]  # the 224 px member of the `ensemble` preset
     assert (
-        make_detector(method, **kwargs).config == preset_config("s8-patchcore").members[0].detector
+        make_detector("patchcore", **plain).config == preset_config("ensemble").members[0].detector
     )
     sized = VARIANTS["patchcore_concat_320"][1]
-    assert sized["coreset_threshold"] == math.ceil(kwargs["coreset_threshold"] * (320 / 224) ** 2)
+    assert sized["coreset_threshold"] == math.ceil(plain["coreset_threshold"] * (320 / 224) ** 2)

@@ -77,7 +77,8 @@ def test_layout_and_self_contained_checkpoint(repo, checkpoint):
     manifest = json.loads((out / "adqc_repo.json").read_text())
     assert manifest["model_id"] == spec.model_id
     assert manifest["models"] == ["adqc", "adqc_features", "adqc_stride8"]
-    assert manifest["stride8_shapes"] == [[32, 28, 28], [96, 14, 14]]
+    # served at the default preset's 256 px (docs/BACKBONES.md, "The default's input size")
+    assert manifest["stride8_shapes"] == [[32, 32, 32], [96, 16, 16]]
 
 
 def _shim(path: Path):
@@ -98,26 +99,26 @@ def test_model_py_shim_exposes_the_python_model(repo):
 
 def test_stride8_config(repo):
     """adqc_stride8: stateless, uint8 images in, the raw stride-8 maps out, batched like
-    adqc_features."""
+    adqc_features; at the default preset's input size (256 px), not the projector's 224."""
     out, spec = repo
     config = tr.read_config(out / "adqc_stride8" / "config.pbtxt")
     assert config.name == "adqc_stride8" and config.backend == "python"
     assert config.max_batch_size == 8
     assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
-        ("IMAGES", mc.TYPE_UINT8, [224, 224, 3])
+        ("IMAGES", mc.TYPE_UINT8, [256, 256, 3])
     ]
     assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
-        ("STRIDE8_0", mc.TYPE_FP32, [32, 28, 28]),
-        ("STRIDE8_1", mc.TYPE_FP32, [96, 14, 14]),
+        ("STRIDE8_0", mc.TYPE_FP32, [32, 32, 32]),
+        ("STRIDE8_1", mc.TYPE_FP32, [96, 16, 16]),
     ]
-    assert spec.stride8_shapes == ((32, 28, 28), (96, 14, 14))
+    assert spec.stride8_shapes == ((32, 32, 32), (96, 16, 16)) and spec.stride8_size == 256
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert [(g.kind, g.count) for g in config.instance_group] == [
         (mc.ModelInstanceGroup.KIND_CPU, 1)
     ]
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params == {"taps": "6,13", "image_size": "224", "torch_threads": "0"}
+    assert params == {"taps": "6,13", "image_size": "256", "torch_threads": "0"}
     # the ensemble does not route through it (it needs no product)
     ensemble = tr.read_config(out / "adqc" / "config.pbtxt")
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["adqc_features"]
@@ -471,7 +472,7 @@ def test_service_refuses_a_hand_edited_model_id(checkpoint):
 def stride8_service():
     from inference.triton.stride8 import Stride8Service
 
-    return Stride8Service()
+    return Stride8Service(image_size=256)  # the size the repository exports
 
 
 def test_stride8_service_matches_the_in_process_source(stride8_service):
@@ -481,11 +482,11 @@ def test_stride8_service_matches_the_in_process_source(stride8_service):
 
     pytest.importorskip("onnxruntime")
     assert stride8_service.runtime == "onnxruntime"
-    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     got = stride8_service.features(images)
-    assert [g.shape for g in got] == [(3, 32, 28, 28), (3, 96, 14, 14)]
+    assert [g.shape for g in got] == [(3, 32, 32, 32), (3, 96, 16, 16)]
     assert all(g.dtype == np.float32 for g in got)
-    for g, w in zip(got, Stride8Features()(images), strict=True):
+    for g, w in zip(got, Stride8Features(image_size=256)(images), strict=True):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-6, rtol=1e-6)
     for g, w in zip(got, Stride8Features(runtime="torch")(images), strict=True):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-4)
@@ -494,11 +495,11 @@ def test_stride8_service_matches_the_in_process_source(stride8_service):
 def test_stride8_service_per_request_errors(stride8_service):
     """A bad request fails alone; the valid ones of the batch are computed in one pass."""
     rng = np.random.default_rng(1)
-    a = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    b = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    a = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
     bad = np.zeros((1, 64, 64, 3), np.uint8)
     first, wrong, second = stride8_service.serve([a, bad, b])
-    assert isinstance(wrong, InvalidRequestError) and "uint8 [B,224,224,3]" in str(wrong)
+    assert isinstance(wrong, InvalidRequestError) and "uint8 [B,256,256,3]" in str(wrong)
     assert error_message(wrong).startswith("InvalidRequestError: ")
     alone = stride8_service.features(np.concatenate([a, b]))
     for level, (x, y) in enumerate(zip(first, second, strict=True)):

@@ -82,8 +82,10 @@ def test_onboard_leave_one_out_then_score(local_engine, good_dir, detector):
         assert record.detector_config.target_dim == max(spec.channels)  # resolved by fit
     elif detector == "padim":
         assert record.detector_state["precision"].shape == (max(patches), 100, 100)
-    elif detector in ("s8-patchcore", "ensemble"):  # stride-8 PatchCore: 28x28, 32 + 96 ch
-        assert record.detector_state["members.0.memory"].shape == (3 * 28 * 28, 128)
+    elif detector in ("s8-patchcore", "ensemble"):  # stride-8 PatchCore, 32 + 96 channels
+        grid = 32 if detector == "s8-patchcore" else 28  # 256 px (the preset's size) or 224
+        assert record.image_size == grid * 8
+        assert record.detector_state["members.0.memory"].shape == (3 * grid * grid, 128)
         members = 1 if detector == "s8-patchcore" else 2
         assert record.detector_state["scale_std"].shape == (members,)
         assert min(record.detector_state["scale_std"]) > 0

@@ -184,3 +184,19 @@ def test_full_shot_calibration_scores_an_evenly_spaced_subset(monkeypatch) -> No
     )
     assert torch.allclose(some, maps[chosen], atol=1e-5)
     assert full.shape == (6,)
+
+
+def test_an_own_input_size_is_for_stride8_only_ensembles() -> None:
+    """The default preset reads 256 px images; the projector runs at the engine's size, so an
+    ensemble with a projected member cannot have a size of its own."""
+    from pretrain.detectors.ensemble import S8_INPUT_SIZE
+
+    default = preset_config("s8-patchcore")
+    assert default.image_size == S8_INPUT_SIZE == 256
+    assert default.members[0].detector.coreset_threshold == 13_062  # 10k x (256 / 224)^2
+    assert preset_config("ensemble").image_size is None
+    assert parse_config(default.model_dump()) == default  # stored records keep the size
+    with pytest.raises(ValueError, match="stride8 features only"):
+        EnsembleConfig.model_validate({**_config().model_dump(), "image_size": 256})
+    with pytest.raises(ValueError, match="multiple of 16"):
+        EnsembleConfig(members=default.members, image_size=250)

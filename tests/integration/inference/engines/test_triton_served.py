@@ -228,19 +228,25 @@ def test_stride8_served_equals_torch(served):
     CPU) and, within float tolerance, the torch path; 5 images > max_batch 4 are split into two
     requests."""
     engine = served["engine"]
-    images = _images(5, seed=7)
+    assert engine.stride8_size == 256  # the default preset's input size
+    images = _images(5, seed=7, size=256)
     before = _stride8_requests(engine)
     got = engine.stride8(images)
     assert _stride8_requests(engine) - before == 2
-    want = Stride8Features()(images)
-    assert [tuple(g.shape) for g in got] == [(5, 32, 28, 28), (5, 96, 14, 14)]
+    want = Stride8Features(image_size=256)(images)
+    assert [tuple(g.shape) for g in got] == [(5, 32, 32, 32), (5, 96, 16, 16)]
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and g.is_contiguous()
         assert float((g - w).abs().max()) < 1e-5
     for g, w in zip(got, Stride8Features(runtime="torch")(images), strict=True):
         assert float((g - w).abs().max()) < MAP_TOL
+    # another size (the `ensemble` preset's 224 px) runs in the client's process
+    small = _images(2, seed=8)
+    got = engine.stride8(small)
+    assert _stride8_requests(engine) - before == 2
+    assert [tuple(g.shape) for g in got] == [(2, 32, 28, 28), (2, 96, 14, 14)]
     with pytest.raises(InvalidImageError):
-        engine.stride8(np.zeros((1, 32, 32, 3), np.uint8))
+        engine.stride8(np.zeros((1, 32, 32, 3), np.float32))
 
 
 @pytest.mark.integration
