@@ -209,7 +209,7 @@ def run_onboarding_bench(
     import torch
 
     from inference.engines.local import LocalEngine
-    from inference.onboarding import build_record, load_images, resolve_inputs
+    from inference.onboarding import build_record, input_size, load_images, resolve_inputs
     from pretrain.detectors import leave_one_out_scores, make_detector
     from pretrain.detectors.ensemble import PRESETS
     from pretrain.residual import leave_one_out_residuals
@@ -225,7 +225,7 @@ def run_onboarding_bench(
         console.print(f"{name}: {phases[name]} s (load {os.getloadavg()[0]:.1f})")
         return time.perf_counter()
 
-    u8 = load_images(inputs.shots, engine.image_size)
+    u8 = load_images(inputs.shots, input_size(engine, detector))  # type: ignore[arg-type]
     t = done("decode+resize", t0)
     if detector in PRESETS:
         return _preset_onboarding(engine, u8, detector, phases, done, t0, t, exact_coreset, build)
@@ -285,20 +285,21 @@ def _preset_onboarding(engine, u8, preset, phases, done, t0, t, exact, build) ->
     if len(config.members) != 1 or config.members[0].source != "stride8":
         raise ValueError(f"bench onboarding times single stride-8 presets, not {preset!r}")
     member = config.members[0].detector
-    extractor = shared_stride8()
-    feats = in_batches(extractor, u8, 32)
+    size = int(u8.shape[1])  # the preset's input size (onboarding.input_size)
+    feats = in_batches(shared_stride8(size), u8, 32)
     t = done("stride-8 features", t)
     fitted = make_detector(member)
     fitted.fit(feats)
     t = done("fit (blocked coreset)", t)
     chosen = calibration_subset(len(u8))  # as fit_ensemble calibrates presets
-    maps = leave_one_out_maps(fitted.config, feats, engine.image_size, fitted=fitted, images=chosen)
+    maps = leave_one_out_maps(fitted.config, feats, size, fitted=fitted, images=chosen)
     scores = image_scores(maps)
     done("leave-one-out calibration", t)
     result = {
         "command": "adqc bench onboarding " + " ".join(sys.argv[3:]),
         "shots": int(u8.shape[0]),
         "detector": preset,
+        "image_size": size,
         "threads": torch.get_num_threads(),
         "phases_s": dict(phases),
         "total_s": round(time.perf_counter() - t0, 2),

@@ -568,27 +568,31 @@ def run_stride8(*, batch: int = 8, requests: int = 16, warmup: int = 2, progress
     from deploy.triton_repo import build_model_repository
     from inference.engines.triton import TritonEngine
     from inference.stride8 import Stride8Features
+    from pretrain.detectors.ensemble import S8_INPUT_SIZE as SIZE  # what adqc_stride8 takes
 
     load_start = os.getloadavg()
-    u8 = np.random.default_rng(1).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    u8 = np.random.default_rng(1).integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="adqc-bench-s8-") as tmp, RedisServer() as redis:
         repo = Path(tmp) / "model_repository"
         build_model_repository(repo, redis_url=redis.url, max_batch=max(16, batch), kind="cpu")
         with TritonServer(repo, workdir=Path(tmp) / "triton", startup_timeout=600,
                           extra_args=["--model-load-thread-count=1"]) as triton:  # fmt: skip
             engine = TritonEngine(triton.grpc_url, timeout_s=120)
+            if engine.stride8_size != SIZE:  # else the engine would run it in process
+                raise RuntimeError(f"adqc_stride8 takes {engine.stride8_size} px, not {SIZE}")
             served = _measured(engine.stride8, u8, requests, warmup)
             progress(f"triton adqc_stride8: {served['throughput_images_per_s']} images/s")
             engine.close()
             load_during = os.getloadavg()
     in_process = {}
     for runtime in ("onnxruntime", "torch"):
-        extractor = Stride8Features(runtime=runtime)
+        extractor = Stride8Features(runtime=runtime, image_size=SIZE)
         in_process[runtime] = _measured(extractor, u8, requests, warmup)
         progress(f"in-process {runtime}: {in_process[runtime]['throughput_images_per_s']} images/s")
     rate = served["throughput_images_per_s"]
     return {
         "batch": batch,
+        "image_size": SIZE,
         "triton": served,
         "in_process": in_process,
         "triton_over_in_process": {

@@ -12,7 +12,7 @@ def test_stride8_bench_times_the_server_and_both_in_process_runtimes():
     pytest.importorskip("onnxruntime")
     lines: list[str] = []
     result = run_stride8(batch=2, requests=2, warmup=1, progress=lines.append)
-    assert result["batch"] == 2
+    assert result["batch"] == 2 and result["image_size"] == 256  # the default's input size
     assert result["triton"]["requests"] == 2 and result["triton"]["throughput_images_per_s"] > 0
     assert set(result["in_process"]) == {"onnxruntime", "torch"}
     for runtime, ratio in result["triton_over_in_process"].items():

@@ -41,7 +41,8 @@ def test_triton_model_takes_the_redis_password_from_a_secret_file(
     local = LocalEngine(checkpoint=repo / "adqc_features/1/checkpoint.pt")
     images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     with open_store(redis.url) as store:
-        record = build_record(local, "secret-part", images)
+        # a projector detector: the engine's features are what its record reads
+        record = build_record(local, "secret-part", images, detector="featurenorm")
         record = record.model_copy(update={"version": store.publish(record)})
     engine = TritonEngine(server.grpc_url, timeout_s=60)
     try:

@@ -96,6 +96,10 @@ def served(tmp_path_factory, redis_server, triton_server_factory):
     record = record.model_copy(update={"calibration": calibration})
     version = store.publish(record)
     record = record.model_copy(update={"version": version})
+    # the default reads raw stride-8 features at 256 px; the projected path (the ensemble
+    # 'adqc') is exercised with a projector detector's record at the engine's 224 px
+    projected = build_record(local, "pcb-7p", shots, detector="featurenorm")
+    projected = projected.model_copy(update={"version": store.publish(projected)})
     engine = TritonEngine(server.grpc_url, timeout_s=60)
     yield {
         "server": server,
@@ -104,6 +108,7 @@ def served(tmp_path_factory, redis_server, triton_server_factory):
         "store": store,
         "store_url": store_url,
         "record": record,
+        "projected": projected,
         "checkpoint": checkpoint,
     }
     engine.close()
@@ -117,11 +122,11 @@ def test_engine_reads_model_from_the_server(served):
     assert engine.max_batch == 4
     assert (
         engine.output_names
-        == ["FEATURES_0", "FEATURES_1", "FEATURES_2"][: len(served["record"].pool)]
+        == ["FEATURES_0", "FEATURES_1", "FEATURES_2"][: len(served["projected"].pool)]
     )
     assert engine.is_ready()
     assert engine.stride8_model == "adqc_stride8"
-    assert engine.stride8_size == 224 and engine.stride8_max_batch == 4
+    assert engine.stride8_size == 256 and engine.stride8_max_batch == 4  # the default's size
     assert engine.stride8_outputs == ["STRIDE8_0", "STRIDE8_1"]
 
 
@@ -150,7 +155,7 @@ def test_features_parity_and_batch_split(served):
     CPU instance runs ONNX Runtime as the LocalEngine does: equal to 1e-6 (torch differs from
     ONNX Runtime by ~4e-6 here, so this tells the runtimes apart)."""
     images = _images(5, seed=3)
-    record = served["record"]
+    record = served["projected"]
     assert served["local"].runtime == "onnxruntime"
     want = served["local"].features(images, record)
     got = served["engine"].features(images, record)
@@ -163,7 +168,7 @@ def test_features_parity_and_batch_split(served):
 def test_unknown_product_fails_alone(served):
     """Concurrent requests (batched together by the server): the unknown product gets its error,
     the valid requests their features."""
-    engine, record = served["engine"], served["record"]
+    engine, record = served["engine"], served["projected"]
     ghost = record.model_copy(update={"product": "ghost-product"})
     images = _images(1, seed=4)
     want = served["local"].features(images, record)
@@ -191,7 +196,7 @@ def test_unknown_product_fails_alone(served):
 
 @pytest.mark.integration
 def test_record_errors(served):
-    engine, record = served["engine"], served["record"]
+    engine, record = served["engine"], served["projected"]
     images = _images(1, seed=5)
     with pytest.raises(ModelMismatchError, match="mobilenet_v2:0123456789ab"):
         engine.features(images, record.model_copy(update={"model_id": "mobilenet_v2:0123456789ab"}))
@@ -212,7 +217,7 @@ def test_deadline(served):
     slow = TritonEngine(served["server"].grpc_url, timeout_s=30)
     slow.timeout_s = 0.001  # after reading the config: an impossible deadline for inference
     with pytest.raises(TritonEngineError, match="deadline"):
-        slow.features(_images(4, seed=6), served["record"])
+        slow.features(_images(4, seed=6), served["projected"])
     slow.close()
 
 
@@ -319,7 +324,7 @@ def test_bench_raw_client_over_system_shared_memory(served):
     shared memory give the TritonEngine's features; its regions are unregistered on close."""
     from benchmarks.triton import RawClient
 
-    engine, record = served["engine"], served["record"]
+    engine, record = served["engine"], served["projected"]
     images = _images(3, seed=4)
     shapes = [tuple(level.shape[1:]) for level in engine.features(images[:1], record)]
     want = engine.features(images, record)
