@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import collections
 import contextlib
 import os
 import shutil
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -60,11 +62,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ADQC_CACHE_DIR", REPO_ROOT / ".cache"))
 
 
+#: ports free_port() returned lately: the kernel may offer a just-closed port again, and a
+#: server given the same port twice (Triton's gRPC and metrics ports) fails to start
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that is free right now and that this process has not
+    been handed lately (so the ports of one server differ)."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((LOOPBACK, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.append(port)
+                return port
+    raise OSError("no free loopback port that was not handed out lately (64 tries)")
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:

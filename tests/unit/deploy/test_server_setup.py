@@ -31,3 +31,33 @@ def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch) -> None:
     draws = iter([dash_first, uuid.UUID(int=1)])
     monkeypatch.setattr(servers.uuid, "uuid4", lambda: next(draws))
     assert servers._kafka_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
+
+
+def test_free_port_never_hands_out_the_same_port_twice(monkeypatch) -> None:
+    """The kernel may offer a just-closed port again; Triton once got it as both its gRPC and
+    its metrics port and refused to start."""
+    import socket
+
+    from deploy import servers
+
+    offered = iter([41001, 41001, 41001, 41002])
+
+    class OneEphemeralPort:
+        def __init__(self, *args) -> None:
+            self.port = next(offered)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def bind(self, address) -> None:
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(servers, "_HANDED_OUT", servers.collections.deque(maxlen=8))
+    monkeypatch.setattr(socket, "socket", OneEphemeralPort)
+    assert [servers.free_port(), servers.free_port()] == [41001, 41002]
