@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from pretrain.backbones.mobilenet_variants import S8_TAPS
+from pretrain.detectors.ensemble import S8_BASE_SIZE  # the tapped backbone's own 224 px
 from pretrain.model import FeatureModel
 
 logger = logging.getLogger(__name__)
 STRIDE8_TAPS = S8_TAPS  # the `mobilenet_v2_s8` backbone's levels
-BASE_SIZE = 224  # the tapped backbone's own input size (its ImageNet resolution)
 #: anything mapping uint8 [B,S,S,3] to the stride-8 level maps (a Stride8Features)
 Stride8Source = Callable[[np.ndarray], list[torch.Tensor]]
 
@@ -122,7 +122,7 @@ def in_batches(source: Stride8Source, images: np.ndarray, batch: int) -> list[to
 
 def shared_stride8(image_size: int | None = None) -> Stride8Features:
     """One extractor per process and input size (default 224 px; loaded on first use)."""
-    return _shared(int(image_size or BASE_SIZE))
+    return _shared(int(image_size or S8_BASE_SIZE))
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from benchmarks.peer import adqc_side
 from benchmarks.peer.adqc_side import BATCH, AdqcOutput
+from benchmarks.peer.choose import input_size
 from benchmarks.peer.exchange import Inputs, load_batch
 from evaluation.datasets import Category
 from evaluation.runner import LoadedModel, RawFeatures, feature_set
@@ -75,11 +76,6 @@ def shipped_candidate() -> str:
     return "s8-patchcore" if size == S8_BASE_SIZE else f"s8-patchcore@{size}"
 
 
-def source_size(source: str, default: int) -> int:
-    """The input size of a feature source: ``stride8@320`` -> 320, else ``default``."""
-    return int(source.split("@", 1)[1]) if "@" in source else default
-
-
 def decoded(inputs: Inputs, g: int, size: int, held_paths: list) -> tuple[np.ndarray, np.ndarray]:
     """Group ``g``'s references and test images (then ``held_paths``) at ``size`` px."""
     if size == inputs.image_size:
@@ -90,7 +86,7 @@ def decoded(inputs: Inputs, g: int, size: int, held_paths: list) -> tuple[np.nda
     return refs, load_batch(paths, size)
 
 
-def at_size(maps: torch.Tensor, size: int) -> torch.Tensor:
+def maps_at(maps: torch.Tensor, size: int) -> torch.Tensor:
     """[N,S,S] maps resized bilinearly to ``size`` (unchanged when already that size)."""
     if maps.shape[-1] == size:
         return maps
@@ -150,7 +146,7 @@ def run(
     extractors: dict[int, Stride8Source] = {}
     if stride8 is not None:
         for source in sources:
-            size = source_size(source, inputs.image_size)
+            size = input_size(source, inputs.image_size)
             if source.startswith("stride8"):
                 extractors[size] = stride8 if size == inputs.image_size else shared_stride8(size)
     for g, group in enumerate(bc.groups):
@@ -165,7 +161,7 @@ def run(
         for source in sorted(sources):
             is_s8 = source.startswith("stride8")
             model = aux if is_s8 else lm
-            size = source_size(source, inputs.image_size)
+            size = input_size(source, inputs.image_size)
             ref_images, images = inputs.refs[g], test_images
             if size != inputs.image_size:  # decoding is not timed, as on the peer side
                 ref_images, images = decoded(inputs, g, size, held_paths)
@@ -205,7 +201,7 @@ def run(
             c_maps, c_scores, c_loo = ensemble_scores(test_maps, loo_maps)
             scores[c].append(c_scores.double().numpy())
             if inputs.masks is not None:  # the pixel metrics at the peer's size
-                maps[c].append(at_size(c_maps, inputs.image_size).numpy())
+                maps[c].append(maps_at(c_maps, inputs.image_size).numpy())
             thresholds[c].append(_threshold(c_loo))
             if len(extra) >= 2:
                 _, held_scores, _ = ensemble_scores([m[n_test:] for m in all_maps], loo_maps)

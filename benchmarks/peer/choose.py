@@ -17,9 +17,10 @@ TIE = 0.005
 PEER_SIZE = 224
 
 
-def input_size(candidate: str) -> int:
-    """The input size a candidate's name says (``name@320``), else the peer's."""
-    return int(candidate.rsplit("@", 1)[1]) if "@" in candidate else PEER_SIZE
+def input_size(name: str, default: int = PEER_SIZE) -> int:
+    """The input size a candidate's or feature source's name says (``name@320`` -> 320),
+    else ``default`` (the peer's)."""
+    return int(name.rsplit("@", 1)[1]) if "@" in name else default
 
 
 @dataclass(frozen=True)

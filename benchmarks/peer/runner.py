@@ -102,14 +102,14 @@ def raw_candidates_only(opts: BenchOptions) -> bool:
 def _paired(base, out, inputs: exchange.Inputs, opts: BenchOptions, metrics=None) -> dict:
     """Paired bootstrap (95 %) of ``out`` - ``base`` over test-image resamples
     (evaluation.significance); pixel metrics where both have maps and the class has masks."""
-    from evaluation.significance import paired_bootstrap
+    from evaluation.significance import METRICS, paired_bootstrap
 
     have_maps = inputs.masks is not None and base.maps is not None and out.maps is not None
     a = {"scores": base.scores, "maps": base.maps if have_maps else None}
     b = {"scores": out.scores, "maps": out.maps if have_maps else None}
     masks = inputs.masks if have_maps else None
-    extra = {} if metrics is None else {"metrics": metrics}
-    return paired_bootstrap(a, b, inputs.labels, masks, opts.bootstrap, opts.seed, **extra)
+    metrics = metrics or METRICS  # the significance module's default: image and pixel AUROC
+    return paired_bootstrap(a, b, inputs.labels, masks, opts.bootstrap, opts.seed, metrics)
 
 
 def _two_labels(inputs: exchange.Inputs) -> bool:
