@@ -58,6 +58,19 @@ def test_anomaly_map_upsamples_means_levels_and_scores_max():
         P.anomaly_map([], 32)
 
 
+@pytest.mark.parametrize(
+    ("grids", "size"),
+    [([(28, 28), (14, 14)], 224), ([(32, 32)], 224), ([(7, 5)], (224, 160)), ([(4, 4)], 12)],
+)
+def test_anomaly_map_is_upsampling_then_blur_as_matrix_products(grids, size):
+    """The operator form equals the plain pipeline (bilinear upsampling of every level, mean,
+    Gaussian with reflect padding, or replicate for maps smaller than its radius)."""
+    g = torch.Generator().manual_seed(5)
+    levels = [torch.rand(3, h, w, generator=g) * 4 for h, w in grids]
+    plain = P.gaussian_blur(sum(P.upsample(s, size) for s in levels) / len(levels), 4.0)
+    torch.testing.assert_close(P.anomaly_map(levels, size), plain, rtol=0, atol=2e-5)
+
+
 # ------------------------------------------------------------------------------ FeatureNorm
 
 
@@ -90,6 +103,24 @@ def test_nearest_distances_matches_cdist_in_chunks():
     out = P.nearest_distances(q, b, max_chunk_elems=97 * 10)  # 34 chunks, last one partial
     assert torch.allclose(out, ref, atol=1e-4)
     assert P.nearest_distances(b[:5], b).abs().max() < 1e-2  # a bank row is its own neighbour
+
+
+def test_nearest_distances_runtimes_agree():
+    """ONNX Runtime's product (the CPU default where installed) and torch's give the same
+    distances; a runtime that cannot run says so."""
+    pytest.importorskip("onnxruntime")
+    g = torch.Generator().manual_seed(4)
+    q, b = torch.randn(700, 128, generator=g).abs(), torch.randn(900, 128, generator=g).abs()
+    ref = torch.cdist(q.double(), b.double()).min(dim=1).values.float()
+    on_ort = P.nearest_distances(q, b, max_chunk_elems=900 * 64, runtime="onnxruntime")
+    on_torch = P.nearest_distances(q, b, max_chunk_elems=900 * 64, runtime="torch")
+    torch.testing.assert_close(on_ort, ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(on_torch, ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(P.nearest_distances(q, b), on_ort)  # auto picks onnxruntime
+    with pytest.raises(RuntimeError, match="float32"):
+        P.nearest_distances(q, b, search_dtype=torch.bfloat16, runtime="onnxruntime")
+    with pytest.raises(ValueError, match="runtime"):
+        P.nearest_distances(q, b, runtime="numpy")
 
 
 def test_greedy_coreset_matches_naive_k_center():
