@@ -83,9 +83,10 @@ def find_regions(
     if not mask.any():
         return []
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    index = np.arange(1, count + 1)
-    peaks = ndimage.maximum(anomaly_map, labels, index)
-    areas = ndimage.sum_labels(mask, labels, index)
+    inside = labels[mask] - 1
+    peaks = np.full(count, -np.inf)
+    np.maximum.at(peaks, inside, anomaly_map[mask])  # ndimage.maximum sorts the whole map
+    areas = np.bincount(inside, minlength=count)
     height, width = anomaly_map.shape
     out_h, out_w = image_shape or (height, width)
     sy, sx = out_h / height, out_w / width

@@ -11,7 +11,7 @@ from PIL import Image
 from inference.calibration import calibrate
 from inference.engines.base import InvalidImageError
 from inference.records import ModelMismatchError, ProductRecord
-from inference.scorer import Scorer, find_regions, heatmap_png
+from inference.scorer import MAX_REGIONS, Scorer, find_regions, heatmap_png
 from inference.store import ProductNotFoundError, open_store
 from pretrain.detectors import FeatureNormConfig
 
@@ -124,6 +124,22 @@ def test_find_regions_separates_components_and_orders_by_peak():
     assert regions[1].bbox == (4, 4, 10, 8) and regions[1].area == 24
     assert find_regions(anomaly, 0.5)[0].area == 10  # no frame shape: map pixels
     assert find_regions(anomaly, 5.0) == []
+
+
+def test_find_regions_peaks_and_areas_agree_with_scipys_measurements():
+    """Many components of a noisy map: every region's peak and area are scipy's."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(np.random.default_rng(3).random((96, 96)), 2)
+    anomaly = smooth.astype(np.float32)
+    threshold = float(np.quantile(anomaly, 0.85))
+    labels, count = ndimage.label(anomaly > threshold, structure=np.ones((3, 3), dtype=bool))
+    index = np.arange(1, count + 1)
+    peaks = ndimage.maximum(anomaly, labels, index)
+    areas = ndimage.sum_labels(anomaly > threshold, labels, index)
+    want = sorted(zip(peaks, areas, strict=True), reverse=True)[:MAX_REGIONS]
+    got = [(r.peak, r.area) for r in find_regions(anomaly, threshold)]
+    assert count > 3 and got == [(float(p), int(a)) for p, a in want]
 
 
 def test_heatmap_png_is_a_png_of_the_input_size(scorer):
