@@ -49,6 +49,8 @@ class StagesConfig:
     shots: int = 8
     pool_shots: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     bank_sizes: tuple[int, ...] = (1568, 4096, 40960)
+    #: the default detector's search per image: (queries, width, bank rows) at 256 px, K = 8
+    default_bank: tuple[int, int, int] | None = (1024, 128, 8192)
     search_batch: int = 8
     variant_batch: int = 8
     variants: bool = True
@@ -69,6 +71,7 @@ class StagesConfig:
             shots=2,
             pool_shots=(1, 2),
             bank_sizes=(256,),
+            default_bank=(64, 128, 512),
             search_batch=2,
             variant_batch=2,
             variants=False,
@@ -218,8 +221,8 @@ def totals(rows: list[dict]) -> list[dict]:
 
 def measure_search(model, shots_u8, query_u8, cfg: StagesConfig) -> dict:
     """Residual 1-NN against K-shot pools and PatchCore nearest distances against bank sizes,
-    float32 vs low precision (bf16 on CPU, fp16 on CUDA), with the agreement of the two."""
-    from pretrain.detectors.components import nearest_distances
+    float32 vs low precision (bf16 on CPU, fp16 on CUDA), with the agreement of the two, and
+    (banks, CPU) the ONNX Runtime product the detectors use by default."""
     from pretrain.residual import ReferencePool, pool_residuals
 
     device = model.device
@@ -250,29 +253,56 @@ def measure_search(model, shots_u8, query_u8, cfg: StagesConfig) -> dict:
                     "same_neighbour_fraction": [round(s, 4) for s in same],
                 }
             )
-        dim = 320
         g = torch.Generator().manual_seed(0)
-        queries = torch.randn(n_img * 196, dim, generator=g).to(device)
-        out["bank"] = []
-        for m in cfg.bank_sizes:
-            bank = torch.randn(m, dim, generator=g).to(device)
-            fp32 = time_call(lambda b=bank: nearest_distances(queries, b), cfg.repeats, device)
-            half = time_call(
-                lambda b=bank: nearest_distances(queries, b, search_dtype=low), cfg.repeats, device
-            )
-            d32 = nearest_distances(queries, bank)
-            dlo = nearest_distances(queries, bank, search_dtype=low)
-            out["bank"].append(
-                {
-                    "bank_size": m,
-                    "queries": int(queries.shape[0]),
-                    "fp32_ms_per_image": round(fp32 * 1000 / n_img, 3),
-                    "low_ms_per_image": round(half * 1000 / n_img, 3),
-                    "speedup": round(fp32 / half, 2),
-                    "max_rel_error": round(float(((dlo - d32).abs() / d32).max()), 5),
-                }
-            )
+        shapes = [(n_img * 196, 320, m) for m in cfg.bank_sizes]  # the projector path's
+        if cfg.default_bank:
+            q_per_image, dim, m = cfg.default_bank
+            shapes.append((n_img * q_per_image, dim, m))
+        out["bank"] = [_bank_row(q, d, m, n_img, low, g, cfg, device) for q, d, m in shapes]
     return out
+
+
+def _bank_row(
+    n_queries: int,
+    dim: int,
+    bank_rows: int,
+    n_img: int,
+    low: torch.dtype,
+    g: torch.Generator,
+    cfg: StagesConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """PatchCore's nearest distance against one bank: torch float32, torch in ``low``
+    precision, and (CPU) the ONNX Runtime product ``nearest_distances`` picks by default."""
+    from pretrain.detectors import onnx_search
+    from pretrain.detectors.components import nearest_distances
+
+    queries = torch.randn(n_queries, dim, generator=g).abs().to(device)
+    bank = torch.randn(bank_rows, dim, generator=g).abs().to(device)
+
+    def timed(**kw: Any) -> float:
+        return time_call(lambda: nearest_distances(queries, bank, **kw), cfg.repeats, device)
+
+    fp32 = timed(runtime="torch")
+    half = timed(runtime="torch", search_dtype=low)
+    d32 = nearest_distances(queries, bank, runtime="torch")
+    dlo = nearest_distances(queries, bank, runtime="torch", search_dtype=low)
+    row: dict[str, Any] = {
+        "bank_size": bank_rows,
+        "dim": dim,
+        "queries": n_queries,
+        "fp32_ms_per_image": round(fp32 * 1000 / n_img, 3),
+        "low_ms_per_image": round(half * 1000 / n_img, 3),
+        "speedup": round(fp32 / half, 2),
+        "max_rel_error": round(float(((dlo - d32).abs() / d32).max()), 5),
+    }
+    if device.type == "cpu" and onnx_search.session(torch.get_num_threads()) is not None:
+        ort = timed(runtime="onnxruntime")
+        dort = nearest_distances(queries, bank, runtime="onnxruntime")
+        row["onnxruntime_ms_per_image"] = round(ort * 1000 / n_img, 3)
+        row["onnxruntime_speedup"] = round(fp32 / ort, 2)
+        row["onnxruntime_max_abs_diff"] = float((dort - d32).abs().max())
+    return row
 
 
 def _ort_session(path: Path, threads: int):
@@ -535,15 +565,19 @@ def render_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "PatchCore nearest distance per image (196 queries of width 320) against memory banks:",
+        "PatchCore nearest distance per image against memory banks (torch float32, torch in "
+        f"{low}, ONNX Runtime float32: the CPU default):",
         "",
-        f"| bank rows | fp32 ms/img | {low} ms/img | speed-up | max relative error |",
-        "|---|---|---|---|---|",
+        f"| queries x width | bank rows | fp32 ms/img | {low} ms/img | speed-up | "
+        "max relative error | onnxruntime ms/img | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in search["bank"]:
         lines.append(
-            f"| {r['bank_size']} | {r['fp32_ms_per_image']} | {r['low_ms_per_image']} | "
-            f"{r['speedup']} | {r['max_rel_error']} |"
+            f"| {r['queries']} x {r.get('dim', 320)} | {r['bank_size']} | "
+            f"{r['fp32_ms_per_image']} | {r['low_ms_per_image']} | {r['speedup']} | "
+            f"{r['max_rel_error']} | {r.get('onnxruntime_ms_per_image', '-')} | "
+            f"{r.get('onnxruntime_speedup', '-')} |"
         )
     if result.get("variants"):
         lines += [

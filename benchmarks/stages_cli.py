@@ -66,6 +66,18 @@ def print_stages(result: dict) -> None:
             "/".join(map(str, r["same_neighbour_fraction"])),
         )
     console.print(t)
+    t = Table(title="PatchCore nearest distance vs bank: torch fp32 / low / onnxruntime")
+    for col in ("queries x width", "bank", "fp32 ms/img", "low ms/img", "onnxruntime ms/img"):
+        t.add_column(col, justify="right")
+    for r in search["bank"]:
+        t.add_row(
+            f"{r['queries']} x {r['dim']}",
+            str(r["bank_size"]),
+            str(r["fp32_ms_per_image"]),
+            str(r["low_ms_per_image"]),
+            str(r.get("onnxruntime_ms_per_image", "-")),
+        )
+    console.print(t)
     for r in result.get("variants", []):
         console.print(
             f"{r['stage']:>9} {r['variant']:<30} {r['baseline_ms']:>8} -> {r['variant_ms']:>8} ms"

@@ -58,20 +58,25 @@ def session(threads: int):
 
 def augmented_bank(bank: Tensor) -> np.ndarray:
     """[M,D] bank -> [D+1,M] float32 ``[[-2 B^T], [||b||^2]]`` (the graph's ``bank_t``)."""
-    b = bank.float()
-    return torch.cat([-2.0 * b.t(), (b * b).sum(dim=1).unsqueeze(0)]).contiguous().numpy()
+    b = bank.detach().float().cpu().numpy()
+    out = np.empty((b.shape[1] + 1, b.shape[0]), dtype=np.float32)
+    np.multiply(b.T, -2.0, out=out[:-1])
+    np.einsum("md,md->m", b, b, out=out[-1])
+    return out
 
 
 def nearest_distances_ort(queries: Tensor, bank_t: np.ndarray, chunk: int, ort_session) -> Tensor:
     """L2 distance of every query row [Q,D] to its nearest bank row, ``chunk`` queries per run
-    of ``ort_session`` against ``augmented_bank(bank)``."""
-    q = queries.detach().float().cpu()
-    q_sq = (q * q).sum(dim=1)
-    ones = torch.ones(q.shape[0], 1)
-    q_aug = torch.cat([q, ones], dim=1).numpy()
+    of ``ort_session`` against ``augmented_bank(bank)``. The arithmetic around the run is numpy's:
+    torch's OpenMP workers would spin through ONNX Runtime's run on the same cores."""
+    q = queries.detach().float().cpu().numpy()
+    q_aug = np.empty((q.shape[0], q.shape[1] + 1), dtype=np.float32)
+    q_aug[:, :-1] = q
+    q_aug[:, -1] = 1.0
     out = np.empty(q.shape[0], dtype=np.float32)
     for start in range(0, q.shape[0], chunk):
         part = q_aug[start : start + chunk]
         (row_min,) = ort_session.run(None, {"queries": part, "bank_t": bank_t})
         out[start : start + len(part)] = row_min
-    return (torch.from_numpy(out) + q_sq).clamp_(min=0.0).sqrt_()
+    out += np.einsum("qd,qd->q", q, q)
+    return torch.from_numpy(np.sqrt(np.maximum(out, 0.0, out=out), out=out))

@@ -37,6 +37,9 @@ def test_bench_all_smoke_writes_every_stage(tmp_path):
     assert result["search"]["residual"][0]["pool_patches"] == [196, 196, 49]
     assert 0.0 <= min(result["search"]["residual"][0]["same_neighbour_fraction"]) <= 1.0
     assert result["search"]["bank"][0]["max_rel_error"] < 0.1
+    default_shape = result["search"]["bank"][-1]  # the default detector's search
+    assert (default_shape["dim"], default_shape["bank_size"]) == (128, 512)
+    assert default_shape["onnxruntime_max_abs_diff"] < 1e-3
     assert result["peak_rss_mb"] > 0 and len(result["load_average_start"]) == 3
     stages_bench.write_json(result, out / "stages-smoke.json")
     assert json.loads((out / "stages-smoke.json").read_text())["config"]["smoke"] is True
