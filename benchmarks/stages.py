@@ -204,6 +204,61 @@ def measure_stages(model, images_png, shots_u8, cfg: StagesConfig) -> list[dict]
     return rows
 
 
+#: the default detector's stages (``measure_default_stages``), in frame order
+DEFAULT_STAGES = ("decode+resize", "stride-8 features", "detector", "regions")
+
+
+def measure_default_stages(images_png, shots_png, cfg: StagesConfig) -> list[dict]:
+    """The default detector's frame (``s8-patchcore`` at its input size, what `adqc product
+    add` onboards and the scorer runs), per batch size: decode+resize, the stride-8 features
+    (ONNX Runtime on CPU), the detector (embedding, nearest-neighbour search, maps) and the
+    regions; each stage timed alone, plus their sum ``frame (s8-patchcore)``. CPU only."""
+    from inference.scorer import find_regions
+    from inference.stride8 import Stride8Features
+    from pretrain.detectors import image_scores, make_detector
+    from pretrain.detectors.ensemble import S8_INPUT_SIZE, s8_patchcore_config
+    from pretrain.preprocess import decode_image, resize_uint8
+
+    cpu = torch.device("cpu")
+    size = S8_INPUT_SIZE
+    extract = Stride8Features(image_size=size)
+    config = s8_patchcore_config(size)
+    detector = make_detector("patchcore", **config.model_dump(exclude={"method"}))
+    shots = np.stack([resize_uint8(decode_image(b), size) for b in shots_png[: cfg.shots]])
+    with torch.inference_mode():
+        detector.fit(extract(shots))
+    rows = []
+    for batch in cfg.batches:
+        data = _cycle(images_png, batch)
+
+        def decode(data=data):
+            return np.stack([resize_uint8(decode_image(b), size) for b in data])
+
+        u8 = decode()
+        with torch.inference_mode():
+            features = extract(u8)
+            maps = detector.anomaly_maps(features, size)
+            threshold = float(np.quantile(maps.numpy(), 0.99))
+
+            def score(features=features):
+                m = detector.anomaly_maps(features, size)
+                return m, image_scores(m)
+
+            def regions(maps=maps.numpy(), threshold=threshold):
+                return [find_regions(m, threshold) for m in maps]
+
+            steps = (decode, lambda u8=u8: extract(u8), score, regions)
+            parts = [
+                _stage_row(name, batch, time_call(step, cfg.repeats, cpu))
+                for name, step in zip(DEFAULT_STAGES, steps, strict=True)
+            ]
+        total = sum(r["ms_per_batch"] for r in parts) / 1000
+        rows += [*parts, _stage_row("frame (s8-patchcore)", batch, total)]
+        rows[-1]["limit_stage"] = max(parts, key=lambda r: r["ms_per_batch"])["stage"]
+        rows[-1]["image_size"] = size
+    return rows
+
+
 def totals(rows: list[dict]) -> list[dict]:
     """Per batch: the engine (normalise..projector) and the whole path, as sums of stages."""
     engine = ("normalise", "backbone", "residual", "projector")
@@ -494,6 +549,8 @@ def run_stages(cfg: StagesConfig) -> dict:
     rows = measure_stages(model, tests, shots_k, cfg)
     result["stages"] = rows
     result["totals"] = totals(rows)
+    if device.type == "cpu":
+        result["default_stages"] = measure_default_stages(tests, shot_bytes, cfg)
     query = np.stack(_cycle(list(tests_u8), cfg.search_batch))
     result["search"] = measure_search(model, shots_all, query, cfg)
     with torch.inference_mode():
@@ -546,6 +603,24 @@ def render_markdown(result: dict) -> str:
             cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
         label = f"**{name}**" if name in ("engine", "frame (featurenorm)") else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    default = result.get("default_stages")
+    if default:
+        size = default[-1]["image_size"]
+        lines += [
+            "",
+            f"The default detector's frame (`s8-patchcore`, {size} px, K = {result['shots']}, "
+            "CPU): each stage alone, then their sum.",
+            "",
+            head,
+            "|---" * (1 + 2 * len(batches)) + "|",
+        ]
+        for name in [*DEFAULT_STAGES, "frame (s8-patchcore)"]:
+            cells = []
+            for b in batches:
+                r = next((r for r in default if r["stage"] == name and r["batch"] == b), None)
+                cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
+            label = f"**{name}**" if name.startswith("frame") else name
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     search = result["search"]
     low = search["low_precision"]
     lines += [

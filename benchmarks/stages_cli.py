@@ -52,6 +52,19 @@ def print_stages(result: dict) -> None:
                 str(r["images_per_s"]),
             )
     console.print(table)
+    if result.get("default_stages"):
+        t = Table(title="the default detector's frame (s8-patchcore), CPU")
+        for col in ("stage", "batch", "ms/batch", "ms/img", "img/s"):
+            t.add_column(col, justify="right")
+        for r in result["default_stages"]:
+            t.add_row(
+                r["stage"],
+                str(r["batch"]),
+                str(r["ms_per_batch"]),
+                str(r["ms_per_image"]),
+                str(r["images_per_s"]),
+            )
+        console.print(t)
     search = result["search"]
     t = Table(title=f"residual 1-NN vs pool size: fp32 vs {search['low_precision']}")
     for col in ("shots", "pool patches", "fp32 ms/img", "low ms/img", "speedup", "same NN"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from adqc.cli import build_app
@@ -37,6 +38,11 @@ def test_bench_all_smoke_writes_every_stage(tmp_path):
     assert result["search"]["residual"][0]["pool_patches"] == [196, 196, 49]
     assert 0.0 <= min(result["search"]["residual"][0]["same_neighbour_fraction"]) <= 1.0
     assert result["search"]["bank"][0]["max_rel_error"] < 0.1
+    default = {r["stage"]: r for r in result["default_stages"]}  # the default's frame, CPU
+    assert set(default) == {*stages_bench.DEFAULT_STAGES, "frame (s8-patchcore)"}
+    frame = default["frame (s8-patchcore)"]
+    parts = sum(default[s]["ms_per_batch"] for s in stages_bench.DEFAULT_STAGES)
+    assert frame["ms_per_batch"] == pytest.approx(parts, abs=0.01) and frame["image_size"] == 256
     default_shape = result["search"]["bank"][-1]  # the default detector's search
     assert (default_shape["dim"], default_shape["bank_size"]) == (128, 512)
     assert default_shape["onnxruntime_max_abs_diff"] < 1e-3
