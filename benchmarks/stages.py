@@ -132,6 +132,13 @@ def _cycle(items: Sequence, n: int) -> list:
     return [items[i % len(items)] for i in range(n)]
 
 
+def _decoder(data: Sequence[bytes], size: int) -> Callable[[], np.ndarray]:
+    """A call that decodes ``data`` (encoded images) and resizes each to ``size`` px."""
+    from pretrain.preprocess import decode_image, resize_uint8
+
+    return lambda: np.stack([resize_uint8(decode_image(b), size) for b in data])
+
+
 def _search_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
@@ -150,7 +157,6 @@ def measure_stages(model, images_png, shots_u8, cfg: StagesConfig) -> list[dict]
     """Per batch size, every stage timed alone on the output of the previous one."""
     from inference.scorer import find_regions
     from pretrain.detectors import FeatureNorm, PatchCore, anomaly_map, image_scores
-    from pretrain.preprocess import decode_image, resize_uint8
     from pretrain.residual import ReferencePool, pool_residuals
 
     device = model.device
@@ -163,11 +169,7 @@ def measure_stages(model, images_png, shots_u8, cfg: StagesConfig) -> list[dict]
     featurenorm = FeatureNorm()
     rows = []
     for batch in cfg.batches:
-        data = _cycle(images_png, batch)
-
-        def decode(data=data):
-            return np.stack([resize_uint8(decode_image(b), size) for b in data])
-
+        decode = _decoder(_cycle(images_png, batch), size)
         u8 = decode()
         rows.append(_stage_row("decode+resize", batch, time_call(decode, cfg.repeats, device)))
         with torch.inference_mode():
@@ -217,23 +219,18 @@ def measure_default_stages(images_png, shots_png, cfg: StagesConfig) -> list[dic
     from inference.stride8 import Stride8Features
     from pretrain.detectors import image_scores, make_detector
     from pretrain.detectors.ensemble import S8_INPUT_SIZE, s8_patchcore_config
-    from pretrain.preprocess import decode_image, resize_uint8
 
     cpu = torch.device("cpu")
     size = S8_INPUT_SIZE
     extract = Stride8Features(image_size=size)
     config = s8_patchcore_config(size)
     detector = make_detector("patchcore", **config.model_dump(exclude={"method"}))
-    shots = np.stack([resize_uint8(decode_image(b), size) for b in shots_png[: cfg.shots]])
+    shots = _decoder(shots_png[: cfg.shots], size)()
     with torch.inference_mode():
         detector.fit(extract(shots))
     rows = []
     for batch in cfg.batches:
-        data = _cycle(images_png, batch)
-
-        def decode(data=data):
-            return np.stack([resize_uint8(decode_image(b), size) for b in data])
-
+        decode = _decoder(_cycle(images_png, batch), size)
         u8 = decode()
         with torch.inference_mode():
             features = extract(u8)

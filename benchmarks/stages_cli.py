@@ -37,12 +37,12 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def print_stages(result: dict) -> None:
-    """The stage table (ms per image, images/s) and the search and variant tables."""
-    table = Table(title=f"adqc bench stages ({result['device']}, {result['threads']} threads)")
+def _stage_table(title: str, rows: list[dict]) -> Table:
+    """Stage rows (ms per batch and image, images/s) as a table."""
+    table = Table(title=title)
     for col in ("stage", "batch", "ms/batch", "ms/image", "images/s"):
         table.add_column(col, justify="right" if col != "stage" else "left")
-    for r in result["stages"] + result["totals"]:
+    for r in rows:
         if "ms_per_batch" in r:
             table.add_row(
                 r["stage"],
@@ -51,20 +51,16 @@ def print_stages(result: dict) -> None:
                 str(r["ms_per_image"]),
                 str(r["images_per_s"]),
             )
-    console.print(table)
+    return table
+
+
+def print_stages(result: dict) -> None:
+    """The stage table (ms per image, images/s) and the search and variant tables."""
+    title = f"adqc bench stages ({result['device']}, {result['threads']} threads)"
+    console.print(_stage_table(title, result["stages"] + result["totals"]))
     if result.get("default_stages"):
-        t = Table(title="the default detector's frame (s8-patchcore), CPU")
-        for col in ("stage", "batch", "ms/batch", "ms/img", "img/s"):
-            t.add_column(col, justify="right")
-        for r in result["default_stages"]:
-            t.add_row(
-                r["stage"],
-                str(r["batch"]),
-                str(r["ms_per_batch"]),
-                str(r["ms_per_image"]),
-                str(r["images_per_s"]),
-            )
-        console.print(t)
+        title = "the default detector's frame (s8-patchcore), CPU"
+        console.print(_stage_table(title, result["default_stages"]))
     search = result["search"]
     t = Table(title=f"residual 1-NN vs pool size: fp32 vs {search['low_precision']}")
     for col in ("shots", "pool patches", "fp32 ms/img", "low ms/img", "speedup", "same NN"):
