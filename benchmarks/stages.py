@@ -577,6 +577,23 @@ BEGIN = "<!-- adqc bench stages: generated, do not edit by hand -->"
 END = "<!-- adqc bench stages: end -->"
 
 
+def _stage_lines(
+    names: Sequence[str], rows: list[dict], batches: list[int], bold: Sequence[str]
+) -> list[str]:
+    """A markdown table of ``names`` (ms per image and images/s per batch size), ``bold``
+    rows in bold."""
+    head = "| stage | " + " | ".join(f"B={b} ms/img | B={b} img/s" for b in batches) + " |"
+    lines = [head, "|---" * (1 + 2 * len(batches)) + "|"]
+    for name in names:
+        cells = []
+        for b in batches:
+            r = next((r for r in rows if r["stage"] == name and r["batch"] == b), None)
+            cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
+        label = f"**{name}**" if name in bold else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(result: dict) -> str:
     """The stage, search and variant tables of one run, as markdown."""
     la, lb = result["load_average_start"], result["load_average_end"]
@@ -588,36 +605,21 @@ def render_markdown(result: dict) -> str:
         "",
     ]
     batches = sorted({r["batch"] for r in result["stages"]})
-    head = "| stage | " + " | ".join(f"B={b} ms/img | B={b} img/s" for b in batches) + " |"
-    lines += [head, "|---" * (1 + 2 * len(batches)) + "|"]
     first = [r for r in result["stages"] if r["batch"] == batches[0]]
     names = [r["stage"] for r in first if "ms_per_batch" in r]
+    summed = ["engine", "frame (featurenorm)"]
     rows = result["stages"] + result["totals"]
-    for name in [*names, "engine", "frame (featurenorm)"]:
-        cells = []
-        for b in batches:
-            r = next((r for r in rows if r["stage"] == name and r["batch"] == b), None)
-            cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
-        label = f"**{name}**" if name in ("engine", "frame (featurenorm)") else name
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _stage_lines([*names, *summed], rows, batches, bold=summed)
     default = result.get("default_stages")
     if default:
-        size = default[-1]["image_size"]
         lines += [
             "",
-            f"The default detector's frame (`s8-patchcore`, {size} px, K = {result['shots']}, "
-            "CPU): each stage alone, then their sum.",
+            f"The default detector's frame (`s8-patchcore`, {default[-1]['image_size']} px, "
+            f"K = {result['shots']}, CPU): each stage alone, then their sum.",
             "",
-            head,
-            "|---" * (1 + 2 * len(batches)) + "|",
         ]
-        for name in [*DEFAULT_STAGES, "frame (s8-patchcore)"]:
-            cells = []
-            for b in batches:
-                r = next((r for r in default if r["stage"] == name and r["batch"] == b), None)
-                cells += [str(r["ms_per_image"]), str(r["images_per_s"])] if r else ["", ""]
-            label = f"**{name}**" if name.startswith("frame") else name
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        frame = ["frame (s8-patchcore)"]
+        lines += _stage_lines([*DEFAULT_STAGES, *frame], default, batches, bold=frame)
     search = result["search"]
     low = search["low_precision"]
     lines += [
