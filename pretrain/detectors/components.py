@@ -132,10 +132,11 @@ def nearest_distances(
 
     Queries are processed in chunks of at most ``max_chunk_elems`` distances (~64 MB of
     float32 by default), so memory stays bounded whatever Q and M are. ``runtime``: "auto" runs
-    a float32 search on CPU in ONNX Runtime when it is installed (``onnx_search``: 2-2.8x
-    faster than torch's product on the CPUs measured), else torch; "torch" / "onnxruntime"
-    force one. ``search_dtype`` (torch.bfloat16 / torch.float16, torch only): the q.b products
-    in that precision, norms and sums in float32 (distances then carry that precision's error).
+    a float32 search on CPU in ONNX Runtime when it is installed (``onnx_search``: 1.6x
+    torch on the default's shape in the stages bench, about equal on small banks), else
+    torch; "torch" / "onnxruntime" force one. ``search_dtype`` (torch.bfloat16 /
+    torch.float16, torch only): the q.b products in that precision, norms and sums in float32
+    (distances then carry that precision's error).
     """
     if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} disagree")

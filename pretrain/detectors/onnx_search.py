@@ -2,8 +2,8 @@
 
 PatchCore's token score is ``min_j ||q - b_j||``, i.e. ``||q||^2 + min_j (||b_j||^2 - 2 q.b_j)``:
 one matrix product and a row minimum. On the 2-core AMD EPYC these figures come from, torch's
-float32 product (MKL) is 2-2.8x slower than ONNX Runtime's in isolation (docs/PERFORMANCE.md,
-"The nearest-neighbour search"), so on CPU the product and the minimum run as a two-node ONNX graph
+float32 product (MKL) is about half as fast as ONNX Runtime's (docs/PERFORMANCE.md, "The search
+in ONNX Runtime"), so on CPU the product and the minimum run as a two-node ONNX graph
 (MatMul + ReduceMin) with the bank's squared norms folded into an extra column:
 ``[q, 1] @ [[-2 B^T], [||b||^2]]``. The graph is exported from torch once per process (no file,
 no ``onnx`` package); ``session()`` is None where onnxruntime is not installed.
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
 OPSET = 17
 
 
