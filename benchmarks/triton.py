@@ -387,10 +387,30 @@ class RawClient:
 
     def close(self) -> None:
         for region, handle in self.regions:
-            self.client.unregister_system_shared_memory(region)
+            _unregister_when_released(self.client, region)
             self.shm.destroy_shared_memory_region(handle)
         self.regions = []
         self.client.close()
+
+
+def _in_use(exc: BaseException) -> bool:
+    return "currently in use" in str(exc)
+
+
+def _unregister_when_released(client, region: str) -> None:
+    """Unregister a system shared memory region, waiting (up to 10 s) while the server still
+    holds it: Triton 2.51 releases a region shortly after the response of the request that
+    used it and refuses to unregister it until then ("it is currently in use"; deferred
+    unregistering came in server PR #7743, 2.52)."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+    retrying = Retrying(
+        retry=retry_if_exception(_in_use),
+        stop=stop_after_delay(10),
+        wait=wait_fixed(0.05),
+        reraise=True,
+    )
+    retrying(client.unregister_system_shared_memory, region)
 
 
 def uuid_hex() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.triton import FEATURES_F32, RawClient, add_float32_twin
+from benchmarks.triton import FEATURES_F32, RawClient, _unregister_when_released, add_float32_twin
 from deploy.triton_repo import build_model_repository, read_config
 from pretrain.checkpoint import save_untrained
 
@@ -31,3 +31,25 @@ def test_float32_twin_takes_the_preprocessed_input(tmp_path):
 def test_raw_client_refuses_unknown_payloads():
     with pytest.raises(ValueError, match="payload"):
         RawClient("127.0.0.1:1", "float16", "grpc", 1, 224, [(8, 14, 14)])
+
+
+class _HeldRegionClient:
+    """A Triton client whose server still holds a region for ``held`` unregister calls."""
+
+    def __init__(self, held: int, error: str = "it is currently in use") -> None:
+        self.held, self.error, self.calls = held, error, 0
+
+    def unregister_system_shared_memory(self, region: str) -> None:
+        self.calls += 1
+        if self.calls <= self.held:
+            raise RuntimeError(f"Cannot unregister shared memory region '{region}', {self.error}.")
+
+
+def test_shared_memory_region_is_unregistered_once_the_server_releases_it():
+    client = _HeldRegionClient(held=3)
+    _unregister_when_released(client, "adqc-bench-x-in")
+    assert client.calls == 4
+    other = _HeldRegionClient(held=1, error="it is not registered")
+    with pytest.raises(RuntimeError, match="not registered"):  # no waiting on other errors
+        _unregister_when_released(other, "adqc-bench-x-in")
+    assert other.calls == 1
