@@ -161,6 +161,9 @@ def serve_command(
 
     try:
         serve(settings)
+    except CredentialsError as exc:  # the broker came back from an outage refusing the login
+        err.print(f"[red]fatal:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_CREDENTIALS) from exc
     except StoreAuthError as exc:  # mid-run: the password rotated or the ACL changed
         err.print(
             f"[red]fatal:[/red] {exc}; serve stopped, the frames in flight stay uncommitted "

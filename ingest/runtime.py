@@ -16,6 +16,7 @@ from tenacity import RetryCallState, Retrying
 
 from inference.errors import TransientError, retrying
 from ingest.loop import ScorerLike, ServeLoop
+from ingest.preflight import check_kafka
 from ingest.settings import ServeSettings
 from ingest.telemetry import Telemetry
 
@@ -83,7 +84,8 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
 
     An engine, store or broker that is unreachable at start-up (a TransientError) is waited
     for with back-off, not treated as a crash; anything else (bad checkpoint, model mismatch)
-    raises.
+    raises. Before each retry of Kafka the login is checked again, so a broker that comes back
+    refusing the credentials ends the wait with a CredentialsError (``adqc serve`` exits 3).
     """
     telemetry = telemetry or Telemetry(settings.telemetry)
     stopping = threading.Event()
@@ -95,10 +97,15 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
         if loop is not None:
             loop.stop()
 
+    kafka_attempts = 0
+
     def run_loop(scorer: ScorerLike) -> None:
-        nonlocal loop
+        nonlocal loop, kafka_attempts
         if stopping.is_set():
             return
+        kafka_attempts += 1
+        if kafka_attempts > 1:  # a broker that was down may be back refusing our login
+            check_kafka(settings.kafka)
         loop = ServeLoop(settings, scorer, telemetry)
         try:
             loop.run()

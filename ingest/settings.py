@@ -111,7 +111,11 @@ class KafkaSettings(_Section):
         return self
 
     def client_config(self) -> dict[str, Any]:
-        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients
+        (which also installs :mod:`ingest.kafka_fix` in kafka-python)."""
+        from ingest import kafka_fix
+
+        kafka_fix.install()
         config: dict[str, Any] = {
             "bootstrap_servers": list(self.bootstrap),
             "client_id": self.client_id,
