@@ -2,12 +2,13 @@
 
 kafka-python 3.0.x (``kafka.net.transport``) reads a socket until it would block; when the
 read ends with the peer's close it aborts the connection and drops the bytes read before it.
-A broker that refuses a SASL login answers with the error and closes the connection
-``connection.failed.authentication.delay.ms`` (100 ms by default) later, so a client busy for
-longer than that reads both at once, loses the answer and sees "socket disconnected": a wrong
-password then looks like an outage and is retried forever. Measured on this project's SASL_SSL
-test broker with three busy processes on 2 cores: 2 of 8 logins saw the refusal in a 10 s
-check, and one check in about ten saw none (``adqc serve`` then waited instead of exiting 3).
+A broker that refuses a SASL login sends the error and closes the connection right after it
+(both after ``connection.failed.authentication.delay.ms``, 100 ms by default), so a client not
+waiting on that socket at that moment reads both at once, loses the answer and sees "socket
+disconnected": a wrong password then looks like an outage and is retried forever. Measured
+on this project's SASL_SSL test broker with three busy processes on 2 cores: most logins lost
+the refusal (about 2 of 8 per 10 s check saw it), and 1 check of 23 saw none (``adqc serve``
+then waits instead of exiting 3).
 
 :func:`install` replaces the reader with one that hands those bytes to the protocol before
 closing. It touches only the 3.0 series, whose reader it was written against, and is
