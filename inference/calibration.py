@@ -42,8 +42,13 @@ class CalibrationError(ValueError):
     """Calibration cannot produce a threshold from what it was given."""
 
 
-def threshold_rule(scores: Sequence[float], target_far: float) -> tuple[float, str]:
-    """The threshold for these normal scores and the name of the branch that produced it."""
+def threshold_rule(
+    scores: Sequence[float], target_far: float, scale: Literal["linear", "log"] = "linear"
+) -> tuple[float, str]:
+    """The threshold for these normal scores and the name of the branch that produced it.
+
+    ``scale="log"`` computes the small-sample bound on the logarithm of the scores (when all
+    are positive) and exponentiates it: candidate R3 of docs/ONBOARDING.md."""
     values = np.asarray(scores, dtype=np.float64)
     if not 0.0 < target_far < 1.0:
         raise CalibrationError(f"target false-alarm rate must be in (0, 1), got {target_far}")
@@ -58,15 +63,22 @@ def threshold_rule(scores: Sequence[float], target_far: float) -> tuple[float, s
     if n * target_far >= EMPIRICAL_MIN_TAIL:
         quantile = float(np.quantile(values, 1.0 - target_far, method="higher"))
         return quantile, f"empirical {1 - target_far:.4g} quantile of {n} normal scores"
-    mean = float(values.mean())
-    std = float(values.std(ddof=1))
     t = float(stats.t.ppf(1.0 - target_far, df=n - 1))
-    bound = mean + t * std * math.sqrt(1.0 + 1.0 / n)
+    on_log = scale == "log" and bool((values > 0).all())
+    bound = _prediction_bound(np.log(values) if on_log else values, t)
+    bound = math.exp(bound) if on_log else bound
     top = float(values.max())
     floor = top + MAX_MARGIN * abs(top)
     if bound >= floor:
-        return bound, f"small-sample t prediction bound (n={n}, t={t:.3f})"
+        where = " on log scores" if on_log else ""
+        return bound, f"small-sample t prediction bound{where} (n={n}, t={t:.3f})"
     return floor, f"small-sample floor: max normal score + {MAX_MARGIN:.0%} (n={n})"
+
+
+def _prediction_bound(values: np.ndarray, t: float) -> float:
+    """One-sided normal-theory prediction bound for one new value: mean + t s sqrt(1 + 1/n)."""
+    n = values.size
+    return float(values.mean()) + t * float(values.std(ddof=1)) * math.sqrt(1.0 + 1.0 / n)
 
 
 def calibrate(

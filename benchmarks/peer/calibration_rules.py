@@ -30,11 +30,15 @@ VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+#: the rules of docs/ONBOARDING.md ("Can the leave-one-out rule be improved?", "R3")
+RULES = ("R0", "R1", "R2", "R3")
+
+
 def rule_scores(rule: str, loo: np.ndarray, views: np.ndarray) -> np.ndarray:
     """The normal scores a rule feeds to the threshold rule.
 
     loo: [K] leave-one-out scores; views: [V,K] the same for each flipped/rotated view."""
-    if rule == "R0":
+    if rule in ("R0", "R3"):  # R3: the same scores, bounded on the log scale
         return loo
     if rule == "R1":
         return np.concatenate([loo, views.ravel()])
@@ -48,8 +52,10 @@ def operating_point(
 ) -> dict[str, float | int | None]:
     """False-alarm and detection rates of ``rule`` pooled over a class's groups."""
     fa = normals = hits = defects = 0
+    scale = "log" if rule == "R3" else "linear"
     for g in groups:
-        threshold, _ = threshold_rule(rule_scores(rule, g["loo"], g["views"]).tolist(), target)
+        normal = rule_scores(rule, g["loo"], g["views"]).tolist()
+        threshold, _ = threshold_rule(normal, target, scale=scale)
         scores, labels = g["test"], g["labels"]
         fa += int((scores[labels == 0] > threshold).sum())
         hits += int((scores[labels == 1] > threshold).sum())
@@ -89,7 +95,7 @@ def group_shift(groups: list[dict[str, np.ndarray]], target: float = DEFAULT_TAR
     return out
 
 
-def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
+def measure_class(spec: str, shots: int, size: int = 224) -> list[dict[str, np.ndarray]]:
     """Per group: test scores and labels, references' leave-one-out scores, plain and viewed."""
     from benchmarks.peer import exchange
     from benchmarks.peer.adqc_side import BATCH
@@ -98,10 +104,10 @@ def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
     from pretrain.detectors import image_scores, make_detector
     from pretrain.detectors.ensemble import s8_patchcore_config
 
-    member = s8_patchcore_config()  # at 224 px, as recorded in docs/ONBOARDING.md
-    extractor = shared_stride8()
+    member = s8_patchcore_config(size)
+    extractor = shared_stride8(size)
     bc = load_bench_class(spec, shots)
-    inputs = exchange.prepare(bc, shots, 224)
+    inputs = exchange.prepare(bc, shots, size)
     labels = np.asarray(inputs.labels)
     out, offset = [], 0
     for g in range(len(bc.groups)):
@@ -112,16 +118,18 @@ def measure_class(spec: str, shots: int) -> list[dict[str, np.ndarray]]:
         k = len(refs)
         loo, views = np.empty(k), np.empty((len(VIEWS), k))
         with torch.inference_mode():
-            scores = image_scores(det.anomaly_maps(in_batches(extractor, test, BATCH), 224)).numpy()
+            scores = image_scores(
+                det.anomaly_maps(in_batches(extractor, test, BATCH), size)
+            ).numpy()
             for i in range(k):
                 rest = make_detector(member)
                 rest.fit([level[[j for j in range(k) if j != i]] for level in train])
-                loo[i] = float(image_scores(rest.anomaly_maps([t[i : i + 1] for t in train], 224)))
+                loo[i] = float(image_scores(rest.anomaly_maps([t[i : i + 1] for t in train], size)))
                 for v, view in enumerate(VIEWS.values()):
                     viewed = in_batches(
                         extractor, np.ascontiguousarray(view(refs[i : i + 1])), BATCH
                     )
-                    views[v, i] = float(image_scores(rest.anomaly_maps(viewed, 224)))
+                    views[v, i] = float(image_scores(rest.anomaly_maps(viewed, size)))
         out.append(
             {
                 "test": scores,
@@ -138,20 +146,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="input px (the default detector: 256)"
+    )
     parser.add_argument("--json", type=Path, default=Path("docs/results/calibration_rules.json"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     rows = {}
     for spec in args.data:
-        groups = measure_class(spec, args.shots)
-        rows[spec] = {rule: operating_point(groups, rule) for rule in ("R0", "R1", "R2")}
+        groups = measure_class(spec, args.shots, args.image_size)
+        rows[spec] = {rule: operating_point(groups, rule) for rule in RULES}
         rows[spec]["groups"] = group_shift(groups)
         print(spec, json.dumps(rows[spec]), flush=True)
     doc = {
         "command": "python -m benchmarks.peer.calibration_rules "
-        + " ".join(f"--data {d}" for d in args.data),
+        + " ".join(f"--data {d}" for d in args.data)
+        + f" --image-size {args.image_size} --json {args.json}",
         "shots": args.shots,
+        "image_size": args.image_size,
         "target_far": DEFAULT_TARGET_FAR,
         "seconds": round(time.perf_counter() - t0, 1),
         "classes": rows,

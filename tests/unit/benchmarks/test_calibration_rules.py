@@ -14,6 +14,7 @@ VIEWS = np.vstack([LOO + 0.5, LOO + 0.1, LOO - 0.2])
 
 def test_rules_feed_the_scores_the_docs_name():
     assert np.array_equal(rule_scores("R0", LOO, VIEWS), LOO)
+    assert np.array_equal(rule_scores("R3", LOO, VIEWS), LOO)  # R3 bounds them on the log scale
     assert rule_scores("R1", LOO, VIEWS).shape == (32,)
     assert np.array_equal(rule_scores("R2", LOO, VIEWS), LOO + 0.5)  # the worst view per shot
     with pytest.raises(ValueError, match="unknown rule"):
@@ -36,6 +37,10 @@ def test_operating_point_counts_alarms_above_each_groups_threshold():
     r2 = operating_point([group], "R2")
     assert r2["false_alarm_rate"] == 0.0 and r2["detection_rate"] == 0.5
     assert operating_point([{**group, "labels": np.ones(4, int)}], "R0")["false_alarm_rate"] is None
+    # R3's log-scale bound sits above R0's for these right-tailed scores: the +0.01 normal passes
+    log_threshold, _ = threshold_rule(LOO.tolist(), 0.01, scale="log")
+    assert log_threshold > threshold + 0.01
+    assert operating_point([group], "R3")["false_alarm_rate"] == 0.0
 
 
 def test_group_shift_tells_a_shifted_group_from_a_predicted_one():

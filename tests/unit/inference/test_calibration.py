@@ -82,3 +82,27 @@ def test_calibration_record_carries_the_statistics():
 def test_refusals_say_why(scores, far, message):
     with pytest.raises(CalibrationError, match=message):
         threshold_rule(scores, far)
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_log_scale_bound_holds_the_target_for_log_normal_scores(n):
+    # Right-skewed (log-normal) scores: the bound on log scores is exact for them, the linear
+    # bound sits too low in the tail and alarms more often than the target.
+    rng = np.random.default_rng(2)
+    sigma = 0.3
+    log_rates, linear_rates = [], []
+    for _ in range(3000):
+        scores = np.exp(rng.normal(0.0, sigma, size=n))
+        log_threshold, rule = threshold_rule(scores, 0.01, scale="log")
+        linear_threshold, _ = threshold_rule(scores, 0.01)
+        log_rates.append(stats.norm.sf(math.log(log_threshold) / sigma))
+        linear_rates.append(stats.norm.sf(math.log(linear_threshold) / sigma))
+    assert 0.005 <= float(np.mean(log_rates)) <= 0.013
+    assert float(np.mean(linear_rates)) > float(np.mean(log_rates))
+
+
+def test_log_scale_keeps_the_linear_bound_when_a_score_is_not_positive():
+    scores = [0.0, 1.0, 1.2, 0.8]
+    assert threshold_rule(scores, 0.01, scale="log") == threshold_rule(scores, 0.01)
+    _, rule = threshold_rule([1.0, 1.3, 0.9, 1.1], 0.01, scale="log")
+    assert "on log scores" in rule
