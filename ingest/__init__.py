@@ -7,7 +7,8 @@ idempotent publisher (``publisher``), the serve loop (``loop``: the Kafka state 
 messages it sends (``messages``: result, alarm, heatmap, DLQ info from a ScoreResult), running
 ``adqc serve`` (``runtime``: factories, start-up retries, signals), telemetry (``telemetry``:
 OpenTelemetry spans, Prometheus metrics), the camera simulator (``camera``), the MES-like alarm
-subscriber (``alarms``), the pipeline benchmark core (``bench``) and the commands (``cli``).
+subscriber (``alarms``), start-up checks (``preflight``), a fix of kafka-python 3.0's socket
+reader (``kafka_fix``) and the commands (``cli``).
 
 Depends on ``inference`` (Scorer, engines, reference store) and never on ``deploy``.
 Docs: docs/messages.md, docs/OPERATIONS.md ("The serve loop"), docs/PERFORMANCE.md.
