@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -83,18 +84,20 @@ class Stride8Features:
     def _onnx_session(self, cache_dir: Path | str | None):
         import onnxruntime as ort
 
-        from inference.engines.onnx_runtime import OPSET, _Backbone, _export, default_cache_dir
+        from inference.engines.onnx_runtime import OPSET, _export, default_cache_dir
 
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         tag = f"{self.model.spec.name}-torch{torch.__version__.split('+')[0]}-op{OPSET}"
         size = self.image_size
         if size != int(self.model.spec.image_size):
             tag += f"-{size}px"
-        path = folder / f"{tag}-backbone.onnx"
+        path = folder / f"{tag}-uint8-backbone.onnx"
         if not path.is_file():
             names = [f"level_{i}" for i in range(len(STRIDE8_TAPS))]
-            x = torch.zeros(2, 3, size, size)
-            _export(_Backbone(self.model.backbone), (x,), path, ["input"], names)
+            images = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+            with warnings.catch_warnings():  # the spec's mean/std are constants of the graph
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                _export(_FromUint8(self.model), (images,), path, ["images"], names)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -103,17 +106,35 @@ class Stride8Features:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
-            if self._session is None:
+        if self._session is None:
+            with torch.inference_mode():
+                x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
                 return [f.float() for f in self.model.raw(x)]
-            if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-                raise ValueError(
-                    f"stride-8 features were exported for {self.image_size} px images, "
-                    f"got {tuple(images.shape[1:3])}"
-                )
-            out = self._session.run(None, {"input": np.ascontiguousarray(x.numpy())})
+        batch = np.ascontiguousarray(images)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected uint8 [B,S,S,3], got {batch.dtype} {batch.shape}")
+        if batch.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"stride-8 features were exported for {self.image_size} px images, "
+                f"got {tuple(batch.shape[1:3])}"
+            )
+        out = self._session.run(None, {"images": batch})
         return [torch.from_numpy(a) for a in out]
+
+
+class _FromUint8(torch.nn.Module):
+    """uint8 [B,S,S,3] -> the tapped levels, ``to_model_input`` inside the graph: ONNX Runtime
+    converts and normalises in its own pool (in torch it took 7 % of the serve worker's
+    inference thread, and its OpenMP workers spin after it)."""
+
+    def __init__(self, model: FeatureModel) -> None:
+        super().__init__()
+        self.backbone, self.spec = model.backbone, model.spec
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from pretrain.preprocess import to_model_input
+
+        return tuple(self.backbone(to_model_input(images, self.spec)))
 
 
 def in_batches(source: Stride8Source, images: np.ndarray, batch: int) -> list[torch.Tensor]:

@@ -63,3 +63,15 @@ def test_an_engine_that_serves_stride8_is_the_source() -> None:
     source = stride8_source(engine)
     source(np.zeros((1, 224, 224, 3), np.uint8))
     assert engine.calls == 1
+
+
+def test_the_graph_reads_uint8_frames_and_refuses_other_input(tmp_path) -> None:
+    """to_model_input runs inside the ONNX graph: it takes the frames as they are decoded."""
+    pytest.importorskip("onnxruntime")
+    fast = Stride8Features(runtime="onnxruntime", cache_dir=tmp_path)
+    (graph_input,) = fast._session.get_inputs()
+    assert (graph_input.name, graph_input.type) == ("images", "tensor(uint8)")
+    with pytest.raises(ValueError, match="expected uint8"):
+        fast(np.zeros((1, 224, 224, 3), np.float32))
+    with pytest.raises(ValueError, match="exported for 224 px"):
+        fast(np.zeros((1, 256, 256, 3), np.uint8))
