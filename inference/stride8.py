@@ -26,6 +26,7 @@ import torch
 from pretrain.backbones.mobilenet_variants import S8_TAPS
 from pretrain.detectors.ensemble import S8_BASE_SIZE  # the tapped backbone's own 224 px
 from pretrain.model import FeatureModel
+from pretrain.preprocess import check_frames, to_model_input
 
 logger = logging.getLogger(__name__)
 STRIDE8_TAPS = S8_TAPS  # the `mobilenet_v2_s8` backbone's levels
@@ -111,8 +112,7 @@ class Stride8Features:
                 x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(images)))
                 return [f.float() for f in self.model.raw(x)]
         batch = np.ascontiguousarray(images)
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected uint8 [B,S,S,3], got {batch.dtype} {batch.shape}")
+        check_frames(batch)
         if batch.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(
                 f"stride-8 features were exported for {self.image_size} px images, "
@@ -132,8 +132,6 @@ class _FromUint8(torch.nn.Module):
         self.backbone, self.spec = model.backbone, model.spec
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from pretrain.preprocess import to_model_input
-
         return tuple(self.backbone(to_model_input(images, self.spec)))
 
 

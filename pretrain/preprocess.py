@@ -80,14 +80,20 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+def check_frames(images: Tensor | np.ndarray) -> None:
+    """Raise ValueError unless ``images`` (numpy or torch) is a uint8 [B,S,S,3] batch."""
+    uint8 = images.dtype == torch.uint8 if isinstance(images, Tensor) else images.dtype == np.uint8
+    if not uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [B,S,S,3], got {images.dtype} {tuple(images.shape)}")
+
+
 def to_model_input(images: Tensor | np.ndarray, spec: _HasNorm) -> Tensor:
     """uint8 [B,S,S,3] -> float32 [B,3,S,S], scaled to 0..1 and normalised with spec.mean/std.
 
     Pure torch (runs unchanged in the Triton preprocess model); keeps the input's device.
     """
     x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [B,S,S,3], got {x.dtype} {tuple(x.shape)}")
+    check_frames(x)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     x = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
