@@ -97,14 +97,11 @@ def serve(settings: ServeSettings, telemetry: Telemetry | None = None) -> ServeL
         if loop is not None:
             loop.stop()
 
-    kafka_attempts = 0
-
     def run_loop(scorer: ScorerLike) -> None:
-        nonlocal loop, kafka_attempts
+        nonlocal loop
         if stopping.is_set():
             return
-        kafka_attempts += 1
-        if kafka_attempts > 1:  # a broker that was down may be back refusing our login
+        if loop is not None:  # a retry: the broker that was down may be back refusing our login
             check_kafka(settings.kafka)
         loop = ServeLoop(settings, scorer, telemetry)
         try:
