@@ -85,6 +85,12 @@ def anomalib_command(
     max_test: int | None = typer.Option(
         None, "--max-test", help="cap each class's test set (stratified by label, seed 0)"
     ),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="the peer's random state (PatchCore's coreset start and projection, PaDiM's "
+        "channels) and the bootstrap's",
+    ),
 ) -> None:
     """Stock anomalib 2.7 PatchCore/PaDiM next to adqc: same weights, images and metric code."""
     from benchmarks.peer import scoring, table
@@ -139,6 +145,7 @@ def anomalib_command(
             candidates=tuple(_split(candidates)) if candidates else None,
             bootstrap=bootstrap,
             calibration_images=calibration_images,
+            seed=seed,
         )
         for spec in data:
             try:
