@@ -17,6 +17,9 @@ configured local engine the way serve will (``adqc serve --check``).
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, ValidationError
@@ -74,53 +77,109 @@ def kafka_settings(**options: Any) -> KafkaSettings:
 
 
 class _Refusals(logging.Handler):
-    """Remembers kafka-python log records that mean "credentials or trust refused"."""
+    """Remembers kafka-python log records that mean "credentials or trust refused", from the
+    threads of one check only: their names hold ``token`` (the check's own thread, and
+    kafka-python's ``kafka-io-<client_id>`` network thread of the check's client)."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
         super().__init__(logging.DEBUG)
+        self.token = token
         self.seen: list[str] = []
+        self.refused = threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.token not in (record.threadName or ""):
+            return  # another client's, e.g. an earlier check still retrying
         text = record.getMessage()
         if any(marker in text for marker in _KAFKA_REFUSALS):
             self.seen.append(text)
+            self.refused.set()
 
 
 def check_kafka(kafka: KafkaSettings, timeout_s: float = 10.0) -> bool:
     """Connect once with ``kafka``'s settings and ask for the cluster's metadata.
 
     Returns True when the broker answered, False when it could not be reached within
-    ``timeout_s`` (an outage: callers wait as usual).
+    ``timeout_s`` (an outage: callers wait as usual). A refusal ends the check as soon as
+    kafka-python reports it, not when its bootstrap gives up (:class:`_Attempt`).
 
     Raises:
         CredentialsError: the broker refused the SASL login, or TLS could not verify it.
     """
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    watcher = _Refusals()
+    token = uuid.uuid4().hex[:12]
+    watcher = _Refusals(token)
     logger = logging.getLogger("kafka")
     previous = logger.level
     if logger.getEffectiveLevel() > logging.ERROR:
         logger.setLevel(logging.ERROR)
     logger.addHandler(watcher)
-    admin = None
-    try:
-        config = kafka.client_config()
-        config["client_id"] = f"{kafka.client_id}-preflight"
-        admin = KafkaAdminClient(**config, bootstrap_timeout_ms=int(timeout_s * 1000))
-        admin.describe_cluster()
-        return True
-    except KafkaError as exc:
-        if watcher.seen:
-            raise CredentialsError(_kafka_refusal(kafka, watcher.seen[-1])) from exc
-        log.warning("Kafka at %s not reachable yet: %s", ",".join(kafka.bootstrap), exc)
-        return False
-    finally:
+
+    def stop_watching() -> None:
         logger.removeHandler(watcher)
         logger.setLevel(previous)
-        if admin is not None:
-            admin.close()
+
+    attempt = _Attempt(kafka, timeout_s, f"{kafka.client_id}-preflight-{token}")
+    try:
+        name = f"adqc-kafka-preflight-{token}"
+        threading.Thread(target=attempt.run, name=name, daemon=True).start()
+        while not attempt.done.wait(0.05) and not watcher.refused.is_set():
+            pass
+        if watcher.seen:
+            raise CredentialsError(_kafka_refusal(kafka, watcher.seen[-1])) from attempt.error
+        if attempt.error is not None and not isinstance(attempt.error, KafkaError):
+            raise attempt.error  # not an outage: a bug or bad settings, as before the thread
+        if attempt.error is not None:
+            where = ",".join(kafka.bootstrap)
+            log.warning("Kafka at %s not reachable yet: %s", where, attempt.error)
+            return False
+        return True
+    finally:
+        attempt.then(stop_watching)  # the watcher hears the attempt to its end
+
+
+class _Attempt:
+    """check_kafka's connection attempt, run on a daemon thread: bootstrap, describe the
+    cluster, close the client. The caller may stop waiting early (a refusal was logged);
+    the attempt then ends on its own when kafka-python's bootstrap gives up."""
+
+    def __init__(self, kafka: KafkaSettings, timeout_s: float, client_id: str) -> None:
+        self.kafka = kafka
+        self.timeout_s = timeout_s
+        self.client_id = client_id
+        self.error: Exception | None = None  # what the attempt raised
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._then: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaAdminClient
+
+        admin = None
+        try:
+            config = self.kafka.client_config()
+            config["client_id"] = self.client_id
+            admin = KafkaAdminClient(**config, bootstrap_timeout_ms=int(self.timeout_s * 1000))
+            admin.describe_cluster()
+        except Exception as exc:  # handed to the caller: KafkaError or not
+            self.error = exc
+        finally:
+            if admin is not None:
+                admin.close()
+            with self._lock:
+                self.done.set()
+                then, self._then = self._then, None
+            if then is not None:
+                then()
+
+    def then(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now if the attempt has ended, else when it ends."""
+        with self._lock:
+            if not self.done.is_set():
+                self._then = action
+                return
+        action()
 
 
 def _kafka_refusal(kafka: KafkaSettings, seen: str) -> str:

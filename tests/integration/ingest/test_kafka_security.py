@@ -166,6 +166,16 @@ def test_wrong_sasl_password_is_a_fatal_start_up_error(
     assert tail.exit_code == EXIT_CREDENTIALS, tail.output
     assert time.monotonic() - started < 60  # bounded: no endless retry
 
+
+def test_a_refused_login_ends_the_check_before_its_bootstrap_timeout(
+    secure_broker: Any, tls_material: Any
+) -> None:
+    bad = _settings(secure_broker, tls_material, "SASL_SSL", sasl_password="not-the-password")
+    started = time.monotonic()
+    with pytest.raises(CredentialsError, match="refused the PLAIN login"):
+        check_kafka(bad, timeout_s=60)
+    assert time.monotonic() - started < 30  # the refusal, not the 60 s bootstrap, ended it
+
     serve_env = {
         "ADQC_KAFKA__BOOTSTRAP": secure_broker.bootstrap_for("SASL_SSL"),
         "ADQC_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
