@@ -348,3 +348,24 @@ def test_candidates_get_intervals_against_the_default() -> None:
     assert set(found) == {"s8@320"}
     assert found["s8@320"]["aupro"]["low"] > 0 and found["s8@320"]["image_auroc"]["low"] > 0
     assert vs_default(outs[1:], inputs, BenchOptions(shots=8, bootstrap=5)) == {}  # no default
+
+
+def test_seed_reaches_the_peer_and_the_bootstrap(monkeypatch, tmp_path: Path) -> None:
+    """`--seed` is the peer's random state (its runs at seeds 0-4: docs/BACKBONES.md)."""
+    from typer.testing import CliRunner
+
+    from adqc.cli import build_app
+    from benchmarks.peer import runner
+
+    seen = []
+
+    def fake_bench_class(spec: str, opts: runner.BenchOptions):
+        seen.append(opts.seed)
+        return [], {"class": spec, "shots": opts.shots}
+
+    monkeypatch.setattr(runner, "bench_class", fake_bench_class)
+    args = ["bench", "anomalib", "--data", "x", "--shots", "8", "--json", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(build_app(), [*args, "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(build_app(), args).exit_code == 0
+    assert seen == [3, 0]
