@@ -51,7 +51,13 @@ def _names(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
 
 def eval_command(
     category: str = typer.Argument(..., help=CATEGORY_HELP, metavar="CATEGORY_DIR"),
-    features: str = typer.Option(..., "--features", help=FEATURES_HELP),
+    features: str | None = typer.Option(
+        None,
+        "--features",
+        help=FEATURES_HELP + "; required except for the presets (s8-patchcore, ensemble), "
+        "which read their own",
+        show_default=False,
+    ),
     detector: Detector | None = typer.Option(
         None, "--detector", help="Detector (required).", show_default=False
     ),
@@ -81,9 +87,23 @@ def eval_command(
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    calibration_images: int = typer.Option(
+        0,
+        "--calibration-images",
+        min=0,
+        help="presets: set the threshold from the next N train/good images after the K "
+        "references, as `adqc product add --calibration-images`",
+    ),
 ) -> None:
-    """Evaluate one detector on one category with K-shot references; write metrics JSON."""
+    """Evaluate one detector on one category with K-shot references; write metrics JSON.
+
+    The presets (s8-patchcore, the default of `adqc product add`, and ensemble) are onboarded
+    and scored as a line runs them, and the result adds the calibrated operating point: the
+    threshold onboarding sets, the false-alarm rate on good test images and the detection rate
+    on defective ones (95 % intervals).
+    """
     from evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
+    from pretrain.detectors.ensemble import PRESETS
 
     chosen = pick(detector.value if detector else None, method, "--detector", "--method", None)
     if chosen is None:
@@ -95,6 +115,35 @@ def eval_command(
         json_out = report / "metrics.json"
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if chosen in PRESETS:
+        _refuse_for_presets(
+            chosen,
+            features=features,
+            backbone=backbone if backbone != "mobilenet_v2" else None,
+            image_size=image_size,
+            weights=weights,
+            device=device if device != "cpu" else None,
+        )
+        _eval_preset(
+            chosen,
+            category,
+            shots,
+            checkpoint,
+            json_out,
+            report,
+            max_test,
+            batch_size,
+            quiet,
+            calibration_images,
+        )
+        return
+    if features is None:
+        raise typer.BadParameter(f"--features is required for {chosen}", param_hint="--features")
+    if calibration_images:
+        raise typer.BadParameter(
+            f"--calibration-images is for the presets ({', '.join(PRESETS)}), not {chosen}",
+            param_hint="--calibration-images",
+        )
     try:
         cfg = EvalConfig(
             category=category,
@@ -124,6 +173,81 @@ def eval_command(
     _print_summary(result)
     for note in result["notes"]:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+
+
+def _refuse_for_presets(name: str, **given: object) -> None:
+    """The presets read their own features, size and backbone, as onboarding builds them."""
+    for option, value in given.items():
+        if value is not None:
+            flag = "--" + option.replace("_", "-")
+            raise typer.BadParameter(
+                f"{name} is onboarded as `adqc product add` builds it: leave {flag} out",
+                param_hint=flag,
+            )
+
+
+def _eval_preset(
+    name: str,
+    category: str,
+    shots: str,
+    checkpoint: Path | None,
+    json_out: Path,
+    report: Path | None,
+    max_test: int | None,
+    batch_size: int,
+    quiet: bool,
+    calibration_images: int,
+) -> None:
+    from evaluation.product_eval import PresetEvalConfig, evaluate_preset
+    from evaluation.runner import write_json
+
+    if shots == "all" or not shots.isdigit():
+        raise typer.BadParameter(
+            f"{name}: --shots is the number of references, got {shots!r}", param_hint="--shots"
+        )
+    cfg = PresetEvalConfig(
+        category=category,
+        detector=name,
+        shots=int(shots),
+        calibration_images=calibration_images,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        max_test=max_test,
+        batch_size=batch_size,
+    )
+    try:
+        result, fs, out = evaluate_preset(cfg, show_progress=not quiet)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise _fail(exc) from exc
+    write_json(json_out, result)
+    if report is not None:
+        from evaluation.report import write_report
+
+        err.print(f"report: {write_report(report, result, fs, out)}")
+    _print_summary(result)
+    _print_operating_point(result["operating_point"])
+    for note in result["notes"]:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+
+
+def _print_operating_point(point: dict) -> None:
+    def rate(name: str) -> str:
+        value, interval = point[f"{name}_rate"], point[f"{name}_rate_95"]
+        if value is None:
+            return "n/a"
+        return f"{value:.1%} [{interval[0]:.1%}, {interval[1]:.1%}]"
+
+    source = (
+        f"{point['calibration_images']} held-out images"
+        if point["calibration_images"]
+        else "the references' leave-one-out scores"
+    )
+    Console().print(
+        f"calibrated threshold {point['threshold']:.4g} (target {point['target_far']:.1%} false "
+        f"alarms, from {source}): false alarms {point['false_alarms']}/{point['normals']} "
+        f"= {rate('false_alarm')}, detected {point['detections']}/{point['defectives']} "
+        f"= {rate('detection')}",
+        highlight=False,
+    )
 
 
 def _print_summary(r: dict) -> None:

@@ -77,14 +77,22 @@ def histogram_png(
     threshold: float | None,
     *,
     threshold_label: str = "F1-max threshold",
+    calibrated: float | None = None,
 ) -> str:
+    """Score histogram of normal and defective images with the F1-max threshold dashed and,
+    when given, the threshold onboarding calibrated (from normal images only) solid red."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    bins = np.histogram_bin_edges(scores, bins=30)
+    edges = scores if calibrated is None else np.r_[scores, calibrated]
+    bins = np.histogram_bin_edges(edges, bins=30)
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({(labels == 0).sum()})")
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({(labels == 1).sum()})")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"{threshold_label} {threshold:.3g}")
+    if calibrated is not None:
+        ax.axvline(
+            calibrated, color="tab:red", lw=1.5, label=f"calibrated threshold {calibrated:.3g}"
+        )
     ax.set_xlabel("image score (max of the anomaly map)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
@@ -169,6 +177,19 @@ def write_report(out_dir: Path | str, result: dict[str, Any], fs, out) -> Path:
         "seconds",
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{_fmt(result.get(k))}</td></tr>" for k in headline)
+    point = result.get("operating_point")
+    calibrated = point["threshold"] if point else None
+    if point:
+        for name, what in (("false_alarm", "normals"), ("detection", "defectives")):
+            low_high = point[f"{name}_rate_95"]
+            interval = f" (95 %: {low_high[0]:.1%} to {low_high[1]:.1%})" if low_high else ""
+            value = point[f"{name}_rate"]
+            shown = "n/a" if value is None else f"{value:.1%}{interval}"
+            rows += (
+                f"<tr><th>{name.replace('_', '-')} rate at the calibrated threshold</th>"
+                f"<td>{point[name + 's']} of {point[what]} = {html.escape(shown)}</td></tr>"
+            )
+        rows += f"<tr><th>calibrated threshold</th><td>{_fmt(calibrated)}</td></tr>"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.get("notes", []))
     title = (
         f"{result['category']}: {result['features']} features, {result['method']}, "
@@ -190,7 +211,7 @@ pre {{ background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; }}
 <h2>Curves</h2>
 <div class="row">
 {_img(roc_png(scores, labels, out.maps, fs.masks), "ROC curves")}
-{_img(histogram_png(scores, labels, threshold), "score histogram")}
+{_img(histogram_png(scores, labels, threshold, calibrated=calibrated), "score histogram")}
 </div>
 <h2>Examples</h2>
 {examples(misses, "Worst misses (defective images with the lowest scores)")}
