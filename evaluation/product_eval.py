@@ -20,7 +20,14 @@ import numpy as np
 
 from evaluation import metrics as M
 from evaluation.datasets import Category, load_category, subsample_test
-from evaluation.runner import FeatureSet, MethodOutput, per_defect_auroc, progress_bar
+from evaluation.runner import (
+    METRIC_KEYS,
+    FeatureSet,
+    MethodOutput,
+    counts,
+    per_defect_auroc,
+    progress_bar,
+)
 from pretrain.data.folders import DatasetError, load_sample
 
 __all__ = ["PresetEvalConfig", "binomial_interval", "evaluate_preset", "operating_point"]
@@ -182,17 +189,9 @@ def _result(
         "features": "preset",
         "method": cfg.detector,
         "shots": cfg.shots,
-        **{
-            k: m[k]
-            for k in ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
-            + ("image_f1_max", "pixel_f1_max")
-        },
+        **{k: m[k] for k in METRIC_KEYS},
         "operating_point": point,
-        "n_train": fs.n_train,
-        "n_pool": fs.n_pool,
-        "n_test": int(labels.size),
-        "n_test_normal": int((labels == 0).sum()),
-        "n_test_defective": int((labels == 1).sum()),
+        **counts(fs),
         "seconds": round(seconds, 3),
         "timing": {
             "onboarding_s": round(out.fit_seconds, 3),

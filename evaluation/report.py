@@ -165,17 +165,9 @@ def write_report(out_dir: Path | str, result: dict[str, Any], fs, out) -> Path:
     misses = defective[np.argsort(scores[defective], kind="stable")][:N_EXAMPLES].tolist()
     alarms = normal[np.argsort(-scores[normal], kind="stable")][:N_EXAMPLES].tolist()
 
-    headline = [
-        "image_auroc",
-        "pixel_auroc",
-        "aupro",
-        "image_ap",
-        "pixel_ap",
-        "image_f1_max",
-        "n_train",
-        "n_test",
-        "seconds",
-    ]
+    from evaluation.runner import METRIC_KEYS
+
+    headline = [k for k in METRIC_KEYS if k != "pixel_f1_max"] + ["n_train", "n_test", "seconds"]
     rows = "".join(f"<tr><th>{k}</th><td>{_fmt(result.get(k))}</td></tr>" for k in headline)
     point = result.get("operating_point")
     calibrated = point["threshold"] if point else None

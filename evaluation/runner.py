@@ -420,6 +420,30 @@ def _versions() -> dict[str, str]:
     }
 
 
+#: the metrics of an OUT.json document, in its order
+METRIC_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_ap",
+    "pixel_ap",
+    "image_f1_max",
+    "pixel_f1_max",
+)
+
+
+def counts(fs: FeatureSet) -> dict[str, int]:
+    """The OUT.json counts: references, pool, test images (normal / defective)."""
+    labels = fs.labels
+    return {
+        "n_train": fs.n_train,
+        "n_pool": fs.n_pool,
+        "n_test": int(labels.size),
+        "n_test_normal": int((labels == 0).sum()),
+        "n_test_defective": int((labels == 1).sum()),
+    }
+
+
 def result_dict(
     cfg: EvalConfig,
     category: Category,
@@ -429,7 +453,6 @@ def result_dict(
     seconds: float,
 ) -> dict[str, Any]:
     """The OUT.json document: headline metrics first, then counts, timings, configuration."""
-    labels = fs.labels
     m = out.metrics
     config = asdict(cfg)
     config["shots"] = shots_label(cfg.shots)
@@ -440,18 +463,8 @@ def result_dict(
         "features": cfg.features,
         "method": out.method,
         "shots": shots_label(cfg.shots),
-        "image_auroc": m["image_auroc"],
-        "pixel_auroc": m["pixel_auroc"],
-        "aupro": m["aupro"],
-        "image_ap": m["image_ap"],
-        "pixel_ap": m["pixel_ap"],
-        "image_f1_max": m["image_f1_max"],
-        "pixel_f1_max": m["pixel_f1_max"],
-        "n_train": fs.n_train,
-        "n_pool": fs.n_pool,
-        "n_test": int(labels.size),
-        "n_test_normal": int((labels == 0).sum()),
-        "n_test_defective": int((labels == 1).sum()),
+        **{k: m[k] for k in METRIC_KEYS},
+        **counts(fs),
         "seconds": round(seconds, 3),
         "timing": {
             "features_s": round(fs.seconds, 3),

@@ -17,17 +17,11 @@ from typer.testing import CliRunner
 from evaluation import bench, datasets, runner
 from pretrain.data.folders import Sample
 
-HEADLINE = (
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "image_ap",
-    "pixel_ap",
-    "image_f1_max",
+HEADLINE = {"image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max"} | {
     "n_train",
     "n_test",
     "seconds",
-)
+}
 
 
 @pytest.fixture(scope="module")
