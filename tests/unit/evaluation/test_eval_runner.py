@@ -17,11 +17,8 @@ from typer.testing import CliRunner
 from evaluation import bench, datasets, runner
 from pretrain.data.folders import Sample
 
-HEADLINE = {"image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max"} | {
-    "n_train",
-    "n_test",
-    "seconds",
-}
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max")
+HEADLINE = (*METRICS, "n_train", "n_test", "seconds")
 
 
 @pytest.fixture(scope="module")
