@@ -30,7 +30,13 @@ from evaluation.runner import (
 )
 from pretrain.data.folders import DatasetError, load_sample
 
-__all__ = ["PresetEvalConfig", "binomial_interval", "evaluate_preset", "operating_point"]
+__all__ = [
+    "PresetEvalConfig",
+    "alarm_rates",
+    "binomial_interval",
+    "evaluate_preset",
+    "operating_point",
+]
 
 
 @dataclass(frozen=True)
@@ -59,12 +65,12 @@ def binomial_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, fl
     return low, high
 
 
-def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """False alarms among the normal images and detections among the defective ones at
-    ``threshold`` (a score above it alarms, as the scorer decides), with 95 % intervals."""
-    alarm = np.asarray(scores) > threshold
+def alarm_rates(alarm: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """False alarms among the normal images and detections among the defective ones, given
+    which images alarmed; each rate with its exact 95 % interval."""
+    alarm = np.asarray(alarm, dtype=bool)
     normal, defective = np.asarray(labels) == 0, np.asarray(labels) == 1
-    out: dict[str, Any] = {"threshold": float(threshold)}
+    out: dict[str, Any] = {}
     for name, subset, what in (
         ("false_alarm", normal, "normals"),
         ("detection", defective, "defectives"),
@@ -76,6 +82,11 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         interval = binomial_interval(hits, n)
         out[f"{name}_rate_95"] = list(interval) if interval else None
     return out
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """:func:`alarm_rates` at ``threshold`` (a score above it alarms, as the scorer decides)."""
+    return {"threshold": float(threshold), **alarm_rates(np.asarray(scores) > threshold, labels)}
 
 
 def _references(category: Category, cfg: PresetEvalConfig) -> tuple[list, list]:

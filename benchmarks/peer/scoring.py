@@ -111,14 +111,12 @@ def write_doc(path: Path, doc: dict[str, Any]) -> None:
 def operating_point(
     scores: np.ndarray, labels: np.ndarray, group_thresholds: list[float], group_sizes: list[int]
 ) -> dict[str, Any] | None:
-    """Observed false-alarm and detection rates at each group's calibrated threshold."""
+    """Observed false-alarm and detection rates at each group's calibrated threshold, with
+    their counts and exact 95 % intervals (``evaluation.product_eval.alarm_rates``)."""
+    from evaluation.product_eval import alarm_rates
+
     if len(group_thresholds) != len(group_sizes) or not np.isfinite(group_thresholds).all():
         return None
     thr = np.repeat(np.asarray(group_thresholds, dtype=np.float64), group_sizes)
-    alarm = np.asarray(scores) > thr
-    normal, defective = labels == 0, labels == 1
-    return {
-        "thresholds": [float(t) for t in group_thresholds],
-        "false_alarm_rate": float(alarm[normal].mean()) if normal.any() else None,
-        "detection_rate": float(alarm[defective].mean()) if defective.any() else None,
-    }
+    rates = alarm_rates(np.asarray(scores) > thr, labels)
+    return {"thresholds": [float(t) for t in group_thresholds], **rates}

@@ -157,8 +157,8 @@ def operating(rows: list[dict[str, Any]], shots: int, key: str = "calibrated") -
     )
     lines = [
         f"Calibrated operating point, {shots} shots (threshold from {source}, target "
-        "false-alarm rate 1 %; observed false-alarm rate on good test images / detection "
-        "rate on defective ones):",
+        "false-alarm rate 1 %; observed false-alarm rate on good test images, with its exact "
+        "95 % interval where recorded / detection rate on defective ones):",
         "",
         f"| {shots} shots | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
@@ -170,9 +170,11 @@ def operating(rows: list[dict[str, Any]], shots: int, key: str = "calibrated") -
             if op is None or op.get("false_alarm_rate") is None:
                 cells.append("–")
             else:
-                dr = op.get("detection_rate")
+                dr, low_high = op.get("detection_rate"), op.get("false_alarm_rate_95")
+                interval = f" [{low_high[0]:.1%}, {low_high[1]:.1%}]" if low_high else ""
                 cells.append(
-                    f"{op['false_alarm_rate']:.1%} / " + ("–" if dr is None else f"{dr:.1%}")
+                    f"{op['false_alarm_rate']:.1%}{interval} / "
+                    + ("–" if dr is None else f"{dr:.1%}")
                 )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -184,6 +184,19 @@ def test_rows_merge_and_table() -> None:
     assert "#### c" in text and "| 8 | adqc raw PatchCore | 0.700 |" in text
 
 
+def test_operating_point_table_shows_the_false_alarm_interval() -> None:
+    scores = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.95])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    point = scoring.operating_point(scores, labels, [0.5, 0.85], [3, 3])  # two groups
+    assert (point["false_alarms"], point["normals"]) == (1, 3)  # 0.9 over 0.5
+    assert (point["detections"], point["defectives"]) == (1, 3)  # only 0.95 over 0.85
+    row = {**_row("adqc", "raw", "patchcore", 0.7, 0.95, 0.4), "calibrated": point}
+    old = {**row, "features": "adpretrain", "calibrated": {"false_alarm_rate": 0.05}}
+    text = table.operating([row, old], 8)
+    assert "33.3% [0.8%, 90.6%] / 33.3%" in text  # exact 95 % interval of 1 of 3
+    assert "| 5.0% / – |" in text  # rows recorded before the intervals keep their form
+
+
 def test_write_section_keeps_the_rest(tmp_path: Path) -> None:
     doc = tmp_path / "R.md"
     doc.write_text("# Title\n\nhand-written\n")
