@@ -59,7 +59,10 @@ def eval_command(
         show_default=False,
     ),
     detector: Detector | None = typer.Option(
-        None, "--detector", help="Detector (required).", show_default=False
+        None,
+        "--detector",
+        help="Detector; without it and without --features, the default of `adqc product add`",
+        show_default=False,
     ),
     method: str | None = hidden_alias("--method"),
     shots: str = typer.Option(
@@ -103,11 +106,13 @@ def eval_command(
     on defective ones (95 % intervals).
     """
     from evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
+    from inference.onboarding import DEFAULT_DETECTOR
     from pretrain.detectors.ensemble import PRESETS
 
     chosen = pick(detector.value if detector else None, method, "--detector", "--method", None)
-    if chosen is None:
-        raise typer.BadParameter("--detector is required", param_hint="--detector")
+    if chosen is None and features is not None:
+        raise typer.BadParameter("--detector is required with --features", param_hint="--detector")
+    chosen = chosen or DEFAULT_DETECTOR
     if json_out is None and report is None:
         raise typer.BadParameter("give --json FILE, --report DIR, or both", param_hint="--json")
     if json_out is None:
