@@ -105,7 +105,7 @@ def eval_command(
     threshold onboarding sets, the false-alarm rate on good test images and the detection rate
     on defective ones (95 % intervals).
     """
-    from evaluation.runner import EvalConfig, evaluate, parse_shots, write_json
+    from evaluation.runner import EvalConfig, evaluate, parse_shots
     from inference.onboarding import DEFAULT_DETECTOR
     from pretrain.detectors.ensemble import PRESETS
 
@@ -169,13 +169,22 @@ def eval_command(
     except (FileNotFoundError, KeyError, ValueError) as exc:
         # ValueError covers DatasetError, UnsupportedCombinationError, bad --shots or sizes
         raise _fail(exc) from exc
+    _write_outputs(result, fs, out, json_out, report)
+
+
+def _write_outputs(result: dict, fs, out, json_out: Path, report: Path | None) -> None:
+    """OUT.json, the HTML report when asked, the summary (with the operating point where the
+    result has one) and the notes."""
+    from evaluation.runner import write_json
+
     write_json(json_out, result)
     if report is not None:
         from evaluation.report import write_report
 
-        page = write_report(report, result, fs, out)
-        err.print(f"report: {page}")
+        err.print(f"report: {write_report(report, result, fs, out)}")
     _print_summary(result)
+    if "operating_point" in result:
+        _print_operating_point(result["operating_point"])
     for note in result["notes"]:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
 
@@ -204,7 +213,6 @@ def _eval_preset(
     calibration_images: int,
 ) -> None:
     from evaluation.product_eval import PresetEvalConfig, evaluate_preset
-    from evaluation.runner import write_json
 
     if shots == "all" or not shots.isdigit():
         raise typer.BadParameter(
@@ -223,15 +231,7 @@ def _eval_preset(
         result, fs, out = evaluate_preset(cfg, show_progress=not quiet)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise _fail(exc) from exc
-    write_json(json_out, result)
-    if report is not None:
-        from evaluation.report import write_report
-
-        err.print(f"report: {write_report(report, result, fs, out)}")
-    _print_summary(result)
-    _print_operating_point(result["operating_point"])
-    for note in result["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    _write_outputs(result, fs, out, json_out, report)
 
 
 def _print_operating_point(point: dict) -> None:

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation import metrics as M
-from evaluation.datasets import Category, load_category, subsample_test
+from evaluation.datasets import Category, load_category
 from evaluation.runner import (
     METRIC_KEYS,
     FeatureSet,
     MethodOutput,
+    chosen_test_samples,
     counts,
+    detection_metrics,
     per_defect_auroc,
     progress_bar,
 )
@@ -127,11 +128,11 @@ def evaluate_preset(
         calibration=load_images(held_out, size) if held_out else None,
     )
     t1 = time.perf_counter()
-    samples = subsample_test(category.test, cfg.max_test, cfg.seed)
+    samples, notes = chosen_test_samples(category, cfg.max_test, cfg.seed)
     scorer = Scorer(engine, MemoryStore(), batch_size=cfg.batch_size)
     scores = np.empty(len(samples), np.float64)
     maps = np.empty((len(samples), size, size), np.float32)
-    masks = np.zeros((len(samples), size, size), bool)
+    masks = np.zeros((len(samples), size, size), bool) if category.has_masks else None
     with progress_bar(show_progress) as prog:
         task = prog.add_task(f"{category.name}: scoring ({cfg.detector})", total=len(samples))
         for start in range(0, len(samples), cfg.batch_size):
@@ -141,7 +142,8 @@ def evaluate_preset(
             for i, (result, (_, mask)) in enumerate(zip(results, loaded, strict=True)):
                 scores[start + i] = result.score
                 maps[start + i] = result.anomaly_map
-                masks[start + i] = mask.astype(bool)
+                if masks is not None:
+                    masks[start + i] = mask.astype(bool)
             prog.advance(task, len(chunk))
     t2 = time.perf_counter()
     fs = FeatureSet(
@@ -151,16 +153,13 @@ def evaluate_preset(
         train=None,
         test=[],
         samples=samples,
-        masks=masks if category.has_masks else None,
+        masks=masks,
         n_train=len(refs),
         n_pool=len(refs),
         seconds=0.0,
+        notes=notes,
     )
-    metrics = M.image_metrics(scores, fs.labels)
-    if fs.masks is not None:
-        metrics.update(M.pixel_metrics(maps, fs.masks))
-    else:
-        metrics.update({"pixel_auroc": None, "pixel_ap": None, "pixel_f1_max": None, "aupro": None})
+    metrics = detection_metrics(scores, fs.labels, maps, masks)
     calibration = record.calibration
     info = {
         "detector": record.detector,
@@ -184,15 +183,8 @@ def _result(
     threshold: float,
     seconds: float,
 ) -> dict[str, Any]:
-    labels = fs.labels
     m = out.metrics
-    notes = []
-    if len(fs.samples) < len(category.test):
-        notes.append(
-            f"test set subsampled to {len(fs.samples)} of {len(category.test)} images "
-            f"(stratified by label, seed {cfg.seed})"
-        )
-    point = operating_point(out.scores, labels, threshold)
+    point = operating_point(out.scores, fs.labels, threshold)
     point |= {k: out.detector_info["calibration"][k] for k in ("method", "rule", "target_far")}
     point["calibration_images"] = cfg.calibration_images
     return {
@@ -211,7 +203,7 @@ def _result(
         "pixel_stride": m.get("pixel_stride"),
         "per_defect": per_defect_auroc(fs.samples, out.scores),
         "detector": out.detector_info,
-        "notes": notes,
+        "notes": list(fs.notes),
         "config": {**cfg.__dict__, "category": category.root, "image_size": fs.image_size},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

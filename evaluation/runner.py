@@ -233,6 +233,21 @@ class RawFeatures:
     notes: list[str] = field(default_factory=list)
 
 
+def chosen_test_samples(
+    category: Category, max_test: int | None, seed: int
+) -> tuple[list[Sample], list[str]]:
+    """The category's test samples, subsampled to ``max_test`` (stratified, seeded), and the
+    note that says so when they were."""
+    samples = subsample_test(category.test, max_test, seed)
+    if len(samples) == len(category.test):
+        return samples, []
+    note = (
+        f"test set subsampled to {len(samples)} of {len(category.test)} images "
+        f"(stratified by label, seed {seed})"
+    )
+    return samples, [note]
+
+
 def raw_features(
     lm: LoadedModel,
     category: Category,
@@ -256,13 +271,7 @@ def raw_features(
                 f"train/good images"
             )
         train_paths = train_paths[:n_train]
-    samples = subsample_test(category.test, max_test, seed)
-    notes = []
-    if len(samples) < len(category.test):
-        notes.append(
-            f"test set subsampled to {len(samples)} of {len(category.test)} images "
-            f"(stratified by label, seed {seed})"
-        )
+    samples, notes = chosen_test_samples(category, max_test, seed)
     with progress_bar(show_progress) as prog:
         task = prog.add_task(f"{category.name}: train images", total=len(train_paths))
         train_parts = []
@@ -400,12 +409,20 @@ def run_method(
             prog.advance(task, sl.stop - sl.start)
     scores = image_scores(torch.from_numpy(maps)).numpy().astype(np.float64)
     t2 = time.perf_counter()
-    out = M.image_metrics(scores, fs.labels)
-    if fs.masks is not None:
-        out.update(M.pixel_metrics(maps, fs.masks))
+    out = detection_metrics(scores, fs.labels, maps, fs.masks)
+    return MethodOutput(method, scores, maps, out, t1 - t0, t2 - t1, det.info())
+
+
+def detection_metrics(
+    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray | None
+) -> dict[str, Any]:
+    """Image metrics, and pixel metrics where every defective image has a mask (else None)."""
+    out = M.image_metrics(scores, labels)
+    if masks is not None:
+        out.update(M.pixel_metrics(maps, masks))
     else:
         out.update({"pixel_auroc": None, "pixel_ap": None, "pixel_f1_max": None, "aupro": None})
-    return MethodOutput(method, scores, maps, out, t1 - t0, t2 - t1, det.info())
+    return out
 
 
 # ------------------------------------------------------------------------------ the command
