@@ -73,7 +73,10 @@ def eval_command(
     ),
     backbone: str = typer.Option("mobilenet_v2", "--backbone"),
     image_size: int | None = typer.Option(
-        None, "--image-size", help="square input size; resize without crop (default: backbone's)"
+        None,
+        "--image-size",
+        help="square input size; resize without crop (default: backbone's; s8-patchcore: the "
+        "product's --image-size, default 256)",
     ),
     json_out: Path | None = typer.Option(
         None,
@@ -125,7 +128,7 @@ def eval_command(
             chosen,
             features=features,
             backbone=backbone if backbone != "mobilenet_v2" else None,
-            image_size=image_size,
+            image_size=image_size if chosen != "s8-patchcore" else None,  # a product setting
             weights=weights,
             device=device if device != "cpu" else None,
         )
@@ -140,6 +143,7 @@ def eval_command(
             batch_size,
             quiet,
             calibration_images,
+            image_size,
         )
         return
     if features is None:
@@ -211,6 +215,7 @@ def _eval_preset(
     batch_size: int,
     quiet: bool,
     calibration_images: int,
+    image_size: int | None = None,
 ) -> None:
     from evaluation.product_eval import PresetEvalConfig, evaluate_preset
 
@@ -226,6 +231,7 @@ def _eval_preset(
         checkpoint=str(checkpoint) if checkpoint else None,
         max_test=max_test,
         batch_size=batch_size,
+        image_size=image_size,
     )
     try:
         result, fs, out = evaluate_preset(cfg, show_progress=not quiet)

@@ -52,6 +52,7 @@ class PresetEvalConfig:
     max_test: int | None = None
     seed: int = 0
     batch_size: int = 16
+    image_size: int | None = None  # the product's input size (s8-patchcore); None: the preset's
 
 
 def binomial_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
@@ -119,13 +120,14 @@ def evaluate_preset(
     category = load_category(cfg.category)
     refs, held_out = _references(category, cfg)
     engine = LocalEngine(checkpoint=cfg.checkpoint)
-    size = input_size(engine, cfg.detector)  # type: ignore[arg-type]
+    size = input_size(engine, cfg.detector, cfg.image_size)  # type: ignore[arg-type]
     record = build_record(
         engine,
         "eval",
         load_images(refs, size),
         detector=cfg.detector,  # type: ignore[arg-type]
         calibration=load_images(held_out, size) if held_out else None,
+        image_size=cfg.image_size,
     )
     t1 = time.perf_counter()
     samples, notes = chosen_test_samples(category, cfg.max_test, cfg.seed)

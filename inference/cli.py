@@ -94,6 +94,13 @@ def product_add(
         "ensemble = that + adpretrain FeatureNorm, each z-scored by its leave-one-out normal "
         "scores; featurenorm/patchcore/padim on the projector's features (docs/BACKBONES.md).",
     ),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="s8-patchcore only: the px frames are resized to (a multiple of 16, 64-512); "
+        "larger finds smaller defects and costs speed (docs/ONBOARDING.md).",
+        show_default="256",
+    ),
     store: str | None = StoreOption,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Projector checkpoint.", show_default="the shipped one"
@@ -104,7 +111,12 @@ def product_add(
     """Onboard a product from K good images: reference pool + calibrated threshold."""
     with _clean_errors():
         from inference.engines.local import LocalEngine
-        from inference.onboarding import DETECTOR_CHOICES, onboard, resolve_inputs
+        from inference.onboarding import (
+            DETECTOR_CHOICES,
+            check_input_size,
+            onboard,
+            resolve_inputs,
+        )
         from inference.records import check_product_name
         from inference.store import open_store
 
@@ -112,6 +124,8 @@ def product_add(
         check_product_name(name)
         if detector.value not in DETECTOR_CHOICES:
             raise ValueError(f"--detector must be one of {', '.join(DETECTOR_CHOICES)}")
+        if image_size is not None:
+            check_input_size(detector.value, image_size)
         inputs = resolve_inputs(images, shots, calibration_images)
         with open_store(_store_url(store)) as opened:
             engine = LocalEngine(checkpoint, backbone)
@@ -124,6 +138,7 @@ def product_add(
                 calibration_images=inputs.calibration_images,
                 target_far=target_far,
                 detector=detector.value,  # type: ignore[arg-type]
+                image_size=image_size,
             )
             record = result.record
             if as_json:

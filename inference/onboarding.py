@@ -43,7 +43,7 @@ from pretrain.detectors import (
     make_detector,
     preset_config,
 )
-from pretrain.detectors.ensemble import PRESETS
+from pretrain.detectors.ensemble import PRESETS, check_s8_input_size
 from pretrain.preprocess import resize_uint8
 from pretrain.residual import ReferencePool, leave_one_out_residuals, pool_residuals
 
@@ -93,11 +93,29 @@ def find_images(spec: str | Path) -> list[Path]:
     return found
 
 
-def input_size(engine: LocalEngine, detector: DetectorName) -> int:
-    """The size (px) a product onboarded with ``detector`` is scored at: its preset's own
-    (``s8-patchcore``: ``S8_INPUT_SIZE``) or the engine's."""
+def check_input_size(detector: str, image_size: int) -> None:
+    """Raise OnboardingError when ``detector`` cannot take its own input size ``image_size``
+    (cheap: no model is loaded)."""
+    if detector != "s8-patchcore":
+        raise OnboardingError(
+            f"--image-size is a setting of the s8-patchcore detector; {detector} runs at the "
+            "size its features were trained at"
+        )
+    try:
+        check_s8_input_size(image_size)
+    except ValueError as exc:
+        raise OnboardingError(str(exc)) from None
+
+
+def input_size(engine: LocalEngine, detector: DetectorName, image_size: int | None = None) -> int:
+    """The size (px) a product onboarded with ``detector`` is scored at: ``image_size`` when
+    given (``s8-patchcore`` only), else its preset's own (``s8-patchcore``:
+    ``S8_INPUT_SIZE``) or the engine's. Raises OnboardingError for a size the detector
+    cannot take."""
+    if image_size is not None:
+        check_input_size(detector, image_size)
     if detector in PRESETS:
-        return preset_config(detector).image_size or engine.image_size
+        return preset_config(detector, image_size=image_size).image_size or engine.image_size
     return engine.image_size
 
 
@@ -123,9 +141,11 @@ def build_record(
     target_far: float = DEFAULT_TARGET_FAR,
     calibration: np.ndarray | None = None,
     stride8: Stride8Source | None = None,
+    image_size: int | None = None,
 ) -> ProductRecord:
     """An unpublished record (version 0) from uint8 [K,S,S,3] shots, best decoded at the
-    detector's :func:`input_size` (other sizes are resized to it)."""
+    detector's :func:`input_size` (other sizes are resized to it); ``image_size``: the
+    product's own input size (``s8-patchcore`` only; default its preset's)."""
     check_product_name(product)
     if detector not in DETECTOR_CHOICES:
         choices = ", ".join(DETECTOR_CHOICES)
@@ -133,13 +153,13 @@ def build_record(
     k = int(shots.shape[0])
     if k < MIN_SHOTS:
         raise OnboardingError(f"need at least {MIN_SHOTS} shots (good images), got {k}")
-    model, size = engine.model, input_size(engine, detector)
+    model, size = engine.model, input_size(engine, detector, image_size)
     shots = at_size(shots, size)
     with torch.inference_mode():
         raw = engine.raw(model.preprocess(torch.from_numpy(at_size(shots, engine.image_size))))
     pool = ReferencePool.from_features(raw)
     stride8 = stride8 or any_size_stride8
-    config = preset_config(detector, len(raw)) if detector in PRESETS else None
+    config = preset_config(detector, len(raw), image_size) if detector in PRESETS else None
     reads = config.sources() if config is not None else ("adpretrain",)
     loo = None
     if "adpretrain" in reads:
@@ -225,12 +245,14 @@ def onboard(
     calibration_images: str | Path | Sequence[Path] | None = None,
     target_far: float = DEFAULT_TARGET_FAR,
     detector: DetectorName = DEFAULT_DETECTOR,
+    image_size: int | None = None,
 ) -> OnboardingResult:
-    """Build the product's record from the first ``shots`` images and publish it."""
+    """Build the product's record from the first ``shots`` images and publish it
+    (``image_size``: the product's input size, ``s8-patchcore`` only)."""
     started = time.perf_counter()
     check_product_name(product)
     inputs = resolve_inputs(images, shots, calibration_images)
-    size = input_size(engine, detector)
+    size = input_size(engine, detector, image_size)
     record = build_record(
         engine,
         product,
@@ -240,6 +262,7 @@ def onboard(
         calibration=load_images(inputs.calibration_images, size)
         if inputs.calibration_images
         else None,
+        image_size=image_size,
     )
     version = store.publish(record)
     return OnboardingResult(

@@ -223,6 +223,20 @@ S8_CORESET_THRESHOLD = 10_000
 S8_INPUT_SIZE = 256
 #: the size the thresholds above are stated for (the peer's; the member's grid is S / 8)
 S8_BASE_SIZE = 224
+#: the input sizes a product may choose for ``s8-patchcore`` (multiples of 16): below 64 the
+#: stride-16 level is a 4x4 grid; above 512 the whole 8-shot bank makes a frame cost seconds
+S8_SIZE_RANGE = (64, 512)
+
+
+def check_s8_input_size(image_size: int) -> int:
+    """``image_size`` when ``s8-patchcore`` can run at it, else a ValueError naming the range."""
+    low, high = S8_SIZE_RANGE
+    if not (low <= image_size <= high) or image_size % 16:
+        raise ValueError(
+            f"the s8-patchcore input size must be a multiple of 16 from {low} to {high} px, "
+            f"not {image_size}"
+        )
+    return int(image_size)
 
 
 def s8_patchcore_config(image_size: int = S8_BASE_SIZE) -> PatchCoreConfig:
@@ -247,19 +261,29 @@ def _s8_patchcore(first_level: int, image_size: int = S8_BASE_SIZE) -> EnsembleM
     )
 
 
-def preset_config(name: str, projected_levels: int = 3) -> EnsembleConfig:
+def preset_config(
+    name: str, projected_levels: int = 3, image_size: int | None = None
+) -> EnsembleConfig:
     """An ensemble preset (docs/BACKBONES.md, "Choosing the default detector"):
 
     - ``s8-patchcore`` (the default of `adqc product add`): PatchCore on raw ``features.6`` +
-      ``features.13`` (anomalib's layers and embedding) of images resized to
-      ``S8_INPUT_SIZE`` px, the whole bank up to ~12 references, above that 10 % kept by
-      blocked greedy coresets (``s8_patchcore_config``);
+      ``features.13`` (anomalib's layers and embedding) of images resized to ``image_size``
+      px (default ``S8_INPUT_SIZE``; a product setting, ``check_s8_input_size``), the whole
+      bank up to ~12 references, above that 10 % kept by blocked greedy coresets
+      (``s8_patchcore_config``);
     - ``ensemble``: that member at the engine's size (224 px) plus FeatureNorm on the
-      projector's ``projected_levels`` levels, each z-scored by its leave-one-out normal scores.
+      projector's ``projected_levels`` levels, each z-scored by its leave-one-out normal scores
+      (no ``image_size``: the projector runs at the size it was trained at).
     """
     if name == "s8-patchcore":
-        member = _s8_patchcore(0, S8_INPUT_SIZE)
-        return EnsembleConfig(members=(member,), preset=name, image_size=S8_INPUT_SIZE)
+        size = S8_INPUT_SIZE if image_size is None else check_s8_input_size(image_size)
+        member = _s8_patchcore(0, size)
+        return EnsembleConfig(members=(member,), preset=name, image_size=size)
+    if image_size is not None and name in PRESETS:
+        raise ValueError(
+            f"the {name} preset runs at the engine's input size; an input size is a setting "
+            "of s8-patchcore only"
+        )
     if name == "ensemble":
         projected = EnsembleMember(
             source="adpretrain",

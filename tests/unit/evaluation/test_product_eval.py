@@ -68,9 +68,9 @@ def category(tmp_path_factory) -> Path:
     return _category(tmp_path_factory.mktemp("synthetic") / "part")
 
 
-@pytest.mark.parametrize("held_out", [0, 2])
+@pytest.mark.parametrize(("held_out", "size"), [(0, None), (2, None), (0, 96)])
 def test_preset_eval_reports_the_threshold_product_add_sets(
-    category: Path, tmp_path: Path, held_out: int
+    category: Path, tmp_path: Path, held_out: int, size: int | None
 ) -> None:
     from adqc.cli import build_app
     from inference.engines.local import LocalEngine
@@ -81,6 +81,7 @@ def test_preset_eval_reports_the_threshold_product_add_sets(
     args = ["eval", str(category), "--detector", "s8-patchcore", "--shots", "4"]
     args += ["--calibration-images", str(held_out), "--json", str(out), "--quiet"]
     args += ["--report", str(tmp_path / "report")]
+    args += ["--image-size", str(size)] if size else []  # the product's own input size
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -95,7 +96,9 @@ def test_preset_eval_reports_the_threshold_product_add_sets(
         shots=4,
         calibration_images=good[4 : 4 + held_out] or None,
         detector="s8-patchcore",
+        image_size=size,
     )
+    assert doc["detector"]["image_size"] == onboarded.record.image_size == (size or 256)
     assert point["threshold"] == pytest.approx(onboarded.record.calibration.threshold)
     assert point["method"] == ("held-out" if held_out else "leave-one-out")
     assert (point["normals"], point["defectives"]) == (3, 3)
@@ -112,7 +115,8 @@ def test_preset_eval_refuses_what_the_preset_chooses_itself(category: Path, tmp_
     base = ["eval", str(category), "--shots", "4", "--json", str(tmp_path / "x.json")]
     cases = [
         (["--detector", "s8-patchcore", "--features", "raw"], "leave --features out"),
-        (["--detector", "s8-patchcore", "--image-size", "96"], "leave --image-size out"),
+        (["--detector", "ensemble", "--image-size", "96"], "leave --image-size out"),
+        (["--detector", "s8-patchcore", "--image-size", "100"], "a multiple of 16 from 64"),
         (["--detector", "patchcore"], "--features is required for patchcore"),
         (
             ["--detector", "patchcore", "--features", "raw", "--calibration-images", "2"],

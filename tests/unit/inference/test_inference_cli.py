@@ -47,6 +47,18 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
     assert "no products" in _run("product", "list", "--store", store).output
 
 
+def test_product_add_with_its_own_input_size(tmp_path, good_dir, untrained_checkpoint):
+    store = f"file://{tmp_path / 'store'}"
+    added = _run(
+        "product", "add", "bracket", "--images", str(good_dir), "--shots", "3",
+        "--image-size", "192", "--store", store, "--checkpoint", str(untrained_checkpoint),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert "s8-patchcore, 192px" in added.output
+    shown = json.loads(_run("product", "show", "bracket", "--store", store).output)
+    assert shown["image_size"] == 192
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -60,6 +72,22 @@ def test_product_lifecycle(tmp_path, good_dir, untrained_checkpoint):
         (("product", "add", "x", "--images", "{good}", "--shots", "5"), "fewer than --shots 5"),
         (("product", "add", "x", "--images", "{good}", "--detector", "knn"), "'knn' is not one of"),
         (("product", "add", "x y", "--images", "{good}"), "invalid product name"),
+        (("product", "add", "x", "--images", "{good}", "--image-size", "250"), "multiple of 16"),
+        (("product", "add", "x", "--images", "{good}", "--image-size", "1024"), "64 to 512"),
+        (
+            (
+                "product",
+                "add",
+                "x",
+                "--images",
+                "{good}",
+                "--detector",
+                "featurenorm",
+                "--image-size",
+                "320",
+            ),
+            "--image-size is a setting of the s8-patchcore detector",
+        ),  # fmt: skip
     ],
 )
 def test_product_errors_are_one_line_and_exit_2(tmp_path, good_dir, args, message):

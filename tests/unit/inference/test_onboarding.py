@@ -135,6 +135,54 @@ def test_onboarding_refusals(local_engine, good_dir, tmp_path):
     assert store.list_products() == []
 
 
+def test_s8_patchcore_input_size_is_a_product_setting(local_engine, good_dir):
+    """A product onboarded at its own size: bank, calibration and scoring all at that size,
+    and a defect still stands out where it is."""
+    from pretrain.detectors.ensemble import S8_BASE_SIZE, S8_CORESET_THRESHOLD
+
+    store = open_store("memory://")
+    shots = [good_dir / f"good_{i}.png" for i in range(3)]
+    held = [good_dir / "good_3.png", good_dir / "good_4.png"]
+    result = onboard(
+        local_engine, store, "cloth", shots, shots=3, calibration_images=held, image_size=160
+    )
+    record = result.record
+    assert record.image_size == 160 and record.detector == "s8-patchcore"
+    assert record.detector_state["members.0.memory"].shape == (3 * 20 * 20, 128)  # 160 / 8
+    member = record.detector_config.members[0].detector
+    assert member.coreset_threshold == -(-S8_CORESET_THRESHOLD * 160**2 // S8_BASE_SIZE**2)
+    scorer = Scorer(local_engine, store)
+    scored = scorer.score([load_image(p) for p in held], "cloth")
+    assert scored[0].anomaly_map.shape == (160, 160)
+    np.testing.assert_allclose(
+        record.calibration.normal_scores, [r.score for r in scored], rtol=1e-5
+    )
+    good, scored = load_image(held[0]), scored[0]
+    defect = good.copy()
+    defect[60:90, 90:120] = 255  # a bright patch on the 160 px cloth
+    (bad,) = scorer.score([defect], "cloth")
+    assert bad.score > 1.5 * scored.score
+    y, x = np.unravel_index(np.argmax(bad.anomaly_map), bad.anomaly_map.shape)
+    assert 50 <= y <= 100 and 80 <= x <= 130
+
+
+@pytest.mark.parametrize(
+    ("detector", "size", "message"),
+    [
+        ("s8-patchcore", 150, "multiple of 16 from 64 to 512 px, not 150"),
+        ("s8-patchcore", 48, "not 48"),
+        ("s8-patchcore", 528, "not 528"),
+        ("featurenorm", 256, "setting of the s8-patchcore detector; featurenorm"),
+        ("ensemble", 256, "setting of the s8-patchcore detector; ensemble"),
+    ],
+)
+def test_input_size_refusals_name_the_setting(local_engine, good_dir, detector, size, message):
+    store = open_store("memory://")
+    with pytest.raises(OnboardingError, match=message):
+        onboard(local_engine, store, "cloth", good_dir, shots=2, detector=detector, image_size=size)
+    assert store.list_products() == []
+
+
 def test_find_images_accepts_globs(good_dir):
     assert len(find_images(good_dir / "good_*.png")) == 5
     assert len(find_images(str(good_dir / "good_1.png"))) == 1

@@ -200,3 +200,17 @@ def test_an_own_input_size_is_for_stride8_only_ensembles() -> None:
         EnsembleConfig.model_validate({**_config().model_dump(), "image_size": 256})
     with pytest.raises(ValueError, match="multiple of 16"):
         EnsembleConfig(members=default.members, image_size=250)
+
+
+def test_s8_patchcore_takes_a_product_input_size() -> None:
+    """`adqc product add --image-size`: the member's coreset limits scale with the patches per
+    image; the projector's preset refuses a size, and sizes outside 64-512 are named."""
+    own = preset_config("s8-patchcore", image_size=320)
+    assert own.image_size == 320
+    assert own.members[0].detector.coreset_threshold == 20_409  # 10k x (320 / 224)^2
+    assert parse_config(own.model_dump()) == own
+    with pytest.raises(ValueError, match="setting of s8-patchcore only"):
+        preset_config("ensemble", image_size=320)
+    for bad in (48, 250, 528):
+        with pytest.raises(ValueError, match=f"multiple of 16 from 64 to 512 px, not {bad}"):
+            preset_config("s8-patchcore", image_size=bad)
