@@ -276,6 +276,25 @@ def test_default_detector_scores_through_triton_stride8(served):
 
 
 @pytest.mark.integration
+def test_a_product_with_its_own_input_size_scores_through_triton(served):
+    """`adqc product add --image-size 192`: the server's adqc_stride8 takes 256 px, so the
+    Triton engine computes that product's features in the worker's process (the server's
+    request count stays), and its scores equal the LocalEngine's."""
+    store, engine, local = served["store"], served["engine"], served["local"]
+    record = build_record(local, "pcb-192", _images(4, seed=1), image_size=192)
+    assert record.image_size == 192
+    store.publish(record)
+    images = _parity_images()
+    before = _stride8_requests(engine)
+    remote = Scorer(engine, store).score(images, "pcb-192")
+    assert _stride8_requests(engine) == before
+    assert {r.anomaly_map.shape for r in remote} == {(192, 192)}
+    local_scores = [r.score for r in Scorer(local, store).score(images, "pcb-192")]
+    np.testing.assert_allclose([r.score for r in remote], local_scores, rtol=1e-5)
+    assert min(remote[1].score, remote[4].score) > max(remote[i].score for i in (0, 2, 3, 5))
+
+
+@pytest.mark.integration
 def test_a_server_without_the_stride8_model_falls_back_in_process(served, caplog):
     """A repository exported before adqc_stride8 (here: a model name the server lacks): the
     engine says so once and the stride-8 features run in the client's process."""
